@@ -1,0 +1,379 @@
+"""The rules file (SPEC 2): a pydantic schema for its shape, compiled into a ``Ruleset``.
+
+Loading never stops at the first problem: YAML-level problems (duplicate keys),
+schema problems (pydantic), condition problems and cross-field checks are all
+collected and raised together as one ``RulesError``, each with its location,
+e.g. ``engagement[2].limit.per: "7x" is not a duration (use 30s, 15m, 12h, 7d or 2w)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
+
+from scoring.conditions import Predicate, compile_if
+from scoring.errors import RulesError
+
+# ---------------------------------------------------------------- value types
+
+_UNITS_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+_DURATION = re.compile(r"^([0-9]+)([smhdw])$")
+DURATION_HINT = "use 30s, 15m, 12h, 7d or 2w"
+
+
+def parse_duration(value: object) -> int:
+    """``"7d"`` -> milliseconds. Raises a pydantic error that names the bad value."""
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise PydanticCustomError(
+            "duration", "{shown} is not a duration ({hint})", {"shown": _show(value),
+                                                               "hint": DURATION_HINT})
+    ms = int(match.group(1)) * _UNITS_MS[match.group(2)]
+    if ms <= 0:
+        raise PydanticCustomError("duration", "a duration must be longer than 0")
+    return ms
+
+
+def _half_life(value: object) -> int | None:
+    return None if value == "never" else parse_duration(value)
+
+
+def _number(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("number", "expected a number, got {shown}",
+                                  {"shown": _show(value)})
+    return float(value)
+
+
+def _positive_number(value: object) -> float:
+    number = _number(value)
+    if number <= 0:
+        raise PydanticCustomError("number", "must be greater than 0, got {shown}",
+                                  {"shown": _show(value)})
+    return number
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PydanticCustomError("count", "expected a whole number of at least 1, got {shown}",
+                                  {"shown": _show(value)})
+    return value
+
+
+def _event_types(value: object) -> list[str]:
+    types = [value] if isinstance(value, str) else value
+    if not isinstance(types, list) or not types or not all(
+            isinstance(t, str) and t for t in types):
+        raise PydanticCustomError(
+            "event", "expected an event type or a non-empty list of them, got {shown}",
+            {"shown": _show(value)})
+    return types
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration)]
+HalfLife = Annotated[int | None, BeforeValidator(_half_life)]
+Number = Annotated[float, BeforeValidator(_number)]
+PositiveNumber = Annotated[float, BeforeValidator(_positive_number)]
+Count = Annotated[int, BeforeValidator(_count)]
+EventTypes = Annotated[list[str], BeforeValidator(_event_types)]
+RuleId = Annotated[str, Field(min_length=1, max_length=100)]
+
+# ---------------------------------------------------------------- the schema
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class LimitSpec(_Strict):
+    points: PositiveNumber
+    per: Duration
+
+
+class FitRuleSpec(_Strict):
+    id: RuleId
+    if_: Any = Field(alias="if")
+    points: Number
+
+
+class EngagementRuleSpec(_Strict):
+    id: RuleId
+    event: EventTypes
+    if_: Any = Field(default=None, alias="if")
+    points: Number
+    limit: LimitSpec | None = None
+    after: Count | None = None
+
+
+class HotSpec(_Strict):
+    threshold: Number
+    rearm_below: Number
+
+
+class ScoreSpec(_Strict):
+    min: Number = 0.0
+    max: Number = 100.0
+
+
+class RulesSpec(_Strict):
+    name: str = Field(min_length=1)
+    half_life: HalfLife
+    score: ScoreSpec = ScoreSpec()
+    hot: HotSpec
+    mql_events: list[str] = []
+    dedupe_window: Duration = 7 * _UNITS_MS["d"]
+    fit: list[FitRuleSpec] = []
+    engagement: list[EngagementRuleSpec] = []
+
+
+# Which model a location belongs to, to suggest the key a typo meant.
+_MODEL_AT: dict[str, type[BaseModel]] = {
+    "": RulesSpec, "fit": FitRuleSpec, "engagement": EngagementRuleSpec,
+    "engagement.limit": LimitSpec, "hot": HotSpec, "score": ScoreSpec}
+
+# ---------------------------------------------------------------- compiled rules
+
+
+@dataclass(frozen=True, slots=True)
+class FitRule:
+    id: str
+    test: Predicate
+    points: float
+
+
+@dataclass(frozen=True, slots=True)
+class EngagementRule:
+    id: str
+    events: frozenset[str]
+    test: Predicate | None
+    points: float
+    limit_points: float | None
+    limit_per_ms: int | None
+    after: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ruleset:
+    """Everything the engine needs, validated and compiled; immutable."""
+
+    name: str
+    version: str
+    half_life_ms: int | None
+    score_min: float
+    score_max: float
+    threshold: float
+    rearm_below: float
+    mql_events: frozenset[str]
+    dedupe_window_ms: int
+    fit: tuple[FitRule, ...]
+    engagement: tuple[EngagementRule, ...]
+    by_type: dict[str, tuple[EngagementRule, ...]]  # event type -> rules that may match
+    window_ms: dict[str, int]  # `limit` rule id -> window length
+    prune_step_ms: int  # how often, in event time, a lead's expired ids are dropped
+
+
+def load_rules(path: str | Path) -> Ruleset:
+    """Read and compile a rules file; raise ``RulesError`` listing every problem."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RulesError(str(path), [f"cannot read the file ({exc.strerror})"]) from exc
+    return parse_rules(data, str(path))
+
+
+def parse_rules(data: bytes, source: str = "<rules>") -> Ruleset:
+    """Compile rules from the bytes of a YAML file; ``source`` names it in errors."""
+    problems: list[str] = []
+    raw = _load_yaml(data, problems)
+    if not isinstance(raw, dict):
+        if not problems:
+            problems.append(f"(top): the rules file must be a mapping, got {_show(raw)}")
+        raise RulesError(source, problems)
+
+    tests = {(section, i): compile_if(rule["if"], f"{section}[{i}].if", problems)
+             for section in ("fit", "engagement")
+             for i, rule in enumerate(_as_list(raw.get(section)))
+             if isinstance(rule, dict) and "if" in rule}
+    spec: RulesSpec | None = None
+    try:
+        spec = RulesSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_describe(err) for err in exc.errors())
+    problems.extend(_cross_checks(raw))
+    if problems or spec is None:
+        raise RulesError(source, problems)
+    return _compile(spec, tests, hashlib.sha256(data).hexdigest()[:12])
+
+
+def _compile(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: str) -> Ruleset:
+    fit = tuple(FitRule(r.id, tests[("fit", i)], r.points) for i, r in enumerate(spec.fit))
+    engagement = tuple(
+        EngagementRule(
+            id=r.id, events=frozenset(r.event), test=tests.get(("engagement", i)),
+            points=r.points, after=r.after,
+            limit_points=r.limit.points if r.limit else None,
+            limit_per_ms=r.limit.per if r.limit else None)
+        for i, r in enumerate(spec.engagement))
+    by_type: dict[str, list[EngagementRule]] = {}
+    for rule in engagement:
+        for event_type in sorted(rule.events):
+            by_type.setdefault(event_type, []).append(rule)
+    return Ruleset(
+        name=spec.name, version=version, half_life_ms=spec.half_life,
+        score_min=spec.score.min, score_max=spec.score.max,
+        threshold=spec.hot.threshold, rearm_below=spec.hot.rearm_below,
+        mql_events=frozenset(spec.mql_events), dedupe_window_ms=spec.dedupe_window,
+        fit=fit, engagement=engagement,
+        by_type={t: tuple(rules) for t, rules in by_type.items()},
+        window_ms={r.id: r.limit_per_ms for r in engagement if r.limit_per_ms is not None},
+        prune_step_ms=max(spec.dedupe_window // 8, 1))
+
+
+# ---------------------------------------------------------------- problems
+
+
+def _describe(err: Any) -> str:
+    loc = tuple(err["loc"])
+    where = _location(loc) or "(top)"
+    kind = err["type"]
+    if kind == "missing":
+        return f"{where}: required field is missing"
+    if kind == "extra_forbidden":
+        context = ".".join(p for p in loc[:-1] if isinstance(p, str))
+        model = _MODEL_AT.get(context)
+        known = [f.alias or name for name, f in model.model_fields.items()] if model else []
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f'did you mean "{close[0]}"?' if close else f"known keys: {', '.join(known)}"
+        return f"{where}: unknown key ({hint})"
+    return f"{where}: {err['msg']}"
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-before[_event_types(), list[str]]",):
+            continue
+        else:
+            out += f".{'if' if part == 'if_' else part}" if out else str(part)
+    return out
+
+
+def _cross_checks(raw: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    first_seen: dict[str, str] = {}
+    for section in ("fit", "engagement"):
+        for i, rule in enumerate(_as_list(raw.get(section))):
+            rule_id = rule.get("id") if isinstance(rule, dict) else None
+            if not isinstance(rule_id, str):
+                continue
+            here = f"{section}[{i}].id"
+            if rule_id in first_seen:
+                problems.append(f'{here}: duplicate rule id "{rule_id}" '
+                                f"(first used at {first_seen[rule_id]}); ids must be unique")
+            else:
+                first_seen[rule_id] = here
+    hot, score = raw.get("hot"), raw.get("score") or {}
+    if isinstance(hot, dict) and isinstance(score, dict):
+        threshold, rearm = _num(hot.get("threshold")), _num(hot.get("rearm_below"))
+        low, high = _num(score.get("min", 0)), _num(score.get("max", 100))
+        if rearm is not None and threshold is not None and rearm > threshold:
+            problems.append(f"hot.rearm_below: {rearm:g} is above hot.threshold ({threshold:g});"
+                            " a hot lead must fall below the threshold to re-arm")
+        if threshold is not None and high is not None and threshold > high:
+            problems.append(f"hot.threshold: {threshold:g} is above score.max ({high:g}); "
+                            "no lead could ever turn hot")
+        if rearm is not None and low is not None and rearm <= low:
+            problems.append(f"hot.rearm_below: {rearm:g} is not above score.min ({low:g}); "
+                            "a hot lead could never re-arm")
+        if low is not None and high is not None and low >= high:
+            problems.append(f"score.min: {low:g} must be below score.max ({high:g})")
+    return problems
+
+
+def _num(value: object) -> float | None:
+    """The value as a number, or None when it is not one (the schema reports that)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _as_list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return "a list" if isinstance(value, list) else "a mapping"
+    return str(value)
+
+
+# ---------------------------------------------------------------- YAML without traps
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that reads ``on``/``yes``/``off`` and ``12:30`` as the strings the user wrote.
+
+    PyYAML implements YAML 1.1, where ``on: x`` is the key True and ``1:30`` is the
+    integer 90. We keep only the YAML 1.2 core forms of booleans and numbers, and
+    report duplicate keys instead of silently keeping the last one.
+    """
+
+    problems: list[str]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                self.problems.append(f"line {mark.line + 1}: duplicate key {_show(key)}; "
+                                     "each key may appear once per mapping")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
+                           "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?[0-9]+[eE][-+]?[0-9]+|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def _load_yaml(data: bytes, problems: list[str]) -> Any:
+    loader = _Loader(data)
+    loader.problems = problems
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top)"
+        problems.append(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})")
+        return None
+    finally:
+        loader.dispose()
