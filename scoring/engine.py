@@ -1,0 +1,283 @@
+"""The state transition of SPEC 3: one lead's state, one event, one ruleset.
+
+``apply`` is the single definition of the scoring semantics. The offline scorer
+calls it on states in a dict; the stream worker calls it on states loaded from
+Redis and writes them back atomically (see ``scoring.store``). It mutates the
+state it is given (the hot path allocates no copies) and returns the
+notifications the event causes, in order.
+
+State is plain data (``LeadState.to_dict`` is JSON) so that it can live anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from scoring.decay import crossing_time, factor
+from scoring.events import CONVERTED, PROFILE_UPDATE, Event, format_ts
+from scoring.rules import Ruleset
+
+STAGES = ("prospect", "mql", "sql", "customer")
+_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
+MAX_REASONS = 5
+
+Notification = dict[str, Any]
+
+
+@dataclass(slots=True)
+class LeadState:
+    """Everything Leadscore knows about one lead (SPEC 3), as of event time ``t_ref``."""
+
+    lead_id: str
+    t_ref: int | None = None  # T: the largest event time applied, epoch ms
+    engagement: float = 0.0  # E as of T
+    fit: float = 0.0  # F, from the profile; never decays
+    contributions: dict[str, float] = field(default_factory=dict)  # rule id -> share of E
+    profile: dict[str, Any] = field(default_factory=dict)
+    stage: str = "prospect"
+    hot: bool = False  # True = disarmed: lead.hot was sent and it has not cooled since
+    counts: dict[str, int] = field(default_factory=dict)  # `after` rules: matches so far
+    # `limit` rules: rule id -> window index -> |points| awarded in that window
+    windows: dict[str, dict[int, float]] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)  # event id -> event time, for dedupe
+    notified: int = 0  # notifications emitted so far; numbers notification ids
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lead_id": self.lead_id, "t_ref": self.t_ref, "engagement": self.engagement,
+            "fit": self.fit, "contributions": self.contributions, "profile": self.profile,
+            "stage": self.stage, "hot": self.hot, "counts": self.counts,
+            "windows": {rule: {str(w): used for w, used in ws.items()}
+                        for rule, ws in self.windows.items()},
+            "seen": self.seen, "notified": self.notified,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LeadState:
+        return cls(
+            lead_id=d["lead_id"], t_ref=d["t_ref"], engagement=d["engagement"], fit=d["fit"],
+            contributions=d["contributions"], profile=d["profile"], stage=d["stage"],
+            hot=d["hot"], counts=d["counts"],
+            windows={rule: {int(w): used for w, used in ws.items()}
+                     for rule, ws in d["windows"].items()},
+            seen=d["seen"], notified=d["notified"])
+
+
+def apply(state: LeadState, event: Event, rules: Ruleset) -> list[Notification]:
+    """Apply one event to its lead's state; return the notifications it causes."""
+    t, t_ref = event.ts, state.t_ref
+    first_seen = state.seen.get(event.event_id)
+    latest = t if t_ref is None or t > t_ref else t_ref
+    if first_seen is not None and first_seen >= latest - rules.dedupe_window_ms:
+        return []  # a duplicate changes nothing and emits nothing
+    out: list[Notification] = []
+    in_order = t_ref is None or t >= t_ref
+    # What one point is worth after moving from T to t (in order) or from t to T (late).
+    f = 1.0 if t_ref is None else factor(abs(t - t_ref), rules.half_life_ms)
+
+    # Step 1: a disarmed lead that decayed below rearm_below before this event cools first.
+    # (Validation keeps rearm_below inside the score range, so the clamp cannot matter.)
+    if state.hot and in_order and state.fit + state.engagement * f < rules.rearm_below:
+        cooled = cool(state, t, rules)
+        if cooled is not None:
+            out.append(cooled)
+
+    if event.type == PROFILE_UPDATE:
+        _merge_profile(state, event.properties, rules)
+
+    awards = _awards(state, event, rules)
+    if in_order:
+        # Rebase E and every contribution to t, then add the awards at full value.
+        if f != 1.0:
+            state.engagement *= f
+            contributions = state.contributions
+            for rule_id in contributions:
+                contributions[rule_id] *= f
+        weight = 1.0
+        state.t_ref = t
+    else:
+        weight = f  # a late event's awards arrive already decayed from t to T
+    for rule_id, points in awards:
+        state.engagement += points * weight
+        state.contributions[rule_id] = state.contributions.get(rule_id, 0.0) + points * weight
+
+    if event.type in rules.mql_events:
+        _advance(state, "mql")
+    if event.type == CONVERTED:
+        _advance(state, "customer")
+    if first_seen is not None:
+        del state.seen[event.event_id]  # re-insert at the back: the dict stays in time order
+    state.seen[event.event_id] = t
+    # Prune when T crosses a mark every eighth of dedupe_window: scanning on every event
+    # would be quadratic for a busy lead. The dedupe and `limit` checks compare times
+    # with the horizon themselves, so pruning only frees memory, never changes a result.
+    if t_ref is not None and t_ref // rules.prune_step_ms != t // rules.prune_step_ms:
+        _forget_old(state, rules)
+
+    # Step 2: the event's own effect on the hot flag, judged at T (where no decay applies).
+    now = state.t_ref
+    assert now is not None
+    score = state.fit + state.engagement
+    score = rules.score_min if score < rules.score_min else \
+        rules.score_max if score > rules.score_max else score
+    if not state.hot and score >= rules.threshold:
+        state.hot = True
+        _advance(state, "sql")
+        out.append(_notification(state, rules, "lead.hot", now, event.event_id, t))
+    elif state.hot and score < rules.rearm_below:
+        state.hot = False
+        out.append(_notification(state, rules, "lead.cooled", now, event.event_id, t))
+    return out
+
+
+def cool(state: LeadState, at: int, rules: Ruleset) -> Notification | None:
+    """Step 1 of SPEC 3 at instant ``at``: re-arm a disarmed lead whose score decayed below
+    rearm_below by then, and return its lead.cooled as of the exact crossing time."""
+    t_ref = state.t_ref
+    if not state.hot or t_ref is None or at < t_ref:
+        return None
+    if score_at(state, at, rules) >= rules.rearm_below:
+        return None
+    crossed = cooling_due(state, rules)
+    state.hot = False
+    when = t_ref if crossed is None else crossed
+    return _notification(state, rules, "lead.cooled", when, None, round(when))
+
+
+def cooling_due(state: LeadState, rules: Ruleset) -> float | None:
+    """When a disarmed lead will decay below rearm_below (epoch ms), if it ever will."""
+    if not state.hot or state.t_ref is None:
+        return None
+    return crossing_time(state.t_ref, state.engagement, state.fit, rules.rearm_below,
+                         rules.half_life_ms)
+
+
+def engagement_at(state: LeadState, at: float, rules: Ruleset) -> float:
+    """E decayed to ``at``; an instant before T reads as T (the score never runs backwards)."""
+    if state.t_ref is None or at <= state.t_ref:
+        return state.engagement
+    return state.engagement * factor(at - state.t_ref, rules.half_life_ms)
+
+
+def score_at(state: LeadState, at: float, rules: Ruleset) -> float:
+    """S(at) = clamp(F + E * 2^(-(at - T)/H), min, max), unrounded."""
+    raw = state.fit + engagement_at(state, at, rules)
+    return min(max(raw, rules.score_min), rules.score_max)
+
+
+def reasons(state: LeadState, rules: Ruleset, at: float) -> list[dict[str, Any]]:
+    """The largest current contributions at ``at`` by absolute value, at most five."""
+    f = factor(at - state.t_ref, rules.half_life_ms) if state.t_ref is not None and \
+        at > state.t_ref else 1.0
+    parts = [(rule_id, value * f) for rule_id, value in state.contributions.items()]
+    parts += [(r.id, r.points) for r in rules.fit if r.test(state.profile)]
+    parts = [(rule_id, round(points, 2)) for rule_id, points in parts if round(points, 2) != 0]
+    parts.sort(key=lambda p: (-abs(p[1]), p[0]))
+    return [{"rule": rule_id, "points": points} for rule_id, points in parts[:MAX_REASONS]]
+
+
+def fit_score(profile: dict[str, Any], rules: Ruleset) -> float:
+    """F: the sum of the points of the fit rules that hold on the profile."""
+    return math.fsum(r.points for r in rules.fit if r.test(profile))
+
+
+def stamp(notification: Notification, emitted_at: int) -> Notification:
+    """Set ``emitted_at`` (epoch ms) when the notification actually leaves."""
+    notification["emitted_at"] = format_ts(emitted_at)
+    return notification
+
+
+def _awards(state: LeadState, event: Event, rules: Ruleset) -> list[tuple[str, float]]:
+    """The points each matching engagement rule awards, after `after` and `limit`."""
+    candidates = rules.by_type.get(event.type)
+    if not candidates:
+        return []
+    awards: list[tuple[str, float]] = []
+    for rule in candidates:
+        if rule.test is not None and not rule.test(event.properties):
+            continue
+        points = rule.points
+        if rule.after is not None:
+            count = state.counts.get(rule.id, 0) + 1
+            if count > rule.after:
+                continue  # awarded already; the count stays at N
+            state.counts[rule.id] = count
+            if count < rule.after:
+                continue
+        if rule.limit_points is not None and rule.limit_per_ms is not None:
+            window = event.ts // rule.limit_per_ms  # tumbling, aligned to the Unix epoch
+            used = state.windows.setdefault(rule.id, {})
+            t_ref = state.t_ref
+            latest = event.ts if t_ref is None or event.ts > t_ref else t_ref
+            if (window + 1) * rule.limit_per_ms <= latest - rules.dedupe_window_ms:
+                used.pop(window, None)  # forgotten (see _forget_old), whether pruned yet or not
+            room = rule.limit_points - used.get(window, 0.0)
+            if room <= 0:
+                continue
+            if abs(points) > room:
+                points = math.copysign(room, points)
+            used[window] = used.get(window, 0.0) + abs(points)
+        if points:
+            awards.append((rule.id, points))
+    return awards
+
+
+def _merge_profile(state: LeadState, changes: dict[str, Any], rules: Ruleset) -> None:
+    for key, value in changes.items():
+        if value is None:
+            state.profile.pop(key, None)
+        else:
+            state.profile[key] = value
+    state.fit = fit_score(state.profile, rules)
+
+
+def _advance(state: LeadState, stage: str) -> None:
+    if _RANK[stage] > _RANK[state.stage]:
+        state.stage = stage
+
+
+def _forget_old(state: LeadState, rules: Ruleset) -> None:
+    """Drop event ids and limit windows more than dedupe_window of event time behind T."""
+    assert state.t_ref is not None
+    horizon = state.t_ref - rules.dedupe_window_ms
+    # Ids are inserted in arrival order, which is nearly time order: drop the expired
+    # ones at the front and stop at the first live one (a late id may linger a while).
+    expired = []
+    for event_id, ts in state.seen.items():
+        if ts >= horizon:
+            break
+        expired.append(event_id)
+    for event_id in expired:
+        del state.seen[event_id]
+    for rule_id, used in state.windows.items():
+        # A window is dropped once it ends behind the horizon (or its rule is gone).
+        width = rules.window_ms.get(rule_id, 0)
+        for window in [w for w in used if (w + 1) * width <= horizon]:
+            del used[window]
+
+
+def _notification(state: LeadState, rules: Ruleset, kind: str, at: float,
+                  event_id: str | None, event_ts: int) -> Notification:
+    state.notified += 1
+    engagement = engagement_at(state, at, rules)
+    return {
+        "type": kind,
+        "notification_id": f"{state.lead_id}:{state.notified}",
+        "lead_id": state.lead_id,
+        "score": round(score_at(state, at, rules), 2),
+        "fit": round(state.fit, 2),
+        "engagement": round(engagement, 2),
+        "stage": state.stage,
+        "threshold": _plain(rules.threshold),
+        "event_id": event_id,
+        "event_ts": format_ts(event_ts),
+        "emitted_at": None,
+        "rules_version": rules.version,
+        "reasons": reasons(state, rules, at),
+    }
+
+
+def _plain(number: float) -> float | int:
+    return int(number) if number.is_integer() else number
