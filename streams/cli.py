@@ -1,0 +1,124 @@
+"""The ``leadscore`` command line (SPEC 5)."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from scoring.errors import EventError, LeadscoreError
+from scoring.events import parse_ts
+from scoring.offline import replay, summary
+from scoring.rules import Ruleset, load_rules
+from streams.settings import load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args))
+    except LeadscoreError as exc:
+        print(f"leadscore: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leadscore", description="Real-time lead scoring with exact recency decay.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    rules = commands.add_parser("rules", help="work with rules files")
+    rules_commands = rules.add_subparsers(title="rules commands", metavar="COMMAND")
+    check = rules_commands.add_parser("check", help="validate a rules file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(run=_rules_check)
+
+    score = commands.add_parser("score", help="offline scoring of a JSON-lines file of events")
+    score.add_argument("events", type=Path, help="events, one JSON object per line")
+    score.add_argument("--rules", type=Path, help="rules file (default: LEADSCORE_RULES)")
+    score.add_argument("--at", type=_instant,
+                       help="score at this time (RFC 3339 or epoch ms; default: the last event)")
+    score.add_argument("--notifications", action="store_true",
+                       help="print the notifications instead of the leads")
+    score.add_argument("--table", action="store_true",
+                       help="print a readable table of leads, hottest first")
+    score.set_defaults(run=_score)
+    return parser
+
+
+def _instant(text: str) -> int:
+    try:
+        return parse_ts(int(text) if text.lstrip("-").isdigit() else text)
+    except EventError as exc:
+        raise argparse.ArgumentTypeError(exc.reason.replace("ts ", "", 1)) from None
+
+
+def _rules(path: Path | None) -> Ruleset:
+    return load_rules(path if path is not None else load_settings().rules_path())
+
+
+def _rules_check(args: argparse.Namespace) -> int:
+    rules = load_rules(args.file)
+    half_life = "no decay" if rules.half_life_ms is None else \
+        f"half-life {rules.half_life_ms / 86_400_000:g}d"
+    print(f"{args.file}: ok: {rules.name} (rules_version {rules.version}): "
+          f"{len(rules.fit)} fit and {len(rules.engagement)} engagement rules, {half_life}, "
+          f"hot at {rules.threshold:g}, re-armed below {rules.rearm_below:g}")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    rules = _rules(args.rules)
+    # The replay keeps every lead's state alive and creates no reference cycles:
+    # collecting less often saves ~10% with no growth in memory.
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        with args.events.open("rb") as lines:
+            result = replay(lines, rules, at=args.at)
+    except OSError as exc:
+        raise LeadscoreError(f"{args.events}: cannot read ({exc.strerror})") from None
+    for number, reason in result.bad_lines:
+        print(f"{args.events}:{number}: {reason}", file=sys.stderr)
+    if result.after_at:
+        print(f"leadscore: {result.after_at} events after --at were not applied",
+              file=sys.stderr)
+    at = result.at if result.at is not None else 0
+    leads = [summary(result.states[lead_id], rules, at) for lead_id in sorted(result.states)]
+    out = sys.stdout.buffer
+    if args.notifications:
+        out.writelines(orjson.dumps(n) + b"\n" for n in result.notifications)
+    elif args.table:
+        _print_table(leads)
+    else:
+        out.writelines(orjson.dumps(lead) + b"\n" for lead in leads)
+    out.flush()
+    return 1 if result.bad_lines else 0
+
+
+def _print_table(leads: list[dict[str, object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Leads, hottest first")
+    for column in ("lead", "score", "fit", "engagement", "stage", "hot"):
+        table.add_column(column, justify="right" if column in ("score", "fit", "engagement")
+                         else "left")
+    for lead in sorted(leads, key=lambda lead: (-float(str(lead["score"])), str(lead["lead_id"]))):
+        table.add_row(str(lead["lead_id"]), f"{lead['score']:.2f}", f"{lead['fit']:.2f}",
+                      f"{lead['engagement']:.2f}", str(lead["stage"]),
+                      "[bold red]HOT[/]" if lead["hot"] else "")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
