@@ -22,6 +22,7 @@ from scoring.rules import Ruleset
 STAGES = ("prospect", "mql", "sql", "customer")
 _RANK = {stage: rank for rank, stage in enumerate(STAGES)}
 MAX_REASONS = 5
+_KEEP_IDS = 8
 
 Notification = dict[str, Any]
 
@@ -113,7 +114,9 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> list[Notification]:
     # Prune when T crosses a mark every eighth of dedupe_window: scanning on every event
     # would be quadratic for a busy lead. The dedupe and `limit` checks compare times
     # with the horizon themselves, so pruning only frees memory, never changes a result.
-    if t_ref is not None and t_ref // rules.prune_step_ms != t // rules.prune_step_ms:
+    # A quiet lead keeps its few ids: at most _KEEP_IDS may outlive the window.
+    if (t_ref is not None and t_ref // rules.prune_step_ms != t // rules.prune_step_ms
+            and (len(state.seen) > _KEEP_IDS or state.windows)):
         _forget_old(state, rules)
 
     # Step 2: the event's own effect on the hot flag, judged at T (where no decay applies).
@@ -256,6 +259,8 @@ def _forget_old(state: LeadState, rules: Ruleset) -> None:
         width = rules.window_ms.get(rule_id, 0)
         for window in [w for w in used if (w + 1) * width <= horizon]:
             del used[window]
+    for rule_id in [r for r, used in state.windows.items() if not used]:
+        del state.windows[rule_id]
 
 
 def _notification(state: LeadState, rules: Ruleset, kind: str, at: float,
