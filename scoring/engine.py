@@ -42,7 +42,7 @@ class LeadState:
     counts: dict[str, int] = field(default_factory=dict)  # `after` rules: matches so far
     # `limit` rules: rule id -> window index -> |points| awarded in that window
     windows: dict[str, dict[int, float]] = field(default_factory=dict)
-    seen: dict[str, int] = field(default_factory=dict)  # event id -> event time, for dedupe
+    seen: dict[str, int] = field(default_factory=dict)  # event id -> T when applied, for dedupe
     notified: int = 0  # notifications emitted so far; numbers notification ids
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,9 +108,12 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> list[Notification]:
         _advance(state, "mql")
     if event.type == CONVERTED:
         _advance(state, "customer")
+    # An id is remembered at T as of its application, not at its own (maybe late) time:
+    # a replay of a late event is then a duplicate for as long as any other replay.
+    # Recorded times never decrease, so the dict stays in time order for pruning.
     if first_seen is not None:
-        del state.seen[event.event_id]  # re-insert at the back: the dict stays in time order
-    state.seen[event.event_id] = t
+        del state.seen[event.event_id]
+    state.seen[event.event_id] = latest
     # Prune when T crosses a mark every eighth of dedupe_window: scanning on every event
     # would be quadratic for a busy lead. The dedupe and `limit` checks compare times
     # with the horizon themselves, so pruning only frees memory, never changes a result.
@@ -245,8 +248,7 @@ def _forget_old(state: LeadState, rules: Ruleset) -> None:
     """Drop event ids and limit windows more than dedupe_window of event time behind T."""
     assert state.t_ref is not None
     horizon = state.t_ref - rules.dedupe_window_ms
-    # Ids are inserted in arrival order, which is nearly time order: drop the expired
-    # ones at the front and stop at the first live one (a late id may linger a while).
+    # Ids are recorded at non-decreasing times: the expired ones are all at the front.
     expired = []
     for event_id, ts in state.seen.items():
         if ts >= horizon:

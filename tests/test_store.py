@@ -1,0 +1,174 @@
+"""The Redis store against a real Redis-compatible server: it must agree with the
+offline engine exactly, also when two workers apply the same batches at once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Coroutine
+from typing import Any
+
+import orjson
+import pytest
+from helpers import DAY, HOUR, T0, ev, rules
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from scoring.engine import LeadState, Notification, apply, cooling_due
+from scoring.events import Event
+from scoring.store import LeadStore
+
+pytestmark = pytest.mark.integration
+
+RULES = rules("""
+dedupe_window: 2d
+fit:
+  - {id: ceo, if: {title: CEO}, points: 30}
+engagement:
+  - {id: visit, event: page_view, points: 5}
+  - {id: pricing, event: page_view, if: {url: /pricing}, points: 20, limit: {points: 30, per: 1d}}
+  - {id: demo, event: demo_request, points: 45}
+  - {id: workshops, event: workshop_attended, points: 25, after: 2}
+  - {id: unsub, event: email_unsubscribed, points: -40}
+""", "1d")
+KINDS = ["page_view", "demo_request", "workshop_attended", "email_unsubscribed",
+         "profile_update", "form_submit", "converted"]
+_prefixes = itertools.count()
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Hypothesis drives sync tests; each example gets its own short event loop."""
+    return asyncio.run(coro)
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[Event]:
+    """Events for three leads: out of order, repeated, over a few half-lives."""
+    events: list[Event] = []
+    for i in range(draw(st.integers(min_value=1, max_value=40))):
+        lead = draw(st.sampled_from(["a", "b", "c"]))
+        kind = draw(st.sampled_from(KINDS))
+        ts = T0 + draw(st.integers(min_value=0, max_value=5 * DAY))
+        props: dict[str, Any] = {}
+        if kind == "page_view":
+            props = {"url": draw(st.sampled_from(["/", "/pricing"]))}
+        elif kind == "profile_update":
+            props = {"title": draw(st.sampled_from(["CEO", None]))}
+        if events and draw(st.integers(min_value=0, max_value=9)) == 0:
+            events.append(draw(st.sampled_from(events)))  # a re-delivery
+        else:
+            events.append(Event(f"{lead}-{i}", lead, kind, ts, props))
+    return events
+
+
+def offline(events: list[Event]) -> tuple[dict[str, LeadState], dict[str, list[Notification]]]:
+    states: dict[str, LeadState] = {}
+    notes: dict[str, list[Notification]] = {}
+    for event in events:
+        state = states.setdefault(event.lead_id, LeadState(event.lead_id))
+        notes.setdefault(event.lead_id, []).extend(apply(state, event, RULES))
+    return states, notes
+
+
+def batches(events: list[Event], cuts: list[int]) -> list[list[Event]]:
+    bounds = sorted({0, len(events), *(c % (len(events) + 1) for c in cuts)})
+    return [events[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+async def outbox_by_lead(redis: Redis, store: LeadStore) -> dict[str, list[Notification]]:
+    found: dict[str, list[Notification]] = {}
+    for raw in await store.pending():
+        note = orjson.loads(raw)
+        assert note.pop("emitted_at") == "2026-11-06T00:00:00Z"
+        found.setdefault(note["lead_id"], []).append(note)
+    for notes in found.values():
+        notes.sort(key=lambda n: int(n["notification_id"].rsplit(":", 1)[1]))
+    return found
+
+
+async def stored_states(store: LeadStore, leads: list[str]) -> dict[str, LeadState]:
+    out = {}
+    for lead in leads:
+        loaded = await store.load(lead)
+        assert loaded is not None
+        out[lead] = loaded[0]
+    return out
+
+
+def expected_outbox(notes: dict[str, list[Notification]]) -> dict[str, list[Notification]]:
+    return {lead: [{k: v for k, v in n.items() if k != "emitted_at"} for n in ns]
+            for lead, ns in notes.items() if ns}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(), st.lists(st.integers(min_value=0, max_value=100), max_size=6))
+def test_the_store_agrees_with_the_offline_engine(redis_url: str, events: list[Event],
+                                                  cuts: list[int]) -> None:
+    async def scenario() -> None:
+        async with Redis.from_url(redis_url) as redis:
+            store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+            for batch in batches(events, cuts):
+                await store.apply(batch, now_ms=T0)
+            want_states, want_notes = offline(events)
+            assert await stored_states(store, sorted(want_states)) == want_states
+            assert await outbox_by_lead(redis, store) == expected_outbox(want_notes)
+
+    run_async(scenario())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams(), st.lists(st.integers(min_value=0, max_value=100), max_size=6))
+def test_two_workers_applying_the_same_batches_at_once_apply_each_event_once(
+        redis_url: str, events: list[Event], cuts: list[int]) -> None:
+    async def scenario() -> None:
+        async with Redis.from_url(redis_url) as one, Redis.from_url(redis_url) as two:
+            prefix = f"test-store-{next(_prefixes)}"
+            first, second = LeadStore(one, RULES, prefix), LeadStore(two, RULES, prefix)
+            # Both read the same records of one partition, as during a rebalance.
+            positions = [(0, offset) for offset in range(len(events))]
+            start = 0
+            for batch in batches(events, cuts):
+                at = positions[start:start + len(batch)]
+                start += len(batch)
+                await asyncio.gather(first.apply(batch, T0, at), second.apply(batch, T0, at))
+            want_states, want_notes = offline(events)
+            assert await stored_states(first, sorted(want_states)) == want_states
+            assert await outbox_by_lead(one, first) == expected_outbox(want_notes)
+
+    run_async(scenario())
+
+
+async def test_the_sweep_cools_a_lead_at_its_exact_crossing_time(redis_url: str) -> None:
+    async with Redis.from_url(redis_url) as redis:
+        store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+        await store.apply([ev("p", "profile_update", T0, lead="a", title="CEO"),
+                           ev("d", "demo_request", T0, lead="a")], now_ms=T0)
+        loaded = await store.load("a")
+        assert loaded is not None
+        t_c = cooling_due(loaded[0], RULES)  # 30 + 45 * 2^(-d/1d) = 50 -> d = log2(2.25) days
+        assert t_c == pytest.approx(T0 + DAY * 1.169925001442312)
+        assert await redis.zscore(store.cooling_key, "a") == t_c
+
+        assert await store.sweep(now_ms=int(t_c) - 1) == []
+        (cooled,) = await store.sweep(now_ms=T0 + 2 * DAY)
+        assert {k: cooled[k] for k in ("type", "notification_id", "score", "event_id",
+                                       "event_ts", "emitted_at")} == {
+            "type": "lead.cooled", "notification_id": "a:2", "score": 50.0, "event_id": None,
+            "event_ts": "2026-11-07T04:04:41.520Z",
+            "emitted_at": "2026-11-08T00:00:00Z"}
+        assert await redis.zscore(store.cooling_key, "a") is None
+        assert await store.sweep(now_ms=T0 + 3 * DAY) == []
+
+
+async def test_outbox_entries_stay_until_delivered(redis_url: str) -> None:
+    async with Redis.from_url(redis_url) as redis:
+        store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+        notes = await store.apply([ev("d1", "demo_request", T0, lead="a"),
+                                   ev("d2", "demo_request", T0 + HOUR, lead="a")], now_ms=T0)
+        assert [n["type"] for n in notes] == ["lead.hot"]
+        (entry,) = await store.pending()
+        assert orjson.loads(entry) == notes[0]
+        assert await store.pending(recorded_before_ms=T0) == []
+        await store.delivered([entry])
+        assert await store.pending() == []
