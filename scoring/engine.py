@@ -288,3 +288,18 @@ def _notification(state: LeadState, rules: Ruleset, kind: str, at: float,
 
 def _plain(number: float) -> float | int:
     return int(number) if number.is_integer() else number
+
+
+def describe(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
+    """One lead as people see it (API, ``leadscore lead``): its numbers at ``at``."""
+    return {
+        "lead_id": state.lead_id,
+        "score": round(score_at(state, at, rules), 2),
+        "fit": round(state.fit, 2),
+        "engagement": round(engagement_at(state, at, rules), 2),
+        "stage": state.stage,
+        "hot": state.hot,
+        "reasons": reasons(state, rules, at),
+        "profile": state.profile,
+        "rules_version": rules.version,
+    }

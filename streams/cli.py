@@ -53,7 +53,62 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--table", action="store_true",
                        help="print a readable table of leads, hottest first")
     score.set_defaults(run=_score)
+
+    worker = commands.add_parser("worker", help="run the stream worker (settings from "
+                                 "LEADSCORE_* variables)")
+    worker.add_argument("--loglevel", default="warning",
+                        choices=["debug", "info", "warning", "error"])
+    worker.set_defaults(run=_worker)
+
+    dev = commands.add_parser("dev", help="run everything locally: embedded broker and Redis, "
+                              "worker, API")
+    dev.add_argument("--demo", action="store_true", help="feed live synthetic traffic")
+    dev.set_defaults(run=_dev)
+
+    produce = commands.add_parser("produce", help="send a JSON-lines file of events to the "
+                                  "events topic")
+    produce.add_argument("events", type=Path)
+    produce.set_defaults(run=_produce)
+
+    lead = commands.add_parser("lead", help="show one lead's score, stage and reasons")
+    lead.add_argument("lead_id")
+    lead.set_defaults(run=_lead)
     return parser
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from streams.app import create_app, run_worker
+
+    settings = load_settings()
+    rules = load_rules(settings.rules_path())  # a bad rules file stops here, every problem listed
+    print(f"leadscore worker: rules {settings.rules_path()} ({rules.name}, "
+          f"rules_version {rules.version})\n{settings.describe()}", file=sys.stderr)
+    app, _ = create_app(settings, rules)
+    run_worker(app, args.loglevel)
+    return 0
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from streams.dev import run_dev
+
+    run_dev(load_settings(), demo=args.demo)
+    return 0
+
+
+def _produce(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.client import produce_file
+
+    return asyncio.run(produce_file(load_settings(), args.events))
+
+
+def _lead(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.client import show_lead
+
+    return asyncio.run(show_lead(load_settings(), args.lead_id))
 
 
 def _instant(text: str) -> int:

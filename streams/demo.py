@@ -105,3 +105,55 @@ class Traffic:
             else:
                 recent[rng.randrange(1000)] = event
             yield event
+
+
+# Live demo: a new lead starts a journey every few ticks; buyers reach the hot
+# threshold within seconds, others browse and drift away.
+JOURNEYS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "buyer": [("page_view", {"url": "/"}), ("page_view", {"url": "/products/scoring"}),
+              ("page_view", {"url": "/pricing"}), ("content_download", {}),
+              ("webinar_attended", {}), ("add_to_cart", {}), ("consultation_requested", {})],
+    "evaluator": [("page_view", {"url": "/blog/lead-scoring-101"}), ("email_open", {}),
+                  ("email_click", {}), ("page_view", {"url": "/pricing"}),
+                  ("form_submit", {}), ("page_view", {"url": "/docs"})],
+    "browser": [("page_view", {"url": "/"}), ("page_view", {"url": "/careers"}),
+                ("email_unsubscribed", {})],
+    "student": [("page_view", {"url": "/blog/lead-scoring-101"}), ("content_download", {})],
+}
+
+
+class LiveDemo:
+    """Events for ``leadscore dev --demo``, one tick at a time, stamped with real time."""
+
+    def __init__(self, seed: int = 7, new_lead_every: int = 3) -> None:
+        self.rng = random.Random(seed)
+        self.every = new_lead_every
+        self.ticks = 0
+        self.leads = 0
+        self.active: dict[str, tuple[str, int]] = {}  # lead -> (persona, next step)
+
+    def tick(self, now_ms: int) -> list[dict[str, Any]]:
+        rng = self.rng
+        events: list[dict[str, Any]] = []
+        self.ticks += 1
+        if self.ticks % self.every == 1:
+            self.leads += 1
+            lead = f"demo-{self.leads}"
+            names = list(PERSONAS)
+            persona = rng.choices(names, [PERSONAS[n]["share"] for n in names])[0]
+            self.active[lead] = (persona, 0)
+            events.append({"event_id": f"{lead}-profile", "lead_id": lead,
+                           "type": "profile_update", "ts": now_ms,
+                           "properties": dict(rng.choice(PERSONAS[persona]["profile"]))})
+        for lead, (persona, step) in list(self.active.items()):
+            if rng.random() < 0.5:
+                continue
+            journey = JOURNEYS[persona]
+            kind, props = journey[step]
+            events.append({"event_id": f"{lead}-{step}", "lead_id": lead, "type": kind,
+                           "ts": now_ms, "properties": props})
+            if step + 1 == len(journey):
+                del self.active[lead]
+            else:
+                self.active[lead] = (persona, step + 1)
+        return events

