@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint types pytest fmt bench clean
+.PHONY: install run sample test lint types pytest fmt bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -16,7 +16,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install  ## score the bundled sample and show the leads, hottest first
+run: install  ## the embedded default: broker, Redis, worker, API, live demo traffic
+	$(BIN)/leadscore dev --demo
+
+sample: install  ## offline: score the bundled sample and show the leads, hottest first
 	$(BIN)/leadscore score --table config/sample-events.jsonl
 
 test: lint types pytest  ## lint, types and the whole suite against real servers

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from worker import Deployment, keyed, wait_for
+from worker import LEADSCORE, Deployment, keyed, wait_for
 
 from scoring.engine import LeadState, Notification, apply
 from scoring.events import event_from_dict, format_ts
@@ -78,13 +79,29 @@ async def assert_same_outcome(deployment: Deployment, events: list[dict[str, Any
     assert got == want
 
 
-async def test_the_worker_agrees_with_the_offline_engine(topics: Deployment) -> None:
+async def test_the_worker_agrees_with_the_offline_engine(topics: Deployment,
+                                                        tmp_path: Path) -> None:
     events = traffic(leads=30, events=600, seed=3)
     worker = topics.worker().start()
-    await topics.produce(keyed(events))
+    events_file = tmp_path / "events.jsonl"
+    events_file.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    produced = subprocess.run([LEADSCORE, "produce", str(events_file)], env=topics.env,
+                              capture_output=True, check=False)
+    assert produced.returncode == 0, produced.stderr
     await worker.wait_ready()
     await assert_same_outcome(topics, events)
     assert worker.metric("leadscore_events_consumed_total") == len(events)
+
+    shown = subprocess.run([LEADSCORE, "lead", "lead-0"], env=topics.env,
+                           capture_output=True, check=False)
+    assert shown.returncode == 0, shown.stderr
+    lead = orjson.loads(shown.stdout)
+    state = offline(events, load_rules(DEFAULT_RULES))[0]["lead-0"]
+    assert (lead["lead_id"], lead["stage"], lead["hot"], lead["fit"]) == (
+        "lead-0", state.stage, state.hot, round(state.fit, 2))
+    missing = subprocess.run([LEADSCORE, "lead", "nobody"], env=topics.env,
+                             capture_output=True, check=False)
+    assert (missing.returncode, missing.stderr) == (1, b"leadscore: no lead 'nobody' in Redis\n")
 
 
 async def test_bad_input_goes_to_the_dead_letter_topic_and_the_rest_is_scored(
