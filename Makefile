@@ -36,8 +36,9 @@ pytest: install
 fmt: install
 	$(BIN)/ruff check --fix .
 
-bench: install  ## offline throughput on a generated 1,000,000-event file
+bench: install  ## offline and worker throughput; see docs/performance.md
 	$(BIN)/python -m bench.offline
+	$(BIN)/python -m bench.worker
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
