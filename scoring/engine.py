@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scoring.decay import crossing_time, factor
-from scoring.events import CONVERTED, PROFILE_UPDATE, Event, format_ts
+from scoring.events import PROFILE_UPDATE, Event, format_ts
 from scoring.rules import Ruleset
 
 STAGES = ("prospect", "mql", "sql", "customer")
@@ -88,26 +88,21 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> list[Notification]:
     if event.type == PROFILE_UPDATE:
         _merge_profile(state, event.properties, rules)
 
-    awards = _awards(state, event, rules)
     if in_order:
-        # Rebase E and every contribution to t, then add the awards at full value.
+        # Rebase E and every contribution to t; the awards then arrive at full value.
         if f != 1.0:
             state.engagement *= f
             contributions = state.contributions
             for rule_id in contributions:
                 contributions[rule_id] *= f
-        weight = 1.0
         state.t_ref = t
+        _award(state, event, rules, 1.0)
     else:
-        weight = f  # a late event's awards arrive already decayed from t to T
-    for rule_id, points in awards:
-        state.engagement += points * weight
-        state.contributions[rule_id] = state.contributions.get(rule_id, 0.0) + points * weight
+        _award(state, event, rules, f)  # a late event's awards arrive decayed from t to T
 
-    if event.type in rules.mql_events:
-        _advance(state, "mql")
-    if event.type == CONVERTED:
-        _advance(state, "customer")
+    stage = rules.stage_after.get(event.type)
+    if stage is not None:
+        _advance(state, stage)
     # An id is remembered at T as of its application, not at its own (maybe late) time:
     # a replay of a late event is then a duplicate for as long as any other replay.
     # Recorded times never decrease, so the dict stays in time order for pruning.
@@ -195,12 +190,12 @@ def stamp(notification: Notification, emitted_at: int) -> Notification:
     return notification
 
 
-def _awards(state: LeadState, event: Event, rules: Ruleset) -> list[tuple[str, float]]:
-    """The points each matching engagement rule awards, after `after` and `limit`."""
+def _award(state: LeadState, event: Event, rules: Ruleset, weight: float) -> None:
+    """Add what each matching engagement rule awards (after `after` and `limit`) to E
+    and to the rule's own share, each worth ``weight`` as of T."""
     candidates = rules.by_type.get(event.type)
     if not candidates:
-        return []
-    awards: list[tuple[str, float]] = []
+        return
     for rule in candidates:
         if rule.test is not None and not rule.test(event.properties):
             continue
@@ -226,8 +221,9 @@ def _awards(state: LeadState, event: Event, rules: Ruleset) -> list[tuple[str, f
                 points = math.copysign(room, points)
             used[window] = used.get(window, 0.0) + abs(points)
         if points:
-            awards.append((rule.id, points))
-    return awards
+            points *= weight
+            state.engagement += points
+            state.contributions[rule.id] = state.contributions.get(rule.id, 0.0) + points
 
 
 def _merge_profile(state: LeadState, changes: dict[str, Any], rules: Ruleset) -> None:

@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from scoring.conditions import Predicate, compile_if
 from scoring.errors import RulesError
+from scoring.events import CONVERTED
 
 # ---------------------------------------------------------------- value types
 
@@ -178,6 +179,7 @@ class Ruleset:
     by_type: dict[str, tuple[EngagementRule, ...]]  # event type -> rules that may match
     window_ms: dict[str, int]  # `limit` rule id -> window length
     prune_step_ms: int  # how often, in event time, a lead's expired ids are dropped
+    stage_after: dict[str, str]  # event type -> the stage it moves a lead to (at least)
 
 
 def load_rules(path: str | Path) -> Ruleset:
@@ -235,7 +237,8 @@ def _compile(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: 
         fit=fit, engagement=engagement,
         by_type={t: tuple(rules) for t, rules in by_type.items()},
         window_ms={r.id: r.limit_per_ms for r in engagement if r.limit_per_ms is not None},
-        prune_step_ms=max(spec.dedupe_window // 8, 1))
+        prune_step_ms=max(spec.dedupe_window // 8, 1),
+        stage_after={**{t: "mql" for t in spec.mql_events}, CONVERTED: "customer"})
 
 
 # ---------------------------------------------------------------- problems
