@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -33,6 +33,7 @@ from streams import metrics
 from streams.settings import Settings
 
 log = logging.getLogger("leadscore")
+RETRY_SECONDS = 1.0
 
 
 def bootstrap_servers(broker: str) -> list[str]:
@@ -80,8 +81,15 @@ class Scorer:
             await self.producer.stop()
 
     async def run(self) -> None:
-        """Consume until cancelled."""
-        await self.start()
+        """Consume until cancelled; an outage of Redis or the broker is waited out."""
+        while True:
+            try:
+                await self.start()
+                break
+            except Exception as exc:  # unreachable broker or Redis at start: retry
+                log.error("leadscore: cannot start (%s); retrying in %ss", exc, RETRY_SECONDS)
+                await self.stop()
+                await asyncio.sleep(RETRY_SECONDS)  # back-off before reconnecting
         try:
             assert self.consumer is not None
             while True:
@@ -89,9 +97,25 @@ class Scorer:
                                                     max_records=self.settings.batch_size)
                 if batch:
                     async with self._batch_lock:
-                        await self.handle(batch)
+                        await self._handle_or_rewind(batch)
         finally:
             await self.stop()
+
+    async def _handle_or_rewind(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+                                ) -> None:
+        """A batch that fails (Redis down, broker down) is read again, never skipped."""
+        try:
+            await self.handle(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("leadscore: batch of %d failed (%s: %s); retrying in %ss",
+                      sum(map(len, batch.values())), type(exc).__name__, exc, RETRY_SECONDS)
+            assert self.consumer is not None
+            for tp, records in batch.items():
+                if tp in self.consumer.assignment():
+                    self.consumer.seek(tp, records[0].offset)
+            await asyncio.sleep(RETRY_SECONDS)  # back-off before the retry
 
     async def handle(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
         started = time.perf_counter()
@@ -153,7 +177,7 @@ class Scorer:
         await self.store.delivered(entries)
 
     async def resend_pending(self) -> None:
-        """Re-send what a previous run recorded but may not have sent (at least once)."""
+        """Re-send what was recorded but not sent: by a crashed run, or a failed send."""
         horizon = now_ms() - self.settings.outbox_interval * 1000
         pending = await self.store.pending(recorded_before_ms=horizon)
         if pending:
@@ -164,6 +188,16 @@ class Scorer:
         """Cool the disarmed leads whose crossing time has passed (SPEC 3 step 3)."""
         while notes := await self.store.sweep(now_ms()):
             await self.deliver([orjson.dumps(n) for n in notes])
+
+    async def safely(self, name: str, job: Callable[[], Awaitable[None]]) -> None:
+        """Run a timer job; a failure is logged and the next tick tries again."""
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("leadscore: %s failed (%s: %s); next try in one interval",
+                      name, type(exc).__name__, exc)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -39,11 +39,11 @@ def create_app(settings: Settings, rules: Ruleset | None = None) -> tuple[faust.
 
     @app.timer(interval=settings.sweep_interval)
     async def cooling_sweep() -> None:
-        await scorer.sweep()
+        await scorer.safely("cooling sweep", scorer.sweep)
 
     @app.timer(interval=settings.outbox_interval)
     async def outbox_resend() -> None:
-        await scorer.resend_pending()
+        await scorer.safely("outbox re-send", scorer.resend_pending)
 
     web.install(app, scorer)
     return app, scorer

@@ -159,6 +159,12 @@ class _EmbeddedServer:
         self._wait_until_ready()
         return self.url
 
+    def kill(self) -> None:
+        """SIGKILL the child, as a crash would; ``start()`` brings it back (same data dir)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
     def stop(self, timeout: float = 5.0) -> None:
         """Terminate the child, wait, kill it if needed; idempotent."""
         proc, self._proc = self._proc, None

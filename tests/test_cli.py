@@ -136,3 +136,25 @@ def test_the_installed_command_scores_the_bundled_sample() -> None:
     assert [lead["lead_id"] for lead in leads] == sorted(lead["lead_id"] for lead in leads)
     assert len(leads) == len({orjson.loads(line)["lead_id"] for line in
                               (ROOT / "config" / "sample-events.jsonl").read_bytes().splitlines()})
+
+
+def test_the_worker_refuses_a_bad_rules_file_at_start_with_every_problem(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nhalf_life: 30x\nhot: {threshold: 70, rearm_below: 80}\n")
+    monkeypatch.setenv("LEADSCORE_RULES", str(bad))
+    assert main(["worker"]) == 1
+    assert capsys.readouterr().err.startswith(f"leadscore: {bad}: 2 problems\n")
+
+
+def test_bad_settings_are_refused_naming_the_variable(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LEADSCORE_WEB_PORT", "sixty")
+    monkeypatch.setenv("LEADSCORE_BATCH_SIZE", "0")
+    assert main(["worker"]) == 1
+    assert capsys.readouterr().err == (
+        "leadscore: bad LEADSCORE_* settings:\n"
+        "  LEADSCORE_WEB_PORT: Input should be a valid integer, unable to parse string as an "
+        "integer\n"
+        "  LEADSCORE_BATCH_SIZE: Input should be greater than or equal to 1\n")

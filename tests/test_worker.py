@@ -18,6 +18,7 @@ from scoring.events import event_from_dict, format_ts
 from scoring.rules import Ruleset, load_rules
 from streams.agents import now_ms
 from streams.demo import Traffic
+from streams.embedded import EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -228,3 +229,29 @@ async def produce_slowly(deployment: Deployment, events: list[dict[str, Any]],
     for i in range(0, len(events), size):
         await deployment.produce(keyed(events[i:i + size]))
         await asyncio.sleep(0.2)  # pacing the stream, not waiting for a result
+
+
+async def test_redis_killed_mid_stream_is_waited_out_and_nothing_is_lost(
+        bootstrap: str, tmp_path: Path) -> None:
+    # appendfsync always: every write is on disk before Redis acknowledges it.
+    redis = EmbeddedRedis(port=free_port(), data_dir=tmp_path / "redis",
+                          extra_args=["--appendonly", "yes", "--appendfsync", "always"])
+    redis.start()
+    deployment = Deployment(bootstrap, redis.url, DEFAULT_RULES, tmp_path)
+    try:
+        await deployment.create_topics()
+        events = traffic(leads=40, events=1500, seed=31)
+        worker = deployment.worker().start()
+        await worker.wait_ready()
+        producing = asyncio.create_task(produce_slowly(deployment, events))
+        await wait_for(lambda: worker.metric("leadscore_events_consumed_total") >= 300, 90,
+                       "worker made no progress")
+        redis.kill()
+        await wait_for(lambda: "leadscore: batch of" in worker.log_path.read_text(), 60,
+                       "no batch met the outage")
+        redis.start()
+        await producing
+        await assert_same_outcome(deployment, events, timeout=180)
+    finally:
+        deployment.stop_all()
+        redis.stop()
