@@ -36,9 +36,8 @@ pytest: install
 fmt: install
 	$(BIN)/ruff check --fix .
 
-bench: install  ## offline and worker throughput; see docs/performance.md
-	$(BIN)/python -m bench.offline
-	$(BIN)/python -m bench.worker
+bench: install  ## the whole benchmark (about 6 minutes); see docs/performance.md
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -33,6 +33,25 @@ def generate(path: Path, events: int, leads: int) -> None:
             out.write(orjson.dumps(event) + b"\n")
 
 
+def measure(path: Path, runs: int) -> dict[str, float]:
+    """Events/s of the replay in-process and of the ``leadscore score`` command."""
+    rules = load_rules(ROOT / "config" / "rules.yaml")
+    in_process, command = [], []
+    for _ in range(runs):
+        started = time.perf_counter()
+        with path.open("rb") as lines:
+            result = replay(lines, rules)
+        in_process.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "leadscore"), "score", str(path)],
+                       check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+        command.append(time.perf_counter() - started)
+    events = result.applied + len(result.bad_lines) + result.after_at
+    return {"events": events, "leads": len(result.states),
+            "replay_events_per_s": round(events / statistics.median(in_process)),
+            "command_events_per_s": round(events / statistics.median(command))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -44,26 +63,9 @@ def main() -> None:
     path = args.dir / f"events-{args.events}-{args.leads}.jsonl"
     if not path.exists():
         generate(path, args.events, args.leads)
-    rules = load_rules(ROOT / "config" / "rules.yaml")
-
-    in_process, command = [], []
-    for _ in range(args.runs):
-        started = time.perf_counter()
-        with path.open("rb") as lines:
-            result = replay(lines, rules)
-        in_process.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        subprocess.run([str(Path(sys.executable).parent / "leadscore"), "score", str(path)],
-                       check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-        command.append(time.perf_counter() - started)
-    events = result.applied + len(result.bad_lines) + result.after_at
-    summary = {
-        "events": events, "leads": len(result.states),
-        "replay_events_per_s": round(events / statistics.median(in_process)),
-        "command_events_per_s": round(events / statistics.median(command)),
-        "runs": args.runs, "python": platform.python_version(),
-        "machine": f"{platform.machine()} {os.cpu_count()} cores",
-    }
+    summary = {**measure(path, args.runs), "runs": args.runs,
+               "python": platform.python_version(),
+               "machine": f"{platform.machine()} {os.cpu_count()} cores"}
     print(f"offline replay, in-process: {summary['replay_events_per_s']:>9,} events/s "
           f"(median of {args.runs})")
     print(f"leadscore score, end to end: {summary['command_events_per_s']:>9,} events/s "

@@ -167,8 +167,10 @@ class LeadStore:
                now_ms: int) -> None:
         cooling: dict[str, float] = {}
         not_cooling: list[str] = []
+        # One MSET for the batch: every queued command costs a reply to parse.
+        pipe.mset({self.state_key(lead_id): stored.encode(now_ms)
+                   for lead_id, stored in leads.items()})
         for lead_id, stored in leads.items():
-            pipe.set(self.state_key(lead_id), stored.encode(now_ms))
             due = cooling_due(stored.state, self.rules)
             if due is None:
                 not_cooling.append(lead_id)

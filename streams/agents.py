@@ -62,7 +62,7 @@ class Scorer:
         # Plain producer: Tansu (the embedded broker) rejects idempotent producers, and
         # notifications carry their own ids for consumers to drop repeats.
         self.producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all",
-                                         linger_ms=2, enable_idempotence=False)
+                                         linger_ms=0, enable_idempotence=False)
         await self.producer.start()
         await self.resend_pending()
         timeout_ms = int(self.settings.broker_session_timeout * 1000)
@@ -70,7 +70,11 @@ class Scorer:
             bootstrap_servers=servers, group_id=self.settings.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=timeout_ms, heartbeat_interval_ms=max(timeout_ms // 10, 100),
-            max_partition_fetch_bytes=4 * 1024 * 1024)
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # A fetch returns as soon as data is there, but a broker may hold an empty
+            # one this long; short waits keep the hot path to milliseconds at the cost
+            # of a few idle fetches per second.
+            fetch_max_wait_ms=10)
         self.consumer.subscribe([self.settings.topic_events], listener=_Rebalance(self))
         await self.consumer.start()
 
@@ -140,6 +144,7 @@ class Scorer:
         if events:
             notes = await self.store.apply(events, now_ms(), positions)
             metrics.BATCHES.inc()
+            metrics.EVENTS_APPLIED.inc(len(events))
             metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
             if notes:
                 await self.deliver([orjson.dumps(n) for n in notes])

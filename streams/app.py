@@ -49,6 +49,14 @@ def create_app(settings: Settings, rules: Ruleset | None = None) -> tuple[faust.
     return app, scorer
 
 
+def use_uvloop() -> None:
+    """uvloop makes the asyncio machinery around each batch cheaper; call before
+    ``create_app``, which binds the app to the loop policy in force."""
+    import mode.loop
+
+    mode.loop.use("uvloop")
+
+
 def run_worker(app: faust.App, loglevel: str = "warning") -> None:
     """Run the app in this process until SIGINT/SIGTERM; Faust owns the event loop."""
     worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False,

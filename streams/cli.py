@@ -77,12 +77,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from streams.app import create_app, run_worker
+    from streams.app import create_app, run_worker, use_uvloop
 
     settings = load_settings()
     rules = load_rules(settings.rules_path())  # a bad rules file stops here, every problem listed
     print(f"leadscore worker: rules {settings.rules_path()} ({rules.name}, "
           f"rules_version {rules.version})\n{settings.describe()}", file=sys.stderr)
+    use_uvloop()
     app, _ = create_app(settings, rules)
     run_worker(app, args.loglevel)
     return 0

@@ -11,6 +11,9 @@ EVENTS_CONSUMED = Counter("leadscore_events_consumed_total", "Messages read from
 EVENTS_DEAD = Counter("leadscore_events_dead_lettered_total",
                       "Messages sent to the dead-letter topic, by reason", ["reason"],
                       registry=REGISTRY)
+EVENTS_APPLIED = Counter("leadscore_events_applied_total",
+                         "Valid events whose batch is in Redis (duplicates included)",
+                         registry=REGISTRY)
 BATCHES = Counter("leadscore_batches_total", "Batches applied to Redis", registry=REGISTRY)
 NOTIFICATIONS = Counter("leadscore_notifications_total", "Notifications sent, by type",
                         ["type"], registry=REGISTRY)

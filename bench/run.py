@@ -1,0 +1,315 @@
+"""``make bench``: Leadscore's performance on this machine, against the embedded servers.
+
+One broker (Tansu) and one Redis-compatible server (valkey) for the whole run; the
+benchmark mix (default 1,000,000 events, 100,000 leads, Zipf-like activity, 5% late,
+1% duplicates) is produced once to a 4-partition topic. Then:
+
+1. throughput of one ``leadscore worker`` process, pre-filled topic to last state
+   write (median of --runs), its peak RSS, Redis commands per event, Redis memory
+   per lead (MEMORY USAGE of a sample of state keys);
+2. the same for the two baselines of bench/baselines.py (naive and take agents),
+   over the first --naive-events / --take-events events, and the ratios;
+3. end-to-end latency from produce to the lead.hot being readable on the
+   notifications topic, at a fixed offered load (--rate events/s for --seconds);
+4. offline ``leadscore score`` events/s on the same mix.
+
+Prints a table, then one JSON line with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from redis import Redis
+from rich.console import Console
+from rich.table import Table
+
+from bench.offline import measure as measure_offline
+from streams.demo import Traffic
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, create_topics, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+START_MS = 1_790_812_800_000  # 2026-10-01T00:00:00Z
+console = Console(stderr=True)
+
+
+def metric(port: int, name: str) -> float:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def redis_calls(redis: Redis) -> int:
+    stats: dict[str, Any] = redis.info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info",))
+
+
+async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False,
+                                linger_ms=20, max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        for i in range(0, len(messages), 10_000):
+            sends = [await producer.send(topic, value, key=key)
+                     for key, value in messages[i:i + 10_000]]
+            await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+
+def worker_env(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, name: str,
+               port: int) -> dict[str, str]:
+    return {**os.environ, "LEADSCORE_BROKER": broker.url, "LEADSCORE_REDIS_URL": redis.url,
+            "LEADSCORE_TOPIC_EVENTS": topic, "LEADSCORE_TOPIC_HOT": f"{topic}-hot",
+            "LEADSCORE_TOPIC_DLQ": f"{topic}-dlq", "LEADSCORE_GROUP_ID": name,
+            "LEADSCORE_KEY_PREFIX": name, "LEADSCORE_WEB_PORT": str(port),
+            "LEADSCORE_WEB_HOST": "127.0.0.1", "LEADSCORE_BROKER_SESSION_TIMEOUT": "3",
+            "LEADSCORE_SWEEP_INTERVAL": "3600",
+            "LEADSCORE_RULES": str(ROOT / "config" / "rules.yaml")}
+
+
+def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, run: int,
+                      events: int, log: Path) -> dict[str, Any]:
+    port = free_port()
+    client = Redis.from_url(redis.url)
+    calls_before = redis_calls(client)
+    with log.open("ab") as sink:
+        worker = subprocess.Popen([str(BIN / "leadscore"), "worker"], stdout=sink, stderr=sink,
+                                  env=worker_env(broker, redis, topic, f"bench-w{run}", port))
+    try:
+        while metric(port, "leadscore_events_applied_total") == 0:
+            time.sleep(0.02)  # polling the worker's counter
+        first = time.perf_counter()
+        while metric(port, "leadscore_events_applied_total") < events:
+            time.sleep(0.02)
+        seconds = time.perf_counter() - first
+        rss = peak_rss_mb(worker.pid)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    calls = redis_calls(client) - calls_before
+    return {"events_per_s": events / seconds, "rss_mb": rss, "redis_calls_per_event":
+            calls / events, "prefix": f"bench-w{run}"}
+
+
+def redis_bytes_per_lead(redis: EmbeddedRedis, prefix: str, sample: int = 2000
+                         ) -> tuple[float, float]:
+    """Mean MEMORY USAGE of a lead's state key, and of the part that is not dedupe ids."""
+    client = Redis.from_url(redis.url)
+    keys = [k for _, k in zip(range(sample), client.scan_iter(f"{prefix}:{{*}}:state",
+                                                              count=1000), strict=False)]
+    totals, without_ids = [], []
+    for key in keys:
+        usage = client.memory_usage(key) or 0
+        raw = client.get(key) or b"{}"
+        ids_bytes = len(orjson.dumps(orjson.loads(raw).get("seen", {}))) - 2
+        totals.append(usage)
+        without_ids.append(usage - ids_bytes)
+    return statistics.mean(totals), statistics.mean(without_ids)
+
+
+def baseline(mode: str, broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str,
+             events: int) -> float:
+    with tempfile.NamedTemporaryFile() as result:
+        subprocess.run([sys.executable, "-m", "bench.baselines", mode, broker.url, redis.url,
+                        topic, str(events), result.name], check=True, cwd=ROOT,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+        return float(Path(result.name).read_text())
+
+
+async def latency(broker: EmbeddedBroker, redis: EmbeddedRedis, rate: int, seconds: int,
+                  log: Path) -> dict[str, float]:
+    """Offer ``rate`` events/s for ``seconds``; 10% of them start or finish a journey that
+    turns a lead hot. Latency: the triggering event's send -> its lead.hot read back."""
+    topic = "bench-live"
+    await create_topics(broker.bootstrap, {topic: 4, f"{topic}-hot": 4, f"{topic}-dlq": 1})
+    port = free_port()
+    with log.open("ab") as sink:
+        worker = subprocess.Popen([str(BIN / "leadscore"), "worker"], stdout=sink, stderr=sink,
+                                  env=worker_env(broker, redis, topic, "bench-live", port))
+    try:
+        while metric(port, "leadscore_events_consumed_total") == 0 and worker.poll() is None:
+            # the worker is ready when its probe event has been consumed
+            await produce(broker.bootstrap, topic, [(b"probe", orjson.dumps(
+                {"event_id": f"p{time.time_ns()}", "lead_id": "probe", "type": "page_view",
+                 "ts": int(time.time() * 1000)}))])
+            await asyncio.sleep(0.5)
+        return await _offer(broker.bootstrap, topic, rate, seconds)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+async def _offer(bootstrap: str, topic: str, rate: int, seconds: int) -> dict[str, float]:
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    consumer = AIOKafkaConsumer(f"{topic}-hot", bootstrap_servers=bootstrap,
+                                auto_offset_reset="latest", fetch_max_wait_ms=5)
+    await consumer.start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False,
+                                linger_ms=1)
+    await producer.start()
+    stop = asyncio.Event()
+
+    async def read() -> None:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    note = orjson.loads(record.value)
+                    if note["type"] == "lead.hot" and note["event_id"] in sent:
+                        latencies.append((now - sent[note["event_id"]]) * 1000)
+
+    reader = asyncio.create_task(read())
+    rng = random.Random(3)
+    tick, per_tick = 0.01, max(rate // 100, 1)
+    started, n, journeys = time.perf_counter(), 0, 0
+    while time.perf_counter() - started < seconds:
+        ts = int(time.time() * 1000)
+        for _ in range(per_tick):
+            n += 1
+            event: dict[str, Any]
+            if n % 20 == 0:  # a new lead asks for a consultation ...
+                journeys += 1
+                event = {"event_id": f"c{journeys}", "lead_id": f"hot-{journeys}",
+                         "type": "consultation_requested", "ts": ts}
+            elif n % 20 == 10 and journeys:  # ... and puts something in the cart: 90, hot
+                event = {"event_id": f"a{journeys}", "lead_id": f"hot-{journeys}",
+                         "type": "add_to_cart", "ts": ts}
+            else:
+                event = {"event_id": f"v{n}", "lead_id": f"browse-{rng.randrange(50_000)}",
+                         "type": "page_view", "ts": ts, "properties": {"url": "/docs"}}
+            sent[str(event["event_id"])] = time.perf_counter()
+            await producer.send(topic, orjson.dumps(event), key=str(event["lead_id"]).encode())
+        next_tick = started + tick * (n // per_tick)
+        await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))  # pacing the load
+    await asyncio.sleep(2)  # let the last notifications arrive before we stop reading
+    stop.set()
+    await reader
+    await producer.stop()
+    await consumer.stop()
+    offered = n / (time.perf_counter() - started - 2)
+    q = statistics.quantiles(latencies, n=100)
+    return {"offered_events_per_s": offered, "samples": len(latencies), "p50_ms": q[49],
+            "p99_ms": q[98], "max_ms": max(latencies)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--leads", type=int, default=100_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--naive-events", type=int, default=20_000)
+    parser.add_argument("--take-events", type=int, default=100_000)
+    parser.add_argument("--rate", type=int, default=5_000)
+    parser.add_argument("--seconds", type=int, default=60)
+    args = parser.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="leadscore-bench-"))
+    results: dict[str, Any] = {"events": args.events, "leads": args.leads,
+                               "machine": f"{platform.machine()} {os.cpu_count()} cores",
+                               "python": platform.python_version()}
+    began = time.perf_counter()
+    with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
+        console.print(f"generating {args.events:,} events over {args.leads:,} leads ...")
+        traffic = Traffic(args.leads, seed=1).history(args.events, START_MS, 30 * 86_400_000)
+        messages = [(e["lead_id"].encode(), orjson.dumps(e)) for e in traffic]
+        mix = out / "events.jsonl"
+        mix.write_bytes(b"\n".join(value for _, value in messages) + b"\n")
+        console.print("producing them to a 4-partition topic ...")
+        asyncio.run(create_topics(broker.bootstrap, {"bench-events": 4}))
+        asyncio.run(produce(broker.bootstrap, "bench-events", messages))
+
+        runs = []
+        for run in range(args.runs):
+            console.print(f"worker throughput, run {run + 1} of {args.runs} ...")
+            runs.append(worker_throughput(broker, redis, "bench-events", run, args.events,
+                                          out / "worker.log"))
+        per_lead, per_lead_without_ids = redis_bytes_per_lead(redis, runs[-1]["prefix"])
+        worker_rate = statistics.median(r["events_per_s"] for r in runs)
+        results.update({
+            "worker_events_per_s": round(worker_rate),
+            "worker_runs": [round(r["events_per_s"]) for r in runs],
+            "worker_peak_rss_mb": round(max(r["rss_mb"] for r in runs), 1),
+            "redis_calls_per_event": round(statistics.median(
+                r["redis_calls_per_event"] for r in runs), 4),
+            "redis_bytes_per_lead": round(per_lead),
+            "redis_bytes_per_lead_without_ids": round(per_lead_without_ids)})
+
+        console.print(f"baseline: naive Faust agent, {args.naive_events:,} events ...")
+        naive = baseline("naive", broker, redis, "bench-events", args.naive_events)
+        console.print(f"baseline: Faust stream.take agent, {args.take_events:,} events ...")
+        take = baseline("take", broker, redis, "bench-events", args.take_events)
+        results.update({"naive_events_per_s": round(naive), "take_events_per_s": round(take),
+                        "x_naive": round(worker_rate / naive, 2),
+                        "x_take": round(worker_rate / take, 2)})
+
+        console.print(f"latency at {args.rate:,} events/s for {args.seconds} s ...")
+        lat = asyncio.run(latency(broker, redis, args.rate, args.seconds, out / "live.log"))
+        results.update({f"latency_{k}": round(v, 2) for k, v in lat.items()})
+
+    console.print("offline leadscore score ...")
+    offline = measure_offline(mix, args.runs)
+    results.update({"offline_events_per_s": offline["command_events_per_s"],
+                    "offline_replay_events_per_s": offline["replay_events_per_s"],
+                    "bench_seconds": round(time.perf_counter() - began)})
+    _table(results)
+    print(orjson.dumps(results).decode())
+
+
+def _table(r: dict[str, Any]) -> None:
+    table = Table(title=f"Leadscore bench: {r['events']:,} events, {r['leads']:,} leads, "
+                  f"{r['machine']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("worker throughput (median)", f"{r['worker_events_per_s']:,} events/s"),
+        ("  runs", ", ".join(f"{x:,}" for x in r["worker_runs"])),
+        ("baseline: naive Faust agent", f"{r['naive_events_per_s']:,} events/s"),
+        ("baseline: Faust stream.take agent", f"{r['take_events_per_s']:,} events/s"),
+        ("worker / naive", f"{r['x_naive']}x"), ("worker / take", f"{r['x_take']}x"),
+        ("latency p50 / p99 / max",
+         f"{r['latency_p50_ms']} / {r['latency_p99_ms']} / {r['latency_max_ms']} ms"),
+        ("  at offered load", f"{r['latency_offered_events_per_s']:,.0f} events/s, "
+                              f"{r['latency_samples']:,.0f} lead.hot samples"),
+        ("worker peak RSS", f"{r['worker_peak_rss_mb']} MB"),
+        ("Redis memory per lead", f"{r['redis_bytes_per_lead']} B "
+                                  f"({r['redis_bytes_per_lead_without_ids']} B without ids)"),
+        ("Redis commands per event", str(r["redis_calls_per_event"])),
+        ("offline leadscore score", f"{r['offline_events_per_s']:,} events/s"),
+        ("bench took", f"{r['bench_seconds']} s"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
