@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from scoring.engine import LeadState, Notification, apply
@@ -37,3 +38,11 @@ def run(events: list[Event], ruleset: Ruleset, lead: str = "lead-1"
     for event in events:
         notes.extend(apply(state, event, ruleset))
     return state, notes
+
+
+def live(state: LeadState, ruleset: Ruleset) -> LeadState:
+    """The state with only the event ids that still count as duplicates: what the Redis
+    store keeps, where the offline engine may keep expired ones a little longer."""
+    horizon = (state.t_ref or 0) - ruleset.dedupe_window_ms
+    return dataclasses.replace(state, seen={i: t for i, t in state.seen.items()
+                                            if t >= horizon})
