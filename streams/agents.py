@@ -16,6 +16,7 @@ from the outbox at start and every ``outbox_interval``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -34,6 +35,7 @@ from streams.settings import Settings
 
 log = logging.getLogger("leadscore")
 RETRY_SECONDS = 1.0
+COMMIT_SECONDS = 0.2
 
 
 def bootstrap_servers(broker: str) -> list[str]:
@@ -56,6 +58,8 @@ class Scorer:
         self.producer: AIOKafkaProducer | None = None
         self.assigned: set[TopicPartition] = set()
         self._batch_lock = asyncio.Lock()  # a rebalance waits for the batch in flight
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._committed_at = 0.0
 
     async def start(self) -> None:
         servers = bootstrap_servers(self.settings.broker)
@@ -80,6 +84,8 @@ class Scorer:
 
     async def stop(self) -> None:
         if self.consumer is not None:
+            with contextlib.suppress(Exception):  # best effort: a replay is harmless
+                await self.commit()
             await self.consumer.stop()
         if self.producer is not None:
             await self.producer.stop()
@@ -148,8 +154,21 @@ class Scorer:
             metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
             if notes:
                 await self.deliver([orjson.dumps(n) for n in notes])
-        assert self.consumer is not None
-        await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        # Offsets of applied batches are committed at most every COMMIT_SECONDS: a commit
+        # is a broker round trip, and a replay of uncommitted batches is harmless (the
+        # store skips offsets it has applied), so waiting for one per batch only adds
+        # latency.
+        self._uncommitted.update({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        if time.monotonic() - self._committed_at >= COMMIT_SECONDS:
+            await self.commit()
+
+    async def commit(self) -> None:
+        """Commit the offsets of every batch applied so far."""
+        if self._uncommitted and self.consumer is not None:
+            offsets, self._uncommitted = self._uncommitted, {}
+            await self.consumer.commit(
+                {tp: o for tp, o in offsets.items() if tp in self.consumer.assignment()})
+        self._committed_at = time.monotonic()
 
     async def dead_letter(self, dead: Sequence[tuple[ConsumerRecord[Any, Any], EventError]]
                           ) -> None:
@@ -212,6 +231,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Let the batch in flight finish and commit before the partitions move on.
         async with self.scorer._batch_lock:
+            with contextlib.suppress(Exception):  # a lost commit only means a harmless replay
+                await self.scorer.commit()
             self.scorer.assigned -= set(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
