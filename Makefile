@@ -36,7 +36,7 @@ pytest: install
 fmt: install
 	$(BIN)/ruff check --fix .
 
-bench: install  ## the whole benchmark (about 6 minutes); see docs/performance.md
+bench: install  ## the whole benchmark (about 7 minutes); see docs/performance.md
 	$(BIN)/python -m bench.run
 
 clean:
