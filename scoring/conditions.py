@@ -31,12 +31,12 @@ def always(_: Mapping[str, Any]) -> bool:
 def compile_if(raw: object, loc: str, problems: list[str]) -> Predicate:
     """Compile an ``if`` mapping; append ``"<loc>: <problem>"`` for each problem found."""
     if not isinstance(raw, Mapping):
-        problems.append(f"{loc}: must be a mapping of field name to condition, got {_show(raw)}")
+        problems.append(f"{loc}: must be a mapping of field name to condition, got {show(raw)}")
         return always
     tests: list[Predicate] = []
     for field, cond in raw.items():
         if not isinstance(field, str):
-            problems.append(f"{loc}: field names must be strings, got {_show(field)}")
+            problems.append(f"{loc}: field names must be strings, got {show(field)}")
         elif field == ANY_OF:
             tests.append(_compile_any_of(cond, f"{loc}.{ANY_OF}", problems))
         else:
@@ -50,7 +50,7 @@ def compile_if(raw: object, loc: str, problems: list[str]) -> Predicate:
 
 def _compile_any_of(raw: object, loc: str, problems: list[str]) -> Predicate:
     if not isinstance(raw, list) or not raw:
-        problems.append(f"{loc}: must be a non-empty list of mappings, got {_show(raw)}")
+        problems.append(f"{loc}: must be a non-empty list of mappings, got {show(raw)}")
         return always
     options = [compile_if(item, f"{loc}[{i}]", problems) for i, item in enumerate(raw)]
     return lambda data: any(o(data) for o in options)
@@ -68,7 +68,7 @@ def _compile_field(field: str, cond: object, loc: str, problems: list[str]) -> P
     else:
         hint = " (use in: [...] for a list of values)" if isinstance(cond, list) else ""
         problems.append(f"{loc}: expected a value or a mapping of operators, got "
-                        f"{_show(cond)}{hint}")
+                        f"{show(cond)}{hint}")
         return always
     if len(problems) > known_problems:
         return always  # the file is refused anyway
@@ -107,31 +107,31 @@ def _compile_operator(op: object, arg: object, loc: str, problems: list[str]) ->
         return lambda _value: False
 
     if op == "equals":
-        return _equals(arg) if _is_scalar(arg) else refuse(f"expected a value, got {_show(arg)}")
+        return _equals(arg) if _is_scalar(arg) else refuse(f"expected a value, got {show(arg)}")
     if op in ("in", "not_in"):
         if not isinstance(arg, list) or not all(_is_scalar(a) for a in arg):
-            return refuse(f"expected a list of values, got {_show(arg)}")
+            return refuse(f"expected a list of values, got {show(arg)}")
         members = list(arg)
         if op == "in":
             return lambda v: any(_same(v, m) for m in members)
         return lambda v: not any(_same(v, m) for m in members)
     if op == "matches":
         if not isinstance(arg, str):
-            return refuse(f"expected a regular expression string, got {_show(arg)}")
+            return refuse(f"expected a regular expression string, got {show(arg)}")
         try:
             pattern = re.compile(arg)
         except re.error as exc:
-            return refuse(f"{_show(arg)} is not a valid regular expression ({exc})")
+            return refuse(f"{show(arg)} is not a valid regular expression ({exc})")
         return lambda v: isinstance(v, str) and pattern.search(v) is not None
     if op in ("gt", "gte", "lt", "lte"):
         if not (_is_number(arg) or isinstance(arg, str)):
-            return refuse(f"expected a number or a string, got {_show(arg)}")
+            return refuse(f"expected a number or a string, got {show(arg)}")
         return _ordering(str(op), arg)
     if op == "exists":
         if not isinstance(arg, bool):
-            return refuse(f"expected true or false, got {_show(arg)}")
+            return refuse(f"expected true or false, got {show(arg)}")
         return (lambda v: v is not None) if arg else (lambda v: v is None)
-    return refuse(f"unknown operator {_show(op)} (use one of {', '.join(OPERATORS)})")
+    return refuse(f"unknown operator {show(op)} (use one of {', '.join(OPERATORS)})")
 
 
 def _ordering(op: str, bound: Any) -> ValueTest:
@@ -170,7 +170,8 @@ def _is_scalar(v: object) -> bool:
     return isinstance(v, str | int | float | bool)
 
 
-def _show(v: object) -> str:
+def show(v: object) -> str:
+    """A YAML value as a problem message quotes it."""
     if isinstance(v, str):
         return f'"{v}"'
     if v is None:

@@ -286,8 +286,8 @@ def _plain(number: float) -> float | int:
     return int(number) if number.is_integer() else number
 
 
-def describe(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
-    """One lead as people see it (API, ``leadscore lead``): its numbers at ``at``."""
+def summary(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
+    """One lead's numbers at ``at``, as ``leadscore score`` prints them (SPEC 5)."""
     return {
         "lead_id": state.lead_id,
         "score": round(score_at(state, at, rules), 2),
@@ -295,7 +295,10 @@ def describe(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
         "engagement": round(engagement_at(state, at, rules), 2),
         "stage": state.stage,
         "hot": state.hot,
-        "reasons": reasons(state, rules, at),
-        "profile": state.profile,
-        "rules_version": rules.version,
     }
+
+
+def describe(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
+    """One lead as people see it (API, ``leadscore lead``): the summary and the why."""
+    return {**summary(state, rules, at), "reasons": reasons(state, rules, at),
+            "profile": state.profile, "rules_version": rules.version}

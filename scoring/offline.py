@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from scoring.engine import LeadState, Notification, apply, cool, engagement_at, score_at
+from scoring.engine import LeadState, Notification, apply, cool
 from scoring.errors import EventError
 from scoring.events import MAX_EVENT_BYTES, parse_event
 from scoring.rules import Ruleset
@@ -69,16 +68,3 @@ def replay(lines: Iterable[bytes], rules: Ruleset, at: int | None = None,
     for n in out.notifications:
         n["emitted_at"] = n["event_ts"]
     return out
-
-
-def summary(state: LeadState, rules: Ruleset, at: int) -> dict[str, Any]:
-    """One lead as ``leadscore score`` prints it (SPEC 5)."""
-    return {
-        "lead_id": state.lead_id,
-        "score": round(score_at(state, at, rules), 2),
-        "fit": round(state.fit, 2),
-        "engagement": round(engagement_at(state, at, rules), 2),
-        "stage": state.stage,
-        "hot": state.hot,
-    }
-

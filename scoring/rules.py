@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from scoring.conditions import Predicate, compile_if
+from scoring.conditions import Predicate, compile_if, show
 from scoring.errors import RulesError
 from scoring.events import CONVERTED
 
@@ -35,7 +35,7 @@ def parse_duration(value: object) -> int:
     match = _DURATION.match(value) if isinstance(value, str) else None
     if match is None:
         raise PydanticCustomError(
-            "duration", "{shown} is not a duration ({hint})", {"shown": _show(value),
+            "duration", "{shown} is not a duration ({hint})", {"shown": show(value),
                                                                "hint": DURATION_HINT})
     ms = int(match.group(1)) * _UNITS_MS[match.group(2)]
     if ms <= 0:
@@ -50,7 +50,7 @@ def _half_life(value: object) -> int | None:
 def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PydanticCustomError("number", "expected a number, got {shown}",
-                                  {"shown": _show(value)})
+                                  {"shown": show(value)})
     return float(value)
 
 
@@ -58,14 +58,14 @@ def _positive_number(value: object) -> float:
     number = _number(value)
     if number <= 0:
         raise PydanticCustomError("number", "must be greater than 0, got {shown}",
-                                  {"shown": _show(value)})
+                                  {"shown": show(value)})
     return number
 
 
 def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise PydanticCustomError("count", "expected a whole number of at least 1, got {shown}",
-                                  {"shown": _show(value)})
+                                  {"shown": show(value)})
     return value
 
 
@@ -75,7 +75,7 @@ def _event_types(value: object) -> list[str]:
             isinstance(t, str) and t for t in types):
         raise PydanticCustomError(
             "event", "expected an event type or a non-empty list of them, got {shown}",
-            {"shown": _show(value)})
+            {"shown": show(value)})
     return types
 
 
@@ -198,7 +198,7 @@ def parse_rules(data: bytes, source: str = "<rules>") -> Ruleset:
     raw = _load_yaml(data, problems)
     if not isinstance(raw, dict):
         if not problems:
-            problems.append(f"(top): the rules file must be a mapping, got {_show(raw)}")
+            problems.append(f"(top): the rules file must be a mapping, got {show(raw)}")
         raise RulesError(source, problems)
 
     tests = {(section, i): compile_if(rule["if"], f"{section}[{i}].if", problems)
@@ -315,18 +315,6 @@ def _as_list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
-def _show(value: object) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list | dict):
-        return "a list" if isinstance(value, list) else "a mapping"
-    return str(value)
-
-
 # ---------------------------------------------------------------- YAML without traps
 
 
@@ -346,7 +334,7 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 mark = key_node.start_mark
-                self.problems.append(f"line {mark.line + 1}: duplicate key {_show(key)}; "
+                self.problems.append(f"line {mark.line + 1}: duplicate key {show(key)}; "
                                      "each key may appear once per mapping")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)

