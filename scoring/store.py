@@ -11,8 +11,12 @@ EXEC fails if any watched key changed since WATCH (a second worker during a
 rebalance, the cooling sweep), and the batch is then re-read and re-applied. So
 a batch's state changes and the notifications they cause land together or not at
 all, and no update is ever applied on top of stale state. Replays after a crash
-are harmless because every state remembers the event ids it has applied.
-That is three round trips per batch, whatever its size.
+or a rebalance are recognised by the source offsets each lead remembers, and a
+producer's repeats by event id. That is three round trips per batch whatever its
+size, plus the SCRIPT EXISTS that redis-py sends before a pipeline runs a script.
+
+Redis Cluster is not supported yet: the MSET, the scripts and the outbox and
+cooling keys span many slots in one transaction.
 
 Keys (``{lead_id}`` is a Redis Cluster hash tag: one lead's keys share a slot):
 
