@@ -121,9 +121,10 @@ class LeadStore:
         return f"{self.prefix}:{{{lead_id}}}:ids"
 
     async def apply(self, events: Sequence[Event], now_ms: int,
-                    positions: Sequence[tuple[int, int]] | None = None) -> list[Notification]:
-        """Apply a batch of events (in order per lead); return the notifications recorded
-        in the outbox, stamped ``emitted_at`` = ``now_ms``.
+                    positions: Sequence[tuple[int, int]] | None = None) -> list[bytes]:
+        """Apply a batch of events (in order per lead); return the outbox entries it
+        recorded: the notifications as JSON, stamped ``emitted_at`` = ``now_ms``, byte for
+        byte what is to be sent and then passed to ``delivered``.
 
         ``positions`` are the events' (partition, offset) in the source topic. A lead's
         events all come from one partition in order, so an event at or below the last
@@ -156,8 +157,9 @@ class LeadStore:
                for lead_id, lead_events in by_lead.items()}
         return await self._transact(ids, change, now_ms)
 
-    async def sweep(self, now_ms: int, limit: int = 1000) -> list[Notification]:
-        """SPEC 3 step 3: cool every disarmed lead whose crossing time has passed."""
+    async def sweep(self, now_ms: int, limit: int = 1000) -> list[bytes]:
+        """SPEC 3 step 3: cool every disarmed lead whose crossing time has passed; return
+        the outbox entries recorded, as ``apply`` does."""
         due = await self.redis.zrangebyscore(self.cooling_key, "-inf", now_ms, 0, limit)
         if not due:
             return []
@@ -186,6 +188,10 @@ class LeadStore:
         upto = "+inf" if recorded_before_ms == float("inf") else f"({recorded_before_ms}"
         return cast(list[bytes], await self.redis.zrangebyscore(self.outbox_key, "-inf", upto))
 
+    async def outbox_size(self) -> int:
+        """How many notifications are recorded but not yet acknowledged by the broker."""
+        return int(await self.redis.zcard(self.outbox_key))
+
     async def delivered(self, entries: Iterable[bytes]) -> None:
         """Forget outbox entries that the broker has acknowledged."""
         members = list(entries)
@@ -193,7 +199,7 @@ class LeadStore:
             await self.redis.zrem(self.outbox_key, *members)
 
     async def _transact(self, ids: dict[str, list[str]], change: Change,
-                        now_ms: int) -> list[Notification]:
+                        now_ms: int) -> list[bytes]:
         """Read the leads (and the given event ids of each), apply ``change``, write back;
         all or nothing, retried while another writer changes one of these leads."""
         leads = list(ids)
@@ -209,9 +215,9 @@ class LeadStore:
                     stored = await self._read(leads, keys, ids)
                     notes = change(stored)
                     pipe.multi()
-                    await self._write(pipe, stored, notes, now_ms)
+                    entries = await self._write(pipe, stored, notes, now_ms)
                     await pipe.execute()
-                    return notes
+                    return entries
                 except WatchError:
                     continue  # someone else changed one of these leads: re-read, re-apply
         raise LeadscoreError(f"gave up after {MAX_RETRIES} conflicting writes to the same "
@@ -239,7 +245,7 @@ class LeadStore:
                 for lead_id, raw in zip(leads, replies[0], strict=True)}
 
     async def _write(self, pipe: Any, leads: dict[str, Stored], notes: list[Notification],
-                     now_ms: int) -> None:
+                     now_ms: int) -> list[bytes]:
         cooling: dict[str, float] = {}
         not_cooling: list[str] = []
         # One MSET for the batch: every queued command costs a reply to parse.
@@ -271,8 +277,10 @@ class LeadStore:
             pipe.zrem(self.cooling_key, *not_cooling)
         if id_keys:
             await self._write_ids(keys=id_keys, args=id_args, client=pipe)
-        if notes:
-            pipe.zadd(self.outbox_key, {orjson.dumps(stamp(n, now_ms)): now_ms for n in notes})
+        entries = [orjson.dumps(stamp(n, now_ms)) for n in notes]
+        if entries:
+            pipe.zadd(self.outbox_key, dict.fromkeys(entries, now_ms))
+        return entries
 
 
 def _text(value: object) -> str:

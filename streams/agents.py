@@ -148,12 +148,12 @@ class Scorer:
         if dead:
             await self.dead_letter(dead)
         if events:
-            notes = await self.store.apply(events, now_ms(), positions)
+            entries = await self.store.apply(events, now_ms(), positions)
             metrics.BATCHES.inc()
             metrics.EVENTS_APPLIED.inc(len(events))
             metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
-            if notes:
-                await self.deliver([orjson.dumps(n) for n in notes])
+            if entries:
+                await self.deliver(entries)
         # Offsets of applied batches are committed at most every COMMIT_SECONDS: a commit
         # is a broker round trip, and a replay of uncommitted batches is harmless (the
         # store skips offsets it has applied), so waiting for one per batch only adds
@@ -206,12 +206,12 @@ class Scorer:
         pending = await self.store.pending(recorded_before_ms=horizon)
         if pending:
             await self.deliver(pending)
-        metrics.OUTBOX_PENDING.set(len(pending))
+        metrics.OUTBOX_PENDING.set(await self.store.outbox_size())
 
     async def sweep(self) -> None:
         """Cool the disarmed leads whose crossing time has passed (SPEC 3 step 3)."""
-        while notes := await self.store.sweep(now_ms()):
-            await self.deliver([orjson.dumps(n) for n in notes])
+        while entries := await self.store.sweep(now_ms()):
+            await self.deliver(entries)
 
     async def safely(self, name: str, job: Callable[[], Awaitable[None]]) -> None:
         """Run a timer job; a failure is logged and the next tick tries again."""

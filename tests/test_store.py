@@ -153,7 +153,8 @@ async def test_the_sweep_cools_a_lead_at_its_exact_crossing_time(redis_url: str)
         assert await redis.zscore(store.cooling_key, "a") == t_c
 
         assert await store.sweep(now_ms=int(t_c) - 1) == []
-        (cooled,) = await store.sweep(now_ms=T0 + 2 * DAY)
+        (entry,) = await store.sweep(now_ms=T0 + 2 * DAY)
+        cooled = orjson.loads(entry)
         assert {k: cooled[k] for k in ("type", "notification_id", "score", "event_id",
                                        "event_ts", "emitted_at")} == {
             "type": "lead.cooled", "notification_id": "a:2", "score": 50.0, "event_id": None,
@@ -166,11 +167,13 @@ async def test_the_sweep_cools_a_lead_at_its_exact_crossing_time(redis_url: str)
 async def test_outbox_entries_stay_until_delivered(redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis:
         store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
-        notes = await store.apply([ev("d1", "demo_request", T0, lead="a"),
-                                   ev("d2", "demo_request", T0 + HOUR, lead="a")], now_ms=T0)
-        assert [n["type"] for n in notes] == ["lead.hot"]
+        recorded = await store.apply([ev("d1", "demo_request", T0, lead="a"),
+                                      ev("d2", "demo_request", T0 + HOUR, lead="a")], now_ms=T0)
+        assert [orjson.loads(r)["type"] for r in recorded] == ["lead.hot"]
         (entry,) = await store.pending()
-        assert orjson.loads(entry) == notes[0]
+        assert entry == recorded[0]
+        assert await store.outbox_size() == 1
         assert await store.pending(recorded_before_ms=T0) == []
         await store.delivered([entry])
         assert await store.pending() == []
+        assert await store.outbox_size() == 0
