@@ -25,6 +25,7 @@ MAX_REASONS = 5
 _KEEP_IDS = 8
 
 Notification = dict[str, Any]
+Award = tuple[str, float]  # (rule id, points as awarded at the event's own time)
 
 
 @dataclass(slots=True)
@@ -66,8 +67,24 @@ class LeadState:
             seen=d["seen"], notified=d["notified"])
 
 
-def apply(state: LeadState, event: Event, rules: Ruleset) -> list[Notification]:
-    """Apply one event to its lead's state; return the notifications it causes."""
+def is_duplicate(state: LeadState, event: Event, rules: Ruleset) -> bool:
+    """Whether ``apply`` would ignore this event as a repeat of one already applied."""
+    first_seen = state.seen.get(event.event_id)
+    if first_seen is None:
+        return False
+    t_ref = state.t_ref
+    latest = event.ts if t_ref is None or event.ts > t_ref else t_ref
+    return first_seen >= latest - rules.dedupe_window_ms
+
+
+def apply(state: LeadState, event: Event, rules: Ruleset,
+          awards: list[Award] | None = None) -> list[Notification]:
+    """Apply one event to its lead's state; return the notifications it causes.
+
+    With ``awards``, every rule that awarded points is appended to it (fit rules
+    that start or stop holding count as awards of +/- their points), for the
+    score history and the per-rule metrics.
+    """
     t, t_ref = event.ts, state.t_ref
     first_seen = state.seen.get(event.event_id)
     latest = t if t_ref is None or t > t_ref else t_ref
@@ -86,7 +103,7 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> list[Notification]:
             out.append(cooled)
 
     if event.type == PROFILE_UPDATE:
-        _merge_profile(state, event.properties, rules)
+        _merge_profile(state, event.properties, rules, awards)
 
     if in_order:
         # Rebase E and every contribution to t; the awards then arrive at full value.
@@ -96,9 +113,9 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> list[Notification]:
             for rule_id in contributions:
                 contributions[rule_id] *= f
         state.t_ref = t
-        _award(state, event, rules, 1.0)
+        _award(state, event, rules, 1.0, awards)
     else:
-        _award(state, event, rules, f)  # a late event's awards arrive decayed from t to T
+        _award(state, event, rules, f, awards)  # a late event's awards arrive decayed from t to T
 
     stage = rules.stage_after.get(event.type)
     if stage is not None:
@@ -190,7 +207,8 @@ def stamp(notification: Notification, emitted_at: int) -> Notification:
     return notification
 
 
-def _award(state: LeadState, event: Event, rules: Ruleset, weight: float) -> None:
+def _award(state: LeadState, event: Event, rules: Ruleset, weight: float,
+           awards: list[Award] | None) -> None:
     """Add what each matching engagement rule awards (after `after` and `limit`) to E
     and to the rule's own share, each worth ``weight`` as of T."""
     candidates = rules.by_type.get(event.type)
@@ -221,18 +239,26 @@ def _award(state: LeadState, event: Event, rules: Ruleset, weight: float) -> Non
                 points = math.copysign(room, points)
             used[window] = used.get(window, 0.0) + abs(points)
         if points:
+            if awards is not None:
+                awards.append((rule.id, points))
             points *= weight
             state.engagement += points
             state.contributions[rule.id] = state.contributions.get(rule.id, 0.0) + points
 
 
-def _merge_profile(state: LeadState, changes: dict[str, Any], rules: Ruleset) -> None:
+def _merge_profile(state: LeadState, changes: dict[str, Any], rules: Ruleset,
+                   awards: list[Award] | None) -> None:
+    held = None if awards is None else [r.test(state.profile) for r in rules.fit]
     for key, value in changes.items():
         if value is None:
             state.profile.pop(key, None)
         else:
             state.profile[key] = value
     state.fit = fit_score(state.profile, rules)
+    if awards is not None and held is not None:
+        for rule, before in zip(rules.fit, held, strict=True):
+            if rule.test(state.profile) != before:
+                awards.append((rule.id, rule.points if not before else -rule.points))
 
 
 def _advance(state: LeadState, stage: str) -> None:

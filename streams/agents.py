@@ -28,7 +28,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from scoring.engine import Notification
 from scoring.errors import EventError
-from scoring.events import Event, parse_event
+from scoring.events import Event, parse_event, parse_ts
 from scoring.store import LeadStore
 from streams import metrics
 from streams.settings import Settings
@@ -59,7 +59,21 @@ class Scorer:
         self.assigned: set[TopicPartition] = set()
         self._batch_lock = asyncio.Lock()  # a rebalance waits for the batch in flight
         self._uncommitted: dict[TopicPartition, int] = {}
+        self.positions: dict[TopicPartition, int] = {}  # next offset to apply, per partition
         self._committed_at = 0.0
+
+    def lags(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, messages not yet applied) for each assigned partition this
+        worker has read from (the high watermark comes with each fetch)."""
+        consumer = self.consumer
+        if consumer is None:
+            return []
+        out = []
+        for tp in sorted(self.assigned):
+            highwater, position = consumer.highwater(tp), self.positions.get(tp)
+            if highwater is not None and position is not None:
+                out.append((tp.topic, tp.partition, max(highwater - position, 0)))
+        return out
 
     async def start(self) -> None:
         servers = bootstrap_servers(self.settings.broker)
@@ -148,17 +162,26 @@ class Scorer:
         if dead:
             await self.dead_letter(dead)
         if events:
-            entries = await self.store.apply(events, now_ms(), positions)
+            outcome = await self.store.apply(events, now_ms(), positions)
+            metrics.APPLY_LATENCY.observe(time.perf_counter() - started)
             metrics.BATCHES.inc()
-            metrics.EVENTS_APPLIED.inc(len(events))
-            metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
-            if entries:
-                await self.deliver(entries)
+            metrics.EVENTS_APPLIED.inc(outcome.applied)
+            if outcome.duplicates:
+                metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
+            if outcome.replayed:
+                metrics.EVENTS_REPLAYED.inc(outcome.replayed)
+            for rule_id, (times, points) in outcome.awards.items():
+                metrics.RULE_AWARDS.labels(rule_id).inc(times)
+                metrics.RULE_POINTS.labels(rule_id).inc(points)
+            if outcome.entries:
+                await self.deliver(outcome.entries)
         # Offsets of applied batches are committed at most every COMMIT_SECONDS: a commit
         # is a broker round trip, and a replay of uncommitted batches is harmless (the
         # store skips offsets it has applied), so waiting for one per batch only adds
         # latency.
-        self._uncommitted.update({tp: records[-1].offset + 1 for tp, records in batch.items()})
+        applied = {tp: records[-1].offset + 1 for tp, records in batch.items()}
+        self._uncommitted.update(applied)
+        self.positions.update(applied)
         if time.monotonic() - self._committed_at >= COMMIT_SECONDS:
             await self.commit()
 
@@ -192,12 +215,18 @@ class Scorer:
         assert self.producer is not None
         entries = list(entries)
         sends = []
+        caused_at = []  # event times of the notifications an event caused
         for entry in entries:
             note: Notification = orjson.loads(entry)
             sends.append(await self.producer.send(
                 self.settings.topic_hot, value=entry, key=note["lead_id"].encode()))
             metrics.NOTIFICATIONS.labels(note["type"]).inc()
+            if note["event_id"] is not None:
+                caused_at.append(parse_ts(note["event_ts"]))
         await asyncio.gather(*sends)
+        sent = now_ms()
+        for event_ts in caused_at:
+            metrics.END_TO_END_LATENCY.observe(max(sent - event_ts, 0) / 1000)
         await self.store.delivered(entries)
 
     async def resend_pending(self) -> None:

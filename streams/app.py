@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from typing import Any
 
 import faust
 from redis.asyncio import Redis
 
 from scoring.rules import Ruleset, load_rules
 from scoring.store import LeadStore
-from streams import web
+from streams import metrics, web
 from streams.agents import Scorer
 from streams.settings import Settings
 
@@ -19,7 +20,10 @@ def create_app(settings: Settings, rules: Ruleset | None = None) -> tuple[faust.
     """A ready-to-run Faust app and its scorer; the rules file is validated here."""
     rules = rules if rules is not None else load_rules(settings.rules_path())
     redis = Redis.from_url(settings.redis_url.get_secret_value())
-    scorer = Scorer(settings, LeadStore(redis, rules, prefix=settings.key_prefix))
+    store = LeadStore(redis, rules, prefix=settings.key_prefix,
+                      history_size=settings.history_size, observe=metrics.observe_redis)
+    scorer = Scorer(settings, store)
+    metrics.watch_lag(scorer.lags)
     app = faust.App(
         f"{settings.group_id}-worker",
         broker=settings.broker,
@@ -45,7 +49,12 @@ def create_app(settings: Settings, rules: Ruleset | None = None) -> tuple[faust.
     async def outbox_resend() -> None:
         await scorer.safely("outbox re-send", scorer.resend_pending)
 
-    web.install(app, scorer)
+    feed = web.install(app, scorer)
+
+    @app.on_before_shutdown.connect
+    async def close_feed(sender: Any, /, *args: Any, **kwargs: Any) -> None:
+        await feed.close()  # open dashboards end their streams so the web server can stop
+
     return app, scorer
 
 

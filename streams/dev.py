@@ -38,7 +38,8 @@ def run_dev(settings: Settings, demo: bool) -> None:
             settings.topic_dlq: 1}))
         app, _ = create_app(settings)
         console.print(f"[bold]Leadscore dev[/]  broker {broker.url}  redis {redis.url}\n"
-                      f"  API        http://127.0.0.1:{settings.web_port}/leads/<lead_id>\n"
+                      f"  dashboard  http://127.0.0.1:{settings.web_port}/\n"
+                      f"  API        http://127.0.0.1:{settings.web_port}/leads?hot=true\n"
                       f"  metrics    http://127.0.0.1:{settings.web_port}/metrics\n"
                       f"  events in  {settings.topic_events}   notifications out "
                       f"{settings.topic_hot}   dead letters {settings.topic_dlq}\n"

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     batch_size: int = Field(1000, ge=1, le=100_000, description="events per Redis round trip")
     partitions: int = Field(8, ge=1, description="partitions when Leadscore creates topics")
     key_prefix: str = Field("ls", description="prefix of every Redis key")
+    history_size: int = Field(50, ge=0, le=10_000,
+                              description="changes kept per lead for its history (0 = none)")
     group_id: str = "leadscore"
     broker_session_timeout: float = Field(10.0, gt=0)
 

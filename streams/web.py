@@ -1,19 +1,53 @@
-"""The worker's HTTP endpoints (SPEC 7), served by Faust's web server."""
+"""The worker's HTTP endpoints (SPEC 7), served by Faust's web server.
+
+    GET /                         the live dashboard (one self-contained page)
+    GET /stream                   Server-Sent Events: every notification as it is sent
+    GET /leads?hot=&stage=&limit= the highest scores now, from the lead index
+    GET /leads/{id}               one lead now; 404 if unknown
+    GET /leads/{id}/history       its last changes, newest first
+    GET /healthz /readyz /metrics
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
 import faust
+from aiohttp import web as aiohttp_web
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scoring.engine import describe
+from scoring.engine import STAGES, cool, describe
 from scoring.events import format_ts
 from streams import metrics
 from streams.agents import Scorer, now_ms
+from streams.feed import Feed
+
+DASHBOARD = Path(__file__).resolve().parent / "static" / "dashboard.html"
+MAX_LIMIT = 1000
+KEEP_ALIVE_SECONDS = 15.0
 
 
-def install(app: faust.App, scorer: Scorer) -> None:
-    """Register the endpoints on the app."""
+class BadRequest(ValueError):
+    """A query parameter that cannot be used; the message says which and why."""
+
+
+def install(app: faust.App, scorer: Scorer) -> Feed:
+    """Register the endpoints on the app; returns the live feed (closed on shutdown)."""
+    store = scorer.store
+    rules = store.rules
+    feed = Feed(store.redis, store.channel)
+    page = DASHBOARD.read_bytes()
+
+    def error(web: View, status: int, message: str) -> Response:
+        return web.json({"error": message}, status=status)
+
+    @app.page("/")
+    async def dashboard(web: View, request: Request) -> Response:
+        return web.bytes(page, content_type="text/html")
 
     @app.page("/healthz")
     async def healthz(web: View, request: Request) -> Response:
@@ -23,7 +57,7 @@ def install(app: faust.App, scorer: Scorer) -> None:
     async def readyz(web: View, request: Request) -> Response:
         problems = []
         try:
-            await scorer.store.redis.ping()
+            await store.redis.ping()
         except Exception as exc:  # any failure means "not ready", with its reason
             problems.append(f"redis: {type(exc).__name__}")
         if scorer.consumer is None or not scorer.assigned:
@@ -37,11 +71,92 @@ def install(app: faust.App, scorer: Scorer) -> None:
         return web.bytes(generate_latest(metrics.REGISTRY),
                          content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
 
+    @app.page("/leads")
+    async def leads(web: View, request: Request) -> Response:
+        try:
+            limit = _limit(request, 20)
+            hot, stage = _hot(request), _stage(request)
+        except BadRequest as exc:
+            return error(web, 400, str(exc))
+        # Read the smallest ranking that holds every match; filter the rest as we go.
+        group = "hot" if hot else f"stage:{stage}" if stage else "all"
+
+        def keep(view: dict[str, Any]) -> bool:
+            return (hot is None or view["hot"] == hot) and (stage is None
+                                                            or view["stage"] == stage)
+
+        now = now_ms()
+        found = await store.top(now, limit, group, keep)
+        return web.json({"at": format_ts(now), "threshold": rules.threshold,
+                         "rearm_below": rules.rearm_below, "leads": found})
+
     @app.page("/leads/{lead_id}")
     async def lead(web: View, request: Request, lead_id: str) -> Response:
-        loaded = await scorer.store.load(lead_id)
+        loaded = await store.load(lead_id)
         if loaded is None:
-            return web.json({"error": f"no lead {lead_id!r}"}, status=404)
+            return error(web, 404, f"no lead {lead_id!r}")
         state, updated_at = loaded
-        view = describe(state, scorer.store.rules, now_ms())
-        return web.json({**view, "updated_at": format_ts(updated_at)})
+        now = now_ms()
+        cool(state, now, rules)  # as of now: a cooling the sweep has not reached yet shows
+        return web.json({**describe(state, rules, now), "updated_at": format_ts(updated_at)})
+
+    @app.page("/leads/{lead_id}/history")
+    async def lead_history(web: View, request: Request, lead_id: str) -> Response:
+        try:
+            limit = _limit(request, store.history_size or 1)
+        except BadRequest as exc:
+            return error(web, 400, str(exc))
+        entries = await store.history(lead_id, limit)
+        if not entries and not await store.redis.exists(store.state_key(lead_id)):
+            return error(web, 404, f"no lead {lead_id!r}")
+        return web.json({
+            "lead_id": lead_id, "threshold": rules.threshold, "rearm_below": rules.rearm_below,
+            "half_life_seconds": None if rules.half_life_ms is None
+            else rules.half_life_ms / 1000,
+            "history": entries})
+
+    @app.page("/stream")
+    async def stream(web: View, request: Request) -> Any:
+        response = aiohttp_web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no"})
+        await response.prepare(request)  # type: ignore[arg-type]  # faust passes aiohttp's
+        with feed.subscription() as queue, contextlib.suppress(ConnectionError):
+            await response.write(b": connected\n\n")
+            while True:
+                try:
+                    data = await asyncio.wait_for(queue.get(), KEEP_ALIVE_SECONDS)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")  # proxies drop idle streams
+                    continue
+                if data is None:
+                    break  # the worker is stopping
+                await response.write(b"event: notification\ndata: " + data + b"\n\n")
+        return response
+
+    return feed
+
+
+def _limit(request: Request, default: int) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw!r}")
+    return int(raw)
+
+
+def _hot(request: Request) -> bool | None:
+    raw = request.query.get("hot")
+    if raw is None:
+        return None
+    if raw.lower() not in ("true", "false"):
+        raise BadRequest(f"hot must be true or false, got {raw!r}")
+    return raw.lower() == "true"
+
+
+def _stage(request: Request) -> str | None:
+    raw = request.query.get("stage")
+    if raw is not None and raw not in STAGES:
+        raise BadRequest(f"stage must be one of {', '.join(STAGES)}, got {raw!r}")
+    return raw

@@ -4,6 +4,7 @@ offline engine exactly, also when two workers apply the same batches at once."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 from collections.abc import Coroutine
 from typing import Any
@@ -15,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from scoring.engine import LeadState, Notification, apply, cooling_due
+from scoring import history
+from scoring.engine import LeadState, Notification, cool, cooling_due, score_at
 from scoring.events import Event
 from scoring.store import LeadStore
 
@@ -62,13 +64,31 @@ def streams(draw: st.DrawFn) -> list[Event]:
     return events
 
 
-def offline(events: list[Event]) -> tuple[dict[str, LeadState], dict[str, list[Notification]]]:
+def offline(events: list[Event], entries: dict[str, list[Any]] | None = None
+            ) -> tuple[dict[str, LeadState], dict[str, list[Notification]]]:
+    """The engine applied in order; with ``entries``, each lead's history is collected."""
     states: dict[str, LeadState] = {}
     notes: dict[str, list[Notification]] = {}
     for event in events:
         state = states.setdefault(event.lead_id, LeadState(event.lead_id))
-        notes.setdefault(event.lead_id, []).extend(apply(state, event, RULES))
+        emitted, changes, _ = history.apply_recorded(state, event, RULES)
+        notes.setdefault(event.lead_id, []).extend(emitted)
+        if entries is not None:
+            entries.setdefault(event.lead_id, []).extend(changes)
     return states, notes
+
+
+def ranked(states: dict[str, LeadState], at: int, limit: int, hot: bool | None = None
+           ) -> list[tuple[str, float]]:
+    """The top of the lead index worked out by brute force: every lead's score at ``at``."""
+    scores = []
+    for state in states.values():
+        state = copy.deepcopy(state)
+        cool(state, at, RULES)
+        if hot is None or state.hot == hot:
+            scores.append((score_at(state, at, RULES), state.lead_id))
+    scores.sort(key=lambda s: (-s[0], s[1]))
+    return [(lead, round(score, 2)) for score, lead in scores[:limit]]
 
 
 def batches(events: list[Event], cuts: list[int]) -> list[list[Event]]:
@@ -107,13 +127,28 @@ def test_the_store_agrees_with_the_offline_engine(redis_url: str, events: list[E
                                                   cuts: list[int]) -> None:
     async def scenario() -> None:
         async with Redis.from_url(redis_url) as redis:
-            store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+            store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}",
+                              history_size=4)
             for batch in batches(events, cuts):
                 await store.apply(batch, now_ms=T0)
-            want_states, want_notes = offline(events)
+            entries: dict[str, list[Any]] = {}
+            want_states, want_notes = offline(events, entries)
             assert await stored_states(store, sorted(want_states)) == {
                 lead: live(state, RULES) for lead, state in want_states.items()}
             assert await outbox_by_lead(redis, store) == expected_outbox(want_notes)
+            for lead in want_states:
+                assert await store.history(lead, 50) == [
+                    history.view(entry) for entry in reversed(entries.get(lead, [])[-4:])]
+            # The index answers "top N now" as brute force over every lead does, at
+            # instants that reorder leads of different fit.
+            for at in (T0 + 5 * DAY, T0 + 9 * DAY, T0 + 40 * DAY):
+                for limit in (1, 2, 3):
+                    for hot in (None, True, False):
+                        group = "hot" if hot else "all"
+                        found = await store.top(at, limit, group, None if hot is None else
+                                                lambda v, hot=hot: v["hot"] == hot)
+                        assert [(v["lead_id"], v["score"]) for v in found] == \
+                            ranked(want_states, at, limit, hot)
 
     run_async(scenario())
 
@@ -167,8 +202,9 @@ async def test_the_sweep_cools_a_lead_at_its_exact_crossing_time(redis_url: str)
 async def test_outbox_entries_stay_until_delivered(redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis:
         store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
-        recorded = await store.apply([ev("d1", "demo_request", T0, lead="a"),
-                                      ev("d2", "demo_request", T0 + HOUR, lead="a")], now_ms=T0)
+        recorded = (await store.apply([ev("d1", "demo_request", T0, lead="a"),
+                                       ev("d2", "demo_request", T0 + HOUR, lead="a")],
+                                      now_ms=T0)).entries
         assert [orjson.loads(r)["type"] for r in recorded] == ["lead.hot"]
         (entry,) = await store.pending()
         assert entry == recorded[0]

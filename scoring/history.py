@@ -1,0 +1,67 @@
+"""Score history: the last changes of a lead, to answer "why is this lead hot?".
+
+An entry is recorded for each applied event that changed something a person cares
+about (a rule awarded points, a fit rule started or stopped holding, the stage
+moved, a notification was emitted) and for each cooling by decay. Entries are
+stored as compact JSON arrays (a busy lead keeps dozens) and expanded by ``view``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scoring.engine import (
+    STAGES,
+    Award,
+    LeadState,
+    Notification,
+    apply,
+    score_at,
+)
+from scoring.events import Event, format_ts
+from scoring.rules import Ruleset
+
+# [at (epoch ms; RFC 3339 for a cooling), event_ts_ms|None, event_id|None, event_type,
+#  [[rule, points], ...], score after, stage index, hot (0/1), notification type|None]
+Entry = list[Any]
+_STAGE_INDEX = {stage: i for i, stage in enumerate(STAGES)}
+
+
+def apply_recorded(state: LeadState, event: Event, rules: Ruleset
+                   ) -> tuple[list[Notification], list[Entry], list[Award]]:
+    """``engine.apply``, plus the history entries and the awards of the change."""
+    awards: list[Award] = []
+    stage, fit = state.stage, state.fit
+    notes = apply(state, event, rules, awards)
+    entries = [cooling(n) for n in notes if n["event_id"] is None]  # cooled before it
+    caused = [n["type"] for n in notes if n["event_id"] is not None]
+    if awards or caused or state.stage != stage or state.fit != fit:
+        assert state.t_ref is not None
+        entries.append([
+            state.t_ref, event.ts, event.event_id, event.type,
+            [[rule, round(points, 2)] for rule, points in awards],
+            round(score_at(state, state.t_ref, rules), 2), _STAGE_INDEX[state.stage],
+            int(state.hot), caused[-1] if caused else None])
+    return notes, entries, awards
+
+
+def cooling(note: Notification) -> Entry:
+    """The entry of a lead.cooled by decay (no event caused it): as of its crossing time."""
+    return [note["event_ts"], None, None, "lead.cooled", [], note["score"],
+            _STAGE_INDEX[note["stage"]], 0, "lead.cooled"]
+
+
+def view(entry: Entry) -> dict[str, Any]:
+    """An entry as the API shows it."""
+    at, ts, event_id, event_type, awards, score, stage, hot, note = entry
+    return {
+        "at": at if isinstance(at, str) else format_ts(at),
+        "event_ts": None if ts is None else format_ts(ts),
+        "event_id": event_id,
+        "event_type": event_type,
+        "awards": [{"rule": rule, "points": points} for rule, points in awards],
+        "score": score,
+        "stage": STAGES[stage],
+        "hot": bool(hot),
+        "notification": note,
+    }
