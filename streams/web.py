@@ -98,7 +98,8 @@ def install(app: faust.App, scorer: Scorer) -> Feed:
         state, updated_at = loaded
         now = now_ms()
         cool(state, now, rules)  # as of now: a cooling the sweep has not reached yet shows
-        return web.json({**describe(state, rules, now), "updated_at": format_ts(updated_at)})
+        return web.json({**describe(state, rules, now), "updated_at": format_ts(updated_at),
+                         "at": format_ts(now)})
 
     @app.page("/leads/{lead_id}/history")
     async def lead_history(web: View, request: Request, lead_id: str) -> Response:

@@ -1,0 +1,183 @@
+"""The HTTP API of a real worker on the real servers (SPEC 7): every number it shows
+must be what the offline engine computes for the same instant."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from worker import Deployment, Worker, keyed, wait_for
+
+from scoring import history
+from scoring.engine import LeadState, cool, describe, is_duplicate, score_at
+from scoring.events import event_from_dict, parse_ts
+from scoring.rules import Ruleset, load_rules
+from streams.agents import now_ms
+from streams.demo import Traffic
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES_PATH = ROOT / "config" / "rules.yaml"
+RULES = load_rules(RULES_PATH)
+DAY = 86_400_000
+
+
+class Offline:
+    """The engine applied in production order, with what the API derives from it."""
+
+    def __init__(self, events: list[dict[str, Any]], rules: Ruleset) -> None:
+        self.rules = rules
+        self.states: dict[str, LeadState] = {}
+        self.entries: dict[str, list[Any]] = {}
+        self.awards: Counter[str] = Counter()
+        self.duplicates = 0
+        for doc in events:
+            event = event_from_dict(doc)
+            state = self.states.setdefault(event.lead_id, LeadState(event.lead_id))
+            if is_duplicate(state, event, rules):
+                self.duplicates += 1
+                continue
+            _, entries, awards = history.apply_recorded(state, event, rules)
+            self.entries.setdefault(event.lead_id, []).extend(entries)
+            self.awards.update(rule for rule, _ in awards)
+
+    def now(self, lead: str, at: int) -> dict[str, Any]:
+        """One lead as the API must show it at ``at``: cooled if its cooling is due."""
+        state = copy.deepcopy(self.states[lead])
+        cool(state, at, self.rules)
+        view = describe(state, self.rules, at)
+        return view
+
+    def top(self, at: int, limit: int, hot: bool | None = None, stage: str | None = None
+            ) -> list[dict[str, Any]]:
+        ranked = []
+        for lead in self.states:
+            view = self.now(lead, at)
+            if (hot is None or view["hot"] == hot) and (stage is None or view["stage"] == stage):
+                del view["profile"]
+                state = copy.deepcopy(self.states[lead])
+                cool(state, at, self.rules)
+                ranked.append((score_at(state, at, self.rules), lead, view))
+        ranked.sort(key=lambda r: (-r[0], r[1]))
+        return [view for _, _, view in ranked[:limit]]
+
+    def history(self, lead: str, limit: int) -> list[dict[str, Any]]:
+        return [history.view(e) for e in reversed(self.entries.get(lead, [])[-limit:])]
+
+
+def recent_traffic(leads: int, events: int, seed: int) -> list[dict[str, Any]]:
+    """Reproducible traffic over the last three days, so that 'now' sees real decay."""
+    start = now_ms() - 3 * DAY
+    return list(Traffic(leads, seed=seed).history(events, start, 3 * DAY - 60_000))
+
+
+def get_json(worker: Worker, path: str) -> tuple[int, Any]:
+    status, body = worker.get(path)
+    return status, orjson.loads(body) if body else None
+
+
+@pytest.fixture
+async def served(bootstrap: str, redis_url: str, tmp_path: Path
+                 ) -> AsyncIterator[tuple[Deployment, Worker]]:
+    deployment = Deployment(bootstrap, redis_url, RULES_PATH, tmp_path, history_size="8")
+    await deployment.create_topics()
+    worker = deployment.worker().start()
+    await worker.wait_ready()
+    yield deployment, worker
+    deployment.stop_all()
+
+
+async def test_the_api_shows_what_the_offline_engine_computes(
+        served: tuple[Deployment, Worker]) -> None:
+    deployment, worker = served
+    events = recent_traffic(leads=40, events=800, seed=11)
+    await deployment.produce(keyed(events))
+    offline = Offline(events, RULES)
+    await wait_for(lambda: worker.metric("leadscore_events_consumed_total") == len(events),
+                   90, f"the worker did not consume every event; log:\n{worker.log_tail()}")
+
+    # One lead now: every field, exactly as the engine computes it for the same instant.
+    for lead in ("lead-0", "lead-1", "lead-7", "lead-39"):
+        status, shown = get_json(worker, f"/leads/{lead}")
+        assert status == 200
+        at = parse_ts(shown.pop("at"))
+        assert abs(at - now_ms()) < 60_000
+        parse_ts(shown.pop("updated_at"))
+        assert shown == offline.now(lead, at)
+
+    # The index: highest scores now, for each filter, against brute force over all leads.
+    for query, hot, stage in [("limit=10", None, None), ("hot=true&limit=5", True, None),
+                              ("stage=mql&limit=5", None, "mql"),
+                              ("hot=false&stage=sql&limit=3", False, "sql"),
+                              ("stage=customer&limit=4", None, "customer")]:
+        status, page = get_json(worker, f"/leads?{query}")
+        assert status == 200, page
+        at = parse_ts(page["at"])
+        assert page["leads"] == offline.top(at, int(query.rsplit("=", 1)[1]), hot, stage), query
+        assert (page["threshold"], page["rearm_below"]) == (RULES.threshold, RULES.rearm_below)
+    assert len(get_json(worker, "/leads?hot=true&limit=5")[1]["leads"]) == 5
+
+    # History: the last 8 changes (LEADSCORE_HISTORY_SIZE), newest first.
+    busiest = max(offline.entries, key=lambda lead: len(offline.entries[lead]))
+    assert len(offline.entries[busiest]) > 8
+    for lead, limit in ((busiest, 50), (busiest, 3), ("lead-5", 50)):
+        status, shown = get_json(worker, f"/leads/{lead}/history?limit={limit}")
+        assert status == 200
+        assert shown["history"] == offline.history(lead, min(limit, 8))
+        assert shown["half_life_seconds"] == RULES.half_life_ms / 1000  # type: ignore[operator]
+
+    # Metrics: what was counted is what happened.
+    assert worker.metric("leadscore_events_duplicate_total") == offline.duplicates > 0
+    assert worker.metric("leadscore_events_applied_total") == len(events) - offline.duplicates
+    for rule, times in offline.awards.items():
+        assert worker.metric(f'leadscore_rule_awards_total{{rule="{rule}"}}') == times, rule
+    _, metrics = worker.get("/metrics")
+    for family in (b"leadscore_apply_latency_seconds_bucket", b"leadscore_consumer_lag{",
+                   b"leadscore_redis_roundtrip_seconds_bucket{",
+                   b"leadscore_end_to_end_latency_seconds_bucket"):
+        assert family in metrics
+
+
+async def test_unknown_leads_and_bad_queries_get_json_errors(
+        served: tuple[Deployment, Worker]) -> None:
+    _, worker = served
+    assert get_json(worker, "/leads/nobody") == (404, {"error": "no lead 'nobody'"})
+    assert get_json(worker, "/leads/nobody/history") == (404, {"error": "no lead 'nobody'"})
+    assert get_json(worker, "/leads?limit=0") == (
+        400, {"error": "limit must be a whole number from 1 to 1000, got '0'"})
+    assert get_json(worker, "/leads?hot=yes") == (400, {"error": "hot must be true or false, "
+                                                                 "got 'yes'"})
+    assert get_json(worker, "/leads?stage=lost") == (
+        400, {"error": "stage must be one of prospect, mql, sql, customer, got 'lost'"})
+    status, page = get_json(worker, "/leads")
+    assert (status, page["leads"]) == (200, [])
+
+
+async def test_the_live_stream_carries_each_notification_as_it_is_sent(
+        served: tuple[Deployment, Worker]) -> None:
+    deployment, worker = served
+    now = now_ms()
+    events = [{"event_id": f"s{i}", "lead_id": "streamed", "type": kind, "ts": now + i}
+              for i, kind in enumerate(["consultation_requested", "add_to_cart",
+                                        "form_submit"])]
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{worker.port}/stream") as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        assert await response.content.readline() == b": connected\n"
+        await deployment.produce(keyed(events))
+        lines: list[bytes] = []
+        while not lines or not lines[-1].startswith(b"data: "):
+            lines.append(await asyncio.wait_for(response.content.readline(), 30))
+    assert lines[-2:-1] == [b"event: notification\n"]
+    note = orjson.loads(lines[-1][len(b"data: "):])
+    records = await deployment.read_all(deployment.hot, lambda rs: len(rs) >= 1)
+    assert note == orjson.loads(records[0].value)
+    assert (note["type"], note["lead_id"], note["event_id"]) == ("lead.hot", "streamed", "s1")
