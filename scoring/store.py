@@ -28,7 +28,7 @@ Keys (``{lead_id}`` is a Redis Cluster hash tag: one lead's keys share a slot):
     <prefix>:outbox              ZSET notification JSON -> ms it was recorded
     <prefix>:cooling             ZSET lead_id -> event time (ms) it cools by decay
     <prefix>:{<lead_id>}:history LIST of the last changes, newest first (scoring.history)
-    <prefix>:rank:<group>:<F>    ZSET lead_id -> rank key, per group (all, stage:<s>, hot)
+    <prefix>:rank:<group>:<F>    ZSET lead_id -> -(rank key), per group (all, stage:<s>, hot)
                                  and fit score F (see scoring.ranking)
     <prefix>:rank:fits           SET of the fit scores F that have rankings
     <prefix>:notifications       pub/sub channel: every notification once it is sent
@@ -52,6 +52,7 @@ from scoring.engine import (
     cool,
     cooling_due,
     describe,
+    engagement_at,
     is_duplicate,
     score_at,
     stamp,
@@ -259,13 +260,15 @@ class LeadStore:
         """
         rules = self.rules
         fits = [_text(f) for f in await self.redis.smembers(self.fits_key)]
-        found: list[tuple[float, str, dict[str, Any]]] = []
+        # Ordered by score, then by the score before clamping (the ranking's own order, so
+        # that a page cut between leads clamped to the same score is still exact), then id.
+        found: list[tuple[float, float, str, dict[str, Any]]] = []
         page = limit  # a ranking past its first `limit` matches has nothing to add
         offsets = dict.fromkeys(fits, 0)
         while offsets:
             reads: Any = self.redis.pipeline(transaction=False)
             for fit, start in offsets.items():
-                reads.zrevrange(self.rank_key(group, fit), start, start + page - 1)
+                reads.zrange(self.rank_key(group, fit), start, start + page - 1)
             pages = await reads.execute()
             wanted = [_text(lead) for ids in pages for lead in ids]
             raws = await self.redis.mget([self.state_key(lead) for lead in wanted]) \
@@ -286,7 +289,9 @@ class LeadStore:
                     view = describe(state, rules, now_ms)
                     del view["profile"]
                     if keep is None or keep(view):
-                        found.append((score_at(state, now_ms, rules), state.lead_id, view))
+                        found.append((score_at(state, now_ms, rules),
+                                      state.fit + engagement_at(state, now_ms, rules),
+                                      state.lead_id, view))
                         kept += 1
                 offsets[fit] = start + page
                 # Enough from this ranking, or it has no more: the rest cannot make the top.
@@ -294,8 +299,8 @@ class LeadStore:
                     done.append(fit)
             for fit in done:
                 del offsets[fit]
-        found.sort(key=lambda f: (-f[0], f[1]))
-        return [view for _, _, view in found[:limit]]
+        found.sort(key=lambda f: (-f[0], -f[1], f[2]))
+        return [view for _, _, _, view in found[:limit]]
 
     async def pending(self, recorded_before_ms: float = float("inf")) -> list[bytes]:
         """Outbox entries recorded before the given instant, oldest first."""
@@ -424,7 +429,9 @@ class LeadStore:
                         removes.setdefault(self.rank_key(group, fit_before), []).append(lead_id)
             if stored.ranked_before is None or stored.ranked_before[0] != fit:
                 fits.add(fit)
-            key = rank_key(state, half_life)
+            # Stored negated and read lowest first: leads that tie then come in lead_id
+            # order, as the final sort of ``top`` orders them (ZREVRANGE would reverse it).
+            key = -rank_key(state, half_life)
             for group in now_in:
                 adds.setdefault(self.rank_key(group, fit), []).extend((key, lead_id))
         if fits:

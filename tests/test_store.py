@@ -17,7 +17,14 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from scoring import history
-from scoring.engine import LeadState, Notification, cool, cooling_due, score_at
+from scoring.engine import (
+    LeadState,
+    Notification,
+    cool,
+    cooling_due,
+    engagement_at,
+    score_at,
+)
 from scoring.events import Event
 from scoring.store import LeadStore
 
@@ -86,9 +93,10 @@ def ranked(states: dict[str, LeadState], at: int, limit: int, hot: bool | None =
         state = copy.deepcopy(state)
         cool(state, at, RULES)
         if hot is None or state.hot == hot:
-            scores.append((score_at(state, at, RULES), state.lead_id))
-    scores.sort(key=lambda s: (-s[0], s[1]))
-    return [(lead, round(score, 2)) for score, lead in scores[:limit]]
+            raw = state.fit + engagement_at(state, at, RULES)  # orders leads clamped alike
+            scores.append((score_at(state, at, RULES), raw, state.lead_id))
+    scores.sort(key=lambda s: (-s[0], -s[1], s[2]))
+    return [(lead, round(score, 2)) for score, _, lead in scores[:limit]]
 
 
 def batches(events: list[Event], cuts: list[int]) -> list[list[Event]]:

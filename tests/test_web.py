@@ -16,7 +16,7 @@ import pytest
 from worker import Deployment, Worker, keyed, wait_for
 
 from scoring import history
-from scoring.engine import LeadState, cool, describe, is_duplicate, score_at
+from scoring.engine import LeadState, cool, describe, engagement_at, is_duplicate, score_at
 from scoring.events import event_from_dict, parse_ts
 from scoring.rules import Ruleset, load_rules
 from streams.agents import now_ms
@@ -65,9 +65,10 @@ class Offline:
                 del view["profile"]
                 state = copy.deepcopy(self.states[lead])
                 cool(state, at, self.rules)
-                ranked.append((score_at(state, at, self.rules), lead, view))
-        ranked.sort(key=lambda r: (-r[0], r[1]))
-        return [view for _, _, view in ranked[:limit]]
+                raw = state.fit + engagement_at(state, at, self.rules)
+                ranked.append((score_at(state, at, self.rules), raw, lead, view))
+        ranked.sort(key=lambda r: (-r[0], -r[1], r[2]))  # equal scores: unclamped, then id
+        return [view for _, _, _, view in ranked[:limit]]
 
     def history(self, lead: str, limit: int) -> list[dict[str, Any]]:
         return [history.view(e) for e in reversed(self.entries.get(lead, [])[-limit:])]
