@@ -20,7 +20,8 @@ MAX_EVENT_BYTES = 64 * 1024
 PROFILE_UPDATE = "profile_update"
 CONVERTED = "converted"
 
-_LIMITS = {"event_id": 200, "lead_id": 200, "type": 100}
+MAX_ID_LENGTH = 200
+_LIMITS = {"event_id": MAX_ID_LENGTH, "lead_id": MAX_ID_LENGTH, "type": 100}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 

@@ -302,6 +302,34 @@ class LeadStore:
         found.sort(key=lambda f: (-f[0], -f[1], f[2]))
         return [view for _, _, _, view in found[:limit]]
 
+    async def forget(self, lead_id: str) -> bool:
+        """Erase every key of a lead (GDPR): state, ids, history, its place in the lead
+        index and the cooling index, and its notifications not yet sent. Returns whether
+        the lead was known."""
+        key = self.state_key(lead_id)
+        for _ in range(MAX_RETRIES):
+            pipeline: Any = self.redis.pipeline(transaction=True)
+            async with pipeline as pipe:
+                try:
+                    await pipe.watch(key, self.outbox_key)
+                    raw = await self.redis.get(key)
+                    pending = [entry for entry in await self.pending()
+                               if orjson.loads(entry)["lead_id"] == lead_id]
+                    pipe.multi()
+                    pipe.delete(key, self.ids_key(lead_id), self.history_key(lead_id))
+                    pipe.zrem(self.cooling_key, lead_id)
+                    if pending:
+                        pipe.zrem(self.outbox_key, *pending)
+                    if raw is not None:
+                        doc = orjson.loads(raw)
+                        for group in groups(doc["stage"], doc["hot"]):
+                            pipe.zrem(self.rank_key(group, float(doc["fit"])), lead_id)
+                    await pipe.execute()
+                    return raw is not None
+                except WatchError:
+                    continue  # the lead changed meanwhile: forget what it is now
+        raise LeadscoreError(f"could not forget {lead_id!r}: it kept changing")
+
     async def pending(self, recorded_before_ms: float = float("inf")) -> list[bytes]:
         """Outbox entries recorded before the given instant, oldest first."""
         upto = "+inf" if recorded_before_ms == float("inf") else f"({recorded_before_ms}"

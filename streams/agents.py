@@ -79,8 +79,9 @@ class Scorer:
         servers = bootstrap_servers(self.settings.broker)
         # Plain producer: Tansu (the embedded broker) rejects idempotent producers, and
         # notifications carry their own ids for consumers to drop repeats.
+        security = self.settings.kafka_options()
         self.producer = AIOKafkaProducer(bootstrap_servers=servers, acks="all",
-                                         linger_ms=0, enable_idempotence=False)
+                                         linger_ms=0, enable_idempotence=False, **security)
         await self.producer.start()
         await self.resend_pending()
         timeout_ms = int(self.settings.broker_session_timeout * 1000)
@@ -92,7 +93,7 @@ class Scorer:
             # A fetch returns as soon as data is there, but a broker may hold an empty
             # one this long; short waits keep the hot path to milliseconds at the cost
             # of a few idle fetches per second.
-            fetch_max_wait_ms=10)
+            fetch_max_wait_ms=10, **security)
         self.consumer.subscribe([self.settings.topic_events], listener=_Rebalance(self))
         await self.consumer.start()
 
@@ -228,6 +229,16 @@ class Scorer:
         for event_ts in caused_at:
             metrics.END_TO_END_LATENCY.observe(max(sent - event_ts, 0) / 1000)
         await self.store.delivered(entries)
+
+    async def forget(self, lead_id: str) -> bool:
+        """Erase a lead (GDPR) and tell downstream systems to forget it too: a tombstone
+        (key = lead_id, no value) on the notifications topic. False if unknown."""
+        assert self.producer is not None
+        known = await self.store.forget(lead_id)
+        if known:
+            await self.producer.send_and_wait(self.settings.topic_hot, value=None,
+                                              key=lead_id.encode())
+        return known
 
     async def resend_pending(self) -> None:
         """Re-send what was recorded but not sent: by a crashed run, or a failed send."""

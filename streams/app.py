@@ -35,6 +35,7 @@ def create_app(settings: Settings, rules: Ruleset | None = None) -> tuple[faust.
         broker_session_timeout=settings.broker_session_timeout,
         broker_heartbeat_interval=max(settings.broker_session_timeout / 10, 0.1),
         datadir=tempfile.mkdtemp(prefix="leadscore-faust-"),
+        broker_credentials=_credentials(settings),
     )
 
     @app.task
@@ -56,6 +57,19 @@ def create_app(settings: Settings, rules: Ruleset | None = None) -> tuple[faust.
         await feed.close()  # open dashboards end their streams so the web server can stop
 
     return app, scorer
+
+
+def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """The Kafka security settings, for Faust's own connections."""
+    options = settings.kafka_options()
+    protocol = options["security_protocol"]
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"], password=options["sasl_plain_password"],
+            mechanism=options["sasl_mechanism"], ssl_context=options.get("ssl_context"))
+    if protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    return None
 
 
 def use_uvloop() -> None:

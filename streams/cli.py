@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
 from scoring.engine import summary
 from scoring.errors import EventError, LeadscoreError
@@ -28,6 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except LeadscoreError as exc:
         print(f"leadscore: {exc}", file=sys.stderr)
+        return 1
+    except RedisError as exc:  # never the URL: it may carry a password
+        print(f"leadscore: cannot use Redis ({type(exc).__name__}: {exc}); check "
+              "LEADSCORE_REDIS_URL", file=sys.stderr)
+        return 1
+    except KafkaError as exc:
+        print(f"leadscore: cannot use Kafka ({type(exc).__name__}: {exc}); check "
+              "LEADSCORE_BROKER and the LEADSCORE_KAFKA_* settings", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -74,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     lead = commands.add_parser("lead", help="show one lead's score, stage and reasons")
     lead.add_argument("lead_id")
     lead.set_defaults(run=_lead)
+
+    forget = commands.add_parser("forget", help="erase a lead (GDPR) and tombstone it on the "
+                                 "notifications topic")
+    forget.add_argument("lead_id")
+    forget.set_defaults(run=_forget)
     return parser
 
 
@@ -111,6 +126,14 @@ def _lead(args: argparse.Namespace) -> int:
     from streams.client import show_lead
 
     return asyncio.run(show_lead(load_settings(), args.lead_id))
+
+
+def _forget(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.client import forget_lead
+
+    return asyncio.run(forget_lead(load_settings(), args.lead_id))
 
 
 def _instant(text: str) -> int:

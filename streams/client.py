@@ -1,4 +1,4 @@
-"""Commands that talk to a running deployment: ``leadscore produce`` and ``leadscore lead``."""
+"""Commands that talk to a running deployment: ``leadscore produce``, ``lead``, ``forget``."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ async def produce_file(settings: Settings, path: Path) -> int:
     except OSError as exc:
         raise LeadscoreError(f"{path}: cannot read ({exc.strerror})") from None
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker),
-                                enable_idempotence=False, linger_ms=5, acks="all")
+                                enable_idempotence=False, linger_ms=5, acks="all",
+                                **settings.kafka_options())
     await producer.start()
     try:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -70,4 +71,24 @@ async def show_lead(settings: Settings, lead_id: str) -> int:
     view = describe(state, rules, now_ms())
     print(orjson.dumps({**view, "updated_at": format_ts(updated_at)},
                        option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+async def forget_lead(settings: Settings, lead_id: str) -> int:
+    """Erase every key of a lead, then tombstone it on the notifications topic, as
+    ``DELETE /leads/{id}`` does."""
+    rules = load_rules(settings.rules_path())
+    async with Redis.from_url(settings.redis_url.get_secret_value()) as redis:
+        known = await LeadStore(redis, rules, settings.key_prefix).forget(lead_id)
+    if not known:
+        raise LeadscoreError(f"no lead {lead_id!r} in Redis (nothing to forget)")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker),
+                                enable_idempotence=False, acks="all",
+                                **settings.kafka_options())
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic_hot, value=None, key=lead_id.encode())
+    finally:
+        await producer.stop()
+    print(f"forgot {lead_id}: its keys are erased and a tombstone is on {settings.topic_hot}")
     return 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +18,8 @@ BUNDLED_RULES = ROOT / "config" / "rules.yaml"
 class Settings(BaseSettings):
     """Leadscore's settings; every field is ``LEADSCORE_<NAME>`` in the environment."""
 
+    # Any setting may also come from a file named like its variable (lower case) in
+    # LEADSCORE_SECRETS_DIR (default /run/secrets): how Kubernetes and Docker mount secrets.
     model_config = SettingsConfigDict(env_prefix="LEADSCORE_", extra="ignore")
 
     broker: str = Field("kafka://localhost:9092", description="Kafka bootstrap URL(s)")
@@ -37,6 +41,37 @@ class Settings(BaseSettings):
                               description="changes kept per lead for its history (0 = none)")
     group_id: str = "leadscore"
     broker_session_timeout: float = Field(10.0, gt=0)
+    # Kafka security (aiokafka's names). SASL needs a username and a password.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = \
+        "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers")
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (mTLS)")
+    kafka_ssl_keyfile: Path | None = None
+    # HTTP API bearer tokens: with api_token set, reading leads needs it (or the admin
+    # token); DELETE /leads/{id} needs admin_token and is refused while it is unset.
+    api_token: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    api_rate_limit: float = Field(50.0, gt=0, description="requests per second per client")
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Security keyword arguments for aiokafka's clients."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL"):
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password.get_secret_value()
+                if self.kafka_sasl_password else None)
+        if self.kafka_security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=self.kafka_ssl_cafile, certfile=self.kafka_ssl_certfile,
+                keyfile=self.kafka_ssl_keyfile)
+        return options
 
     def rules_path(self) -> Path:
         """The rules file; the bundled default when the default path is not here."""
@@ -51,9 +86,22 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     """Read the environment once; a bad value stops start-up with a message per problem."""
+    secrets = Path(os.environ.get("LEADSCORE_SECRETS_DIR", "/run/secrets"))
     try:
-        return Settings()
+        settings = Settings(_secrets_dir=secrets if secrets.is_dir() else None)
     except ValidationError as exc:
         lines = [f"  LEADSCORE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
                  for e in exc.errors()]
         raise SettingsError("bad LEADSCORE_* settings:\n" + "\n".join(lines)) from None
+    problems = []
+    if settings.kafka_security_protocol.startswith("SASL") and not (
+            settings.kafka_sasl_username and settings.kafka_sasl_password):
+        problems.append("  LEADSCORE_KAFKA_SASL_USERNAME and LEADSCORE_KAFKA_SASL_PASSWORD: "
+                        f"{settings.kafka_security_protocol} needs both")
+    for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            problems.append(f"  LEADSCORE_{name.upper()}: no such file {path}")
+    if problems:
+        raise SettingsError("bad LEADSCORE_* settings:\n" + "\n".join(problems))
+    return settings

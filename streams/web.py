@@ -4,14 +4,21 @@
     GET /stream                   Server-Sent Events: every notification as it is sent
     GET /leads?hot=&stage=&limit= the highest scores now, from the lead index
     GET /leads/{id}               one lead now; 404 if unknown
+    DELETE /leads/{id}            erase the lead (admin token) and tombstone it downstream
     GET /leads/{id}/history       its last changes, newest first
     GET /healthz /readyz /metrics
+
+With LEADSCORE_API_TOKEN set, the lead endpoints and the stream need a bearer token
+(``Authorization: Bearer ...`` or ``?access_token=...``); the probes, the metrics and
+the page itself (which holds no data) stay open. Every client is rate limited.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +28,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scoring.engine import STAGES, cool, describe
-from scoring.events import format_ts
+from scoring.events import MAX_ID_LENGTH, format_ts
 from streams import metrics
 from streams.agents import Scorer, now_ms
 from streams.feed import Feed
@@ -42,8 +49,34 @@ def install(app: faust.App, scorer: Scorer) -> Feed:
     feed = Feed(store.redis, store.channel)
     page = DASHBOARD.read_bytes()
 
-    def error(web: View, status: int, message: str) -> Response:
-        return web.json({"error": message}, status=status)
+    settings = scorer.settings
+    limiter = RateLimiter(settings.api_rate_limit)
+
+    def error(web: View, status: int, message: str, **headers: str) -> Response:
+        response = web.json({"error": message}, status=status)
+        response.headers.update(headers)
+        return response
+
+    def refused(web: View, request: Request, scope: str) -> Response | None:
+        """Why this request may not go on, or None: rate first, then the token."""
+        if not limiter.allow(getattr(request, "remote", None) or ""):  # aiohttp's request
+            return error(web, 429, "too many requests: slow down (LEADSCORE_API_RATE_LIMIT)",
+                         **{"Retry-After": "1"})
+        given = _token(request)
+        admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+        if scope == "admin":
+            if admin is None:
+                return error(web, 403, "erasing leads is disabled: set LEADSCORE_ADMIN_TOKEN")
+            if given is None or not hmac.compare_digest(given, admin):
+                return error(web, 401, "an admin bearer token is needed",
+                             **{"WWW-Authenticate": 'Bearer realm="leadscore"'})
+            return None
+        read = settings.api_token.get_secret_value() if settings.api_token else None
+        if read is None or (given is not None and any(
+                hmac.compare_digest(given, token) for token in (read, admin) if token)):
+            return None
+        return error(web, 401, "a bearer token is needed (LEADSCORE_API_TOKEN)",
+                     **{"WWW-Authenticate": 'Bearer realm="leadscore"'})
 
     @app.page("/")
     async def dashboard(web: View, request: Request) -> Response:
@@ -73,6 +106,8 @@ def install(app: faust.App, scorer: Scorer) -> Feed:
 
     @app.page("/leads")
     async def leads(web: View, request: Request) -> Response:
+        if (no := refused(web, request, "read")) is not None:
+            return no
         try:
             limit = _limit(request, 20)
             hot, stage = _hot(request), _stage(request)
@@ -91,18 +126,30 @@ def install(app: faust.App, scorer: Scorer) -> Feed:
                          "rearm_below": rules.rearm_below, "leads": found})
 
     @app.page("/leads/{lead_id}")
-    async def lead(web: View, request: Request, lead_id: str) -> Response:
-        loaded = await store.load(lead_id)
-        if loaded is None:
-            return error(web, 404, f"no lead {lead_id!r}")
-        state, updated_at = loaded
-        now = now_ms()
-        cool(state, now, rules)  # as of now: a cooling the sweep has not reached yet shows
-        return web.json({**describe(state, rules, now), "updated_at": format_ts(updated_at),
-                         "at": format_ts(now)})
+    class Lead(View):
+        async def get(self, request: Request, lead_id: str) -> Response:
+            if (no := refused(self, request, "read") or _bad_id(self, lead_id)) is not None:
+                return no
+            loaded = await store.load(lead_id)
+            if loaded is None:
+                return error(self, 404, f"no lead {lead_id!r}")
+            state, updated_at = loaded
+            now = now_ms()
+            cool(state, now, rules)  # as of now: a cooling not yet swept already shows
+            return self.json({**describe(state, rules, now),
+                              "updated_at": format_ts(updated_at), "at": format_ts(now)})
+
+        async def delete(self, request: Request, lead_id: str) -> Response:
+            if (no := refused(self, request, "admin") or _bad_id(self, lead_id)) is not None:
+                return no
+            if not await scorer.forget(lead_id):
+                return error(self, 404, f"no lead {lead_id!r}")
+            return self.json({"forgotten": lead_id})
 
     @app.page("/leads/{lead_id}/history")
     async def lead_history(web: View, request: Request, lead_id: str) -> Response:
+        if (no := refused(web, request, "read") or _bad_id(web, lead_id)) is not None:
+            return no
         try:
             limit = _limit(request, store.history_size or 1)
         except BadRequest as exc:
@@ -118,6 +165,8 @@ def install(app: faust.App, scorer: Scorer) -> Feed:
 
     @app.page("/stream")
     async def stream(web: View, request: Request) -> Any:
+        if (no := refused(web, request, "read")) is not None:
+            return no
         response = aiohttp_web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no"})
@@ -136,6 +185,37 @@ def install(app: faust.App, scorer: Scorer) -> Feed:
         return response
 
     return feed
+
+
+class RateLimiter:
+    """A token bucket per client address: ``rate`` requests a second, bursts of 2x."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.burst = rate, 2 * rate
+        self.buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens, when)
+
+    def allow(self, client: str) -> bool:
+        now = time.monotonic()
+        tokens, then = self.buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - then) * self.rate)
+        if len(self.buckets) > 10_000:  # forget idle clients rather than grow forever
+            self.buckets.clear()
+        self.buckets[client] = (tokens - 1, now) if tokens >= 1 else (tokens, now)
+        return tokens >= 1
+
+
+def _token(request: Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer "):
+        return header[len("Bearer "):].strip()
+    return request.query.get("access_token")
+
+
+def _bad_id(web: View, lead_id: str) -> Response | None:
+    if len(lead_id) > MAX_ID_LENGTH:
+        return web.json({"error": f"lead_id is {len(lead_id)} characters, more than "
+                                  f"{MAX_ID_LENGTH}"}, status=400)
+    return None
 
 
 def _limit(request: Request, default: int) -> int:
