@@ -7,21 +7,18 @@ import tempfile
 from typing import Any
 
 import faust
-from redis.asyncio import Redis
 
 from scoring.rules import Ruleset, load_rules
-from scoring.store import LeadStore
 from streams import metrics, web
 from streams.agents import Scorer
+from streams.connect import lead_store
 from streams.settings import Settings
 
 
 def create_app(settings: Settings, rules: Ruleset | None = None) -> tuple[faust.App, Scorer]:
     """A ready-to-run Faust app and its scorer; the rules file is validated here."""
     rules = rules if rules is not None else load_rules(settings.rules_path())
-    redis = Redis.from_url(settings.redis_url.get_secret_value())
-    store = LeadStore(redis, rules, prefix=settings.key_prefix,
-                      history_size=settings.history_size, observe=metrics.observe_redis)
+    store = lead_store(settings, rules, observe=metrics.observe_redis)
     scorer = Scorer(settings, store)
     metrics.watch_lag(scorer.lags)
     app = faust.App(

@@ -93,12 +93,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    import asyncio
+
     from streams.app import create_app, run_worker, use_uvloop
+    from streams.connect import check_layout
 
     settings = load_settings()
     rules = load_rules(settings.rules_path())  # a bad rules file stops here, every problem listed
     print(f"leadscore worker: rules {settings.rules_path()} ({rules.name}, "
           f"rules_version {rules.version})\n{settings.describe()}", file=sys.stderr)
+    asyncio.run(check_layout(settings, rules))  # a shard count the data disagrees with
     use_uvloop()
     app, _ = create_app(settings, rules)
     run_worker(app, args.loglevel)

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from redis.asyncio import Redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from scoring.engine import describe
 from scoring.errors import LeadscoreError
 from scoring.events import format_ts
 from scoring.rules import load_rules
-from scoring.store import LeadStore
 from streams.agents import bootstrap_servers, now_ms
+from streams.connect import lead_store, redis_client
 from streams.settings import Settings
 
 FLUSH_EVERY = 5_000
@@ -63,8 +62,8 @@ def _lead_key(line: bytes) -> bytes | None:
 
 async def show_lead(settings: Settings, lead_id: str) -> int:
     rules = load_rules(settings.rules_path())
-    async with Redis.from_url(settings.redis_url.get_secret_value()) as redis:
-        loaded = await LeadStore(redis, rules, settings.key_prefix).load(lead_id)
+    async with redis_client(settings) as redis:
+        loaded = await lead_store(settings, rules, redis).load(lead_id)
     if loaded is None:
         raise LeadscoreError(f"no lead {lead_id!r} in Redis")
     state, updated_at = loaded
@@ -78,8 +77,8 @@ async def forget_lead(settings: Settings, lead_id: str) -> int:
     """Erase every key of a lead, then tombstone it on the notifications topic, as
     ``DELETE /leads/{id}`` does."""
     rules = load_rules(settings.rules_path())
-    async with Redis.from_url(settings.redis_url.get_secret_value()) as redis:
-        known = await LeadStore(redis, rules, settings.key_prefix).forget(lead_id)
+    async with redis_client(settings) as redis:
+        known = await lead_store(settings, rules, redis).forget(lead_id)
     if not known:
         raise LeadscoreError(f"no lead {lead_id!r} in Redis (nothing to forget)")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker),

@@ -24,7 +24,10 @@ class Settings(BaseSettings):
 
     broker: str = Field("kafka://localhost:9092", description="Kafka bootstrap URL(s)")
     redis_url: SecretStr = Field(SecretStr("redis://localhost:6379/0"),
-                                 description="Redis URL; may carry a password, so kept secret")
+                                 description="Redis URL (redis+cluster:// for a cluster); may "
+                                 "carry a password, so kept secret")
+    redis_shards: int | None = Field(None, ge=1, le=16384, description="transaction shards "
+                                     "(scoring.keys); default 1, or 32 on a cluster")
     rules: Path = Field(Path("config/rules.yaml"), description="the rules file")
     topic_events: str = "lead-events"
     topic_hot: str = "lead-hot"

@@ -155,7 +155,7 @@ def install(app: faust.App, scorer: Scorer) -> Feed:
         except BadRequest as exc:
             return error(web, 400, str(exc))
         entries = await store.history(lead_id, limit)
-        if not entries and not await store.redis.exists(store.state_key(lead_id)):
+        if not entries and not await store.exists(lead_id):
             return error(web, 404, f"no lead {lead_id!r}")
         return web.json({
             "lead_id": lead_id, "threshold": rules.threshold, "rearm_below": rules.rearm_below,

@@ -130,13 +130,14 @@ def expected_outbox(notes: dict[str, list[Notification]]) -> dict[str, list[Noti
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(streams(), st.lists(st.integers(min_value=0, max_value=100), max_size=6))
+@given(streams(), st.lists(st.integers(min_value=0, max_value=100), max_size=6),
+       st.sampled_from([1, 3]))
 def test_the_store_agrees_with_the_offline_engine(redis_url: str, events: list[Event],
-                                                  cuts: list[int]) -> None:
+                                                  cuts: list[int], shards: int) -> None:
     async def scenario() -> None:
         async with Redis.from_url(redis_url) as redis:
             store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}",
-                              history_size=4)
+                              history_size=4, shards=shards)
             for batch in batches(events, cuts):
                 await store.apply(batch, now_ms=T0)
             entries: dict[str, list[Any]] = {}
@@ -193,7 +194,8 @@ async def test_the_sweep_cools_a_lead_at_its_exact_crossing_time(redis_url: str)
         assert loaded is not None
         t_c = cooling_due(loaded[0], RULES)  # 30 + 45 * 2^(-d/1d) = 50 -> d = log2(2.25) days
         assert t_c == pytest.approx(T0 + DAY * 1.169925001442312)
-        assert await redis.zscore(store.cooling_key, "a") == t_c
+        cooling = store.keys.of("a").cooling
+        assert await redis.zscore(cooling, "a") == t_c
 
         assert await store.sweep(now_ms=int(t_c) - 1) == []
         (entry,) = await store.sweep(now_ms=T0 + 2 * DAY)
@@ -203,7 +205,7 @@ async def test_the_sweep_cools_a_lead_at_its_exact_crossing_time(redis_url: str)
             "type": "lead.cooled", "notification_id": "a:2", "score": 50.0, "event_id": None,
             "event_ts": "2026-11-07T04:04:41.520Z",
             "emitted_at": "2026-11-08T00:00:00Z"}
-        assert await redis.zscore(store.cooling_key, "a") is None
+        assert await redis.zscore(cooling, "a") is None
         assert await store.sweep(now_ms=T0 + 3 * DAY) == []
 
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from redis.asyncio import Redis
 
 from scoring.engine import LeadState
 from scoring.rules import Ruleset
-from scoring.store import LeadStore
+from streams.connect import lead_store, redis_client
 from streams.embedded import create_topics, free_port
+from streams.settings import Settings
 
 LEADSCORE = str(Path(sys.executable).parent / "leadscore")
 _runs = itertools.count()
@@ -74,9 +74,15 @@ class Deployment:
         finally:
             await producer.stop()
 
+    def settings(self) -> Settings:
+        """The workers' settings, as the workers read them from their environment."""
+        return Settings(**{name[len("LEADSCORE_"):].lower(): value  # type: ignore[arg-type]
+                           for name, value in self.env.items() if name.startswith("LEADSCORE_")})
+
     async def states(self, rules: Ruleset, leads: list[str]) -> dict[str, LeadState | None]:
-        async with Redis.from_url(self.redis_url) as redis:
-            store = LeadStore(redis, rules, self.prefix)
+        settings = self.settings()
+        async with redis_client(settings) as redis:
+            store = lead_store(settings, rules, redis)
             loaded = {lead: await store.load(lead) for lead in leads}
         return {lead: (found[0] if found else None) for lead, found in loaded.items()}
 

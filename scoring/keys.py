@@ -1,0 +1,83 @@
+"""Where everything lives in Redis: the key layout, in shards.
+
+A *shard* is the unit of atomicity: every key of a shard carries the same Redis
+Cluster hash tag ``{<n>}``, so one transaction (and one Lua script) may touch any
+of them, also on a Redis Cluster, where a transaction must stay in one slot. A
+lead belongs to shard ``crc32(lead_id) % shards``; its state, ids and history sit
+beside its shard's outbox, cooling index and rankings, so that a lead's change and
+the notifications and index entries it causes land together.
+
+One shard (the default on a single Redis) makes a batch one transaction; a
+cluster wants several per master (the default there is 32), so that shards, and
+the load, spread over the masters. The count is fixed for the life of the data
+(``<prefix>:layout`` records it): changing it would move every lead.
+
+    <prefix>:{n}:state:<lead_id>    JSON of LeadState but its ids, + offsets applied, updated_at
+    <prefix>:{n}:ids:<lead_id>      ZSET event id -> T when applied (dedupe_window of them)
+    <prefix>:{n}:history:<lead_id>  LIST of the last changes, newest first (scoring.history)
+    <prefix>:{n}:outbox             ZSET notification JSON -> ms it was recorded
+    <prefix>:{n}:cooling            ZSET lead_id -> event time (ms) it cools by decay
+    <prefix>:{n}:rank:<group>:<F>   ZSET lead_id -> -(rank key), per group (all, stage:<s>,
+                                    hot) and fit score F (see scoring.ranking)
+    <prefix>:{n}:rank:fits          SET of the fit scores F that have rankings in the shard
+    <prefix>:layout                 JSON {"shards": n}, written once
+    <prefix>:notifications          pub/sub channel: every notification once it is sent
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """The keys of one shard."""
+
+    number: int
+    tag: str  # "<prefix>:{<n>}"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.tag}:outbox"
+
+    @property
+    def cooling(self) -> str:
+        return f"{self.tag}:cooling"
+
+    @property
+    def fits(self) -> str:
+        return f"{self.tag}:rank:fits"
+
+    def state(self, lead_id: str) -> str:
+        return f"{self.tag}:state:{lead_id}"
+
+    def ids(self, lead_id: str) -> str:
+        """Apart from the state, so that a batch reads and writes only its own event
+        ids, not a busy lead's whole history of them."""
+        return f"{self.tag}:ids:{lead_id}"
+
+    def history(self, lead_id: str) -> str:
+        return f"{self.tag}:history:{lead_id}"
+
+    def rank(self, group: str, fit: float | str) -> str:
+        return f"{self.tag}:rank:{group}:{fit!r}" if isinstance(fit, float) else \
+            f"{self.tag}:rank:{group}:{fit}"
+
+
+class Layout:
+    """The shards of one key prefix."""
+
+    def __init__(self, prefix: str, shards: int) -> None:
+        if shards < 1:
+            raise ValueError("shards must be at least 1")
+        self.prefix = prefix
+        self.shards = [Shard(n, f"{prefix}:{{{n}}}") for n in range(shards)]
+        self.layout_key = f"{prefix}:layout"
+        self.channel = f"{prefix}:notifications"
+
+    def of(self, lead_id: str) -> Shard:
+        """The shard of a lead: stable across processes and restarts."""
+        if len(self.shards) == 1:
+            return self.shards[0]
+        return self.shards[zlib.crc32(lead_id.encode()) % len(self.shards)]

@@ -1,0 +1,48 @@
+"""Connections built from the settings: Redis (one server or a cluster) and the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+
+from scoring.rules import Ruleset
+from scoring.store import LeadStore
+from streams.settings import Settings
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+CLUSTER_SHARDS = 32  # a few per master, so that the shards spread over them
+
+
+def is_cluster(url: str) -> bool:
+    return url.split("://", 1)[0] in CLUSTER_SCHEMES
+
+
+def redis_client(settings: Settings) -> Any:
+    """``redis://`` / ``rediss://``: one server; ``redis+cluster://`` /
+    ``rediss+cluster://``: a Redis Cluster, found from that one node."""
+    url = settings.redis_url.get_secret_value()
+    scheme, rest = url.split("://", 1)
+    if scheme in CLUSTER_SCHEMES:
+        return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}")
+    return Redis.from_url(url)
+
+
+def shard_count(settings: Settings) -> int:
+    if settings.redis_shards is not None:
+        return settings.redis_shards
+    return CLUSTER_SHARDS if is_cluster(settings.redis_url.get_secret_value()) else 1
+
+
+def lead_store(settings: Settings, rules: Ruleset, redis: Any = None,
+               **options: Any) -> LeadStore:
+    """The store as every part of Leadscore must see it: same prefix, same shards."""
+    return LeadStore(redis if redis is not None else redis_client(settings), rules,
+                     prefix=settings.key_prefix, history_size=settings.history_size,
+                     shards=shard_count(settings), **options)
+
+
+async def check_layout(settings: Settings, rules: Ruleset) -> None:
+    """Refuse to start on data written with another shard count (see LeadStore)."""
+    async with redis_client(settings) as redis:
+        await lead_store(settings, rules, redis).check_layout()
