@@ -25,6 +25,7 @@ from scoring.engine import (
     engagement_at,
     score_at,
 )
+from scoring.errors import LeadscoreError
 from scoring.events import Event
 from scoring.store import LeadStore
 
@@ -223,3 +224,15 @@ async def test_outbox_entries_stay_until_delivered(redis_url: str) -> None:
         await store.delivered([entry])
         assert await store.pending() == []
         assert await store.outbox_size() == 0
+
+
+async def test_a_shard_count_other_than_the_datas_is_refused(redis_url: str) -> None:
+    async with Redis.from_url(redis_url) as redis:
+        prefix = f"test-store-{next(_prefixes)}"
+        await LeadStore(redis, RULES, prefix, shards=4).check_layout()
+        await LeadStore(redis, RULES, prefix, shards=4).check_layout()  # same count: fine
+        with pytest.raises(LeadscoreError) as refused:
+            await LeadStore(redis, RULES, prefix, shards=1).check_layout()
+        assert str(refused.value) == (
+            f"Redis holds Leadscore data in 4 shards under the prefix {prefix!r}, not 1: set "
+            "LEADSCORE_REDIS_SHARDS=4, or use another LEADSCORE_KEY_PREFIX for a fresh start")
