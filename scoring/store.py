@@ -27,7 +27,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import orjson
 from redis.exceptions import WatchError
@@ -38,15 +38,13 @@ from scoring.engine import (
     Notification,
     cool,
     cooling_due,
-    describe,
-    engagement_at,
     is_duplicate,
-    score_at,
     stamp,
 )
 from scoring.errors import LeadscoreError
 from scoring.events import Event
 from scoring.keys import Layout, Shard
+from scoring.queries import Queries, as_text
 from scoring.ranking import groups, rank_key
 from scoring.rules import Ruleset
 from scoring.scripts import PUSH_HISTORY, READ_IDS, WRITE_IDS, WRITE_RANKS
@@ -108,9 +106,9 @@ class Stored:
 Change = Callable[[dict[str, Stored]], tuple[list[Notification], "Outcome"]]
 
 
-class LeadStore:
+class LeadStore(Queries):
     """Lead states, their histories, the lead index, the notification outbox and the
-    cooling index, in one Redis or a Redis Cluster."""
+    cooling index, in one Redis or a Redis Cluster. The reads are in ``Queries``."""
 
     def __init__(self, redis: Any, rules: Ruleset, prefix: str = "ls",
                  history_size: int = 50, observe: Observe = _ignore, shards: int = 1) -> None:
@@ -220,7 +218,7 @@ class LeadStore:
             due = await self.redis.zrangebyscore(shard.cooling, "-inf", now_ms, 0, limit)
             if not due:
                 return []
-            entries, _ = await self._transact(shard, {_text(d): [] for d in due}, change,
+            entries, _ = await self._transact(shard, {as_text(d): [] for d in due}, change,
                                               now_ms)
             return entries
 
@@ -254,111 +252,6 @@ class LeadStore:
                 except WatchError:
                     continue  # the lead changed meanwhile: forget what it is now
         raise LeadscoreError(f"could not forget {lead_id!r}: it kept changing")
-
-    async def load(self, lead_id: str) -> tuple[LeadState, int] | None:
-        """A lead's state (with the ids that still count as duplicates) and when it was
-        last written (wall ms), or None if unknown."""
-        shard = self.keys.of(lead_id)
-        raw = await self.redis.get(shard.state(lead_id))
-        if raw is None:
-            return None
-        doc = orjson.loads(raw)
-        horizon = (doc["t_ref"] or 0) - self.rules.dedupe_window_ms
-        ids = cast(list[tuple[bytes, float]], await self.redis.zrangebyscore(
-            shard.ids(lead_id), horizon, "+inf", withscores=True))
-        doc["seen"] = {_text(event_id): int(t) for event_id, t in ids}
-        return LeadState.from_dict(doc), doc["updated_at"]
-
-    async def exists(self, lead_id: str) -> bool:
-        return bool(await self.redis.exists(self.keys.of(lead_id).state(lead_id)))
-
-    async def history(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
-        """The lead's last ``limit`` changes, newest first."""
-        raw = await self.redis.lrange(self.keys.of(lead_id).history(lead_id), 0, limit - 1)
-        return [history.view(orjson.loads(entry)) for entry in raw]
-
-    async def top(self, now_ms: int, limit: int, group: str = "all",
-                  keep: Callable[[dict[str, Any]], bool] | None = None
-                  ) -> list[dict[str, Any]]:
-        """The ``limit`` highest scores at ``now_ms`` among the leads of ``group`` (all,
-        hot, stage:<stage>) that ``keep`` accepts, as ``describe`` shows them.
-
-        Each ranking (one per shard and fit score) is read from the top in pages until it
-        has yielded ``limit`` leads (or runs out); the best of those are the answer (see
-        scoring.ranking for why that is exact). A lead is shown as of now: one whose
-        cooling by decay is due but not yet swept is shown cooled.
-        """
-        rules = self.rules
-        reads: Any = self.redis.pipeline(transaction=False)
-        for shard in self.keys.shards:
-            reads.smembers(shard.fits)
-        rankings = {(shard, _text(fit)): 0 for shard, fits in
-                    zip(self.keys.shards, await reads.execute(), strict=True) for fit in fits}
-        # Ordered by score, then by the score before clamping (the ranking's own order, so
-        # that a page cut between leads clamped to the same score is still exact), then id.
-        found: list[tuple[float, float, str, dict[str, Any]]] = []
-        page = limit  # a ranking past its first `limit` matches has nothing to add
-        while rankings:
-            reads = self.redis.pipeline(transaction=False)
-            for (shard, fit), start in rankings.items():
-                reads.zrange(shard.rank(group, fit), start, start + page - 1)
-            pages = [[_text(lead) for lead in ids] for ids in await reads.execute()]
-            states = await self._peek([lead for ids in pages for lead in ids], now_ms)
-            for ((shard, fit), start), ids in zip(list(rankings.items()), pages, strict=True):
-                kept = 0
-                for lead in ids:
-                    state = states.get(lead)
-                    if state is None:
-                        continue
-                    view = describe(state, rules, now_ms)
-                    del view["profile"]
-                    if keep is None or keep(view):
-                        found.append((score_at(state, now_ms, rules),
-                                      state.fit + engagement_at(state, now_ms, rules),
-                                      state.lead_id, view))
-                        kept += 1
-                rankings[shard, fit] = start + page
-                # Enough from this ranking, or it has no more: the rest cannot make the top.
-                if kept >= limit or len(ids) < page:
-                    del rankings[shard, fit]
-        found.sort(key=lambda f: (-f[0], -f[1], f[2]))
-        return [view for _, _, _, view in found[:limit]]
-
-    async def _peek(self, leads: list[str], now_ms: int) -> dict[str, LeadState]:
-        """The states of some leads as of ``now_ms`` (cooled if due), without their ids."""
-        by_shard: dict[Shard, list[str]] = {}
-        for lead in leads:
-            by_shard.setdefault(self.keys.of(lead), []).append(lead)
-        if not by_shard:
-            return {}
-        reads: Any = self.redis.pipeline(transaction=False)
-        for shard, some in by_shard.items():
-            reads.execute_command("MGET", *[shard.state(lead) for lead in some])
-        states = {}
-        for raws in await reads.execute():
-            for raw in raws:
-                if raw is not None:
-                    state = LeadState.from_dict({**orjson.loads(raw), "seen": {}})
-                    cool(state, now_ms, self.rules)
-                    states[state.lead_id] = state
-        return states
-
-    async def pending(self, recorded_before_ms: float = float("inf")) -> list[bytes]:
-        """Outbox entries recorded before the given instant, oldest first."""
-        upto = "+inf" if recorded_before_ms == float("inf") else f"({recorded_before_ms}"
-        reads: Any = self.redis.pipeline(transaction=False)
-        for shard in self.keys.shards:
-            reads.zrangebyscore(shard.outbox, "-inf", upto, withscores=True)
-        found = [pair for pairs in await reads.execute() for pair in pairs]
-        found.sort(key=lambda pair: pair[1])
-        return [entry for entry, _ in found]
-
-    async def outbox_size(self) -> int:
-        """How many notifications are recorded but not yet acknowledged by the broker."""
-        reads: Any = self.redis.pipeline(transaction=False)
-        for shard in self.keys.shards:
-            reads.zcard(shard.outbox)
-        return sum(await reads.execute())
 
     async def delivered(self, entries: Iterable[bytes]) -> None:
         """Forget outbox entries that the broker has acknowledged, and publish them on
@@ -521,6 +414,3 @@ async def _all(jobs: Iterable[Awaitable[_T]]) -> list[_T]:
         return [await pending[0]]
     return list(await asyncio.gather(*pending))
 
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

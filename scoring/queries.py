@@ -1,0 +1,135 @@
+"""The read side of the store: one lead, its history, the top leads now, the outbox.
+
+Reads need no transaction: each reads keys that one transaction wrote together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, cast
+
+import orjson
+
+from scoring import history
+from scoring.engine import LeadState, cool, describe, engagement_at, score_at
+from scoring.keys import Layout, Shard
+from scoring.rules import Ruleset
+
+
+class Queries:
+    """Mixed into ``LeadStore``, which sets these three."""
+
+    redis: Any  # redis.asyncio.Redis or RedisCluster
+    rules: Ruleset
+    keys: Layout
+
+    async def load(self, lead_id: str) -> tuple[LeadState, int] | None:
+        """A lead's state (with the ids that still count as duplicates) and when it was
+        last written (wall ms), or None if unknown."""
+        shard = self.keys.of(lead_id)
+        raw = await self.redis.get(shard.state(lead_id))
+        if raw is None:
+            return None
+        doc = orjson.loads(raw)
+        horizon = (doc["t_ref"] or 0) - self.rules.dedupe_window_ms
+        ids = cast(list[tuple[bytes, float]], await self.redis.zrangebyscore(
+            shard.ids(lead_id), horizon, "+inf", withscores=True))
+        doc["seen"] = {as_text(event_id): int(t) for event_id, t in ids}
+        return LeadState.from_dict(doc), doc["updated_at"]
+
+    async def exists(self, lead_id: str) -> bool:
+        return bool(await self.redis.exists(self.keys.of(lead_id).state(lead_id)))
+
+    async def history(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+        """The lead's last ``limit`` changes, newest first."""
+        raw = await self.redis.lrange(self.keys.of(lead_id).history(lead_id), 0, limit - 1)
+        return [history.view(orjson.loads(entry)) for entry in raw]
+
+    async def top(self, now_ms: int, limit: int, group: str = "all",
+                  keep: Callable[[dict[str, Any]], bool] | None = None
+                  ) -> list[dict[str, Any]]:
+        """The ``limit`` highest scores at ``now_ms`` among the leads of ``group`` (all,
+        hot, stage:<stage>) that ``keep`` accepts, as ``describe`` shows them.
+
+        Each ranking (one per shard and fit score) is read from the top in pages until it
+        has yielded ``limit`` leads (or runs out); the best of those are the answer (see
+        scoring.ranking for why that is exact). A lead is shown as of now: one whose
+        cooling by decay is due but not yet swept is shown cooled.
+        """
+        rules = self.rules
+        reads: Any = self.redis.pipeline(transaction=False)
+        for shard in self.keys.shards:
+            reads.smembers(shard.fits)
+        rankings = {(shard, as_text(fit)): 0 for shard, fits in
+                    zip(self.keys.shards, await reads.execute(), strict=True) for fit in fits}
+        # Ordered by score, then by the score before clamping (the ranking's own order, so
+        # that a page cut between leads clamped to the same score is still exact), then id.
+        found: list[tuple[float, float, str, dict[str, Any]]] = []
+        page = limit  # a ranking past its first `limit` matches has nothing to add
+        while rankings:
+            reads = self.redis.pipeline(transaction=False)
+            for (shard, fit), start in rankings.items():
+                reads.zrange(shard.rank(group, fit), start, start + page - 1)
+            pages = [[as_text(lead) for lead in ids] for ids in await reads.execute()]
+            states = await self._peek([lead for ids in pages for lead in ids], now_ms)
+            for ((shard, fit), start), ids in zip(list(rankings.items()), pages, strict=True):
+                kept = 0
+                for lead in ids:
+                    state = states.get(lead)
+                    if state is None:
+                        continue
+                    view = describe(state, rules, now_ms)
+                    del view["profile"]
+                    if keep is None or keep(view):
+                        found.append((score_at(state, now_ms, rules),
+                                      state.fit + engagement_at(state, now_ms, rules),
+                                      state.lead_id, view))
+                        kept += 1
+                rankings[shard, fit] = start + page
+                # Enough from this ranking, or it has no more: the rest cannot make the top.
+                if kept >= limit or len(ids) < page:
+                    del rankings[shard, fit]
+        found.sort(key=lambda f: (-f[0], -f[1], f[2]))
+        return [view for _, _, _, view in found[:limit]]
+
+    async def _peek(self, leads: list[str], now_ms: int) -> dict[str, LeadState]:
+        """The states of some leads as of ``now_ms`` (cooled if due), without their ids."""
+        by_shard: dict[Shard, list[str]] = {}
+        for lead in leads:
+            by_shard.setdefault(self.keys.of(lead), []).append(lead)
+        if not by_shard:
+            return {}
+        reads: Any = self.redis.pipeline(transaction=False)
+        for shard, some in by_shard.items():
+            reads.execute_command("MGET", *[shard.state(lead) for lead in some])
+        states = {}
+        for raws in await reads.execute():
+            for raw in raws:
+                if raw is not None:
+                    state = LeadState.from_dict({**orjson.loads(raw), "seen": {}})
+                    cool(state, now_ms, self.rules)
+                    states[state.lead_id] = state
+        return states
+
+    async def pending(self, recorded_before_ms: float = float("inf")) -> list[bytes]:
+        """Outbox entries recorded before the given instant, oldest first."""
+        upto = "+inf" if recorded_before_ms == float("inf") else f"({recorded_before_ms}"
+        reads: Any = self.redis.pipeline(transaction=False)
+        for shard in self.keys.shards:
+            reads.zrangebyscore(shard.outbox, "-inf", upto, withscores=True)
+        found = [pair for pairs in await reads.execute() for pair in pairs]
+        found.sort(key=lambda pair: pair[1])
+        return [entry for entry, _ in found]
+
+    async def outbox_size(self) -> int:
+        """How many notifications are recorded but not yet acknowledged by the broker."""
+        reads: Any = self.redis.pipeline(transaction=False)
+        for shard in self.keys.shards:
+            reads.zcard(shard.outbox)
+        return sum(await reads.execute())
+
+
+
+def as_text(value: object) -> str:
+    """Redis replies are bytes; keys and ids are text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
