@@ -77,7 +77,6 @@ class Feed:
             await self.deployment.produce(keyed(chunk))
             self.sent += len(chunk)
             await asyncio.sleep(0.2)  # pacing the stream, not waiting for a result
-        print("DEBUG", what, self.sent - start, round(time.monotonic() - deadline + timeout, 1))
 
     async def rest(self) -> int:
         """Produce what is left; return how many that was."""
