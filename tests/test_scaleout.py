@@ -11,34 +11,54 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_worker
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from test_worker import DEFAULT_RULES, assert_same_outcome, traffic
-from worker import Deployment, Worker, keyed
+from worker import Deployment, Worker, keyed, wait_for
 
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 8
 CHUNK = 10  # events per produce call while the test waits for the group to settle
+CONSUMED = "leadscore_events_consumed_total"
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 @pytest.fixture
-def deployment(bootstrap: str, redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
-    deployment = Deployment(bootstrap, redis_url, DEFAULT_RULES, tmp_path,
-                            partitions=PARTITIONS)
+def rules_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default rules with a 1 s dedupe window instead of 7 days. Events are minutes of
+    event time apart, so a replayed event is no longer dropped as a repeat of its
+    event_id: only the source offsets the store keeps per lead make replays exact."""
+    path = tmp_path / "rules.yaml"
+    default = DEFAULT_RULES.read_text()
+    changed = re.sub(r"(?m)^dedupe_window: .*$", "dedupe_window: 1s", default)
+    assert changed != default
+    path.write_text(changed)
+    # assert_same_outcome runs the offline engine on test_worker.DEFAULT_RULES.
+    monkeypatch.setattr(test_worker, "DEFAULT_RULES", path)
+    return path
+
+
+@pytest.fixture
+def deployment(bootstrap: str, redis_url: str, tmp_path: Path,
+               rules_path: Path) -> Iterator[Deployment]:
+    deployment = Deployment(bootstrap, redis_url, rules_path, tmp_path, partitions=PARTITIONS)
     yield deployment
     deployment.stop_all()
 
 
-def owned(worker: Worker, topic: str) -> set[int]:
-    """The partitions of ``topic`` this worker owns and has read from: it reports a
-    ``leadscore_consumer_lag`` line for each (none before its first fetch there)."""
+def lags(worker: Worker, topic: str) -> dict[int, float]:
+    """Partition -> lag of the partitions of ``topic`` this worker owns and has read from:
+    it reports a ``leadscore_consumer_lag`` line for each (none before its first fetch)."""
     _, body = worker.get("/metrics")
-    found = set()
+    found = {}
     for line in body.decode(errors="replace").splitlines():
         if line.startswith("leadscore_consumer_lag{"):
-            labels = dict(LABEL.findall(line.split("}", 1)[0]))
-            if labels.get("topic") == topic:
-                found.add(int(labels["partition"]))
+            labels, value = line[len("leadscore_consumer_lag{"):].rsplit("} ", 1)
+            parsed = dict(LABEL.findall(labels))
+            if parsed.get("topic") == topic:
+                found[int(parsed["partition"])] = float(value)
     return found
 
 
@@ -49,10 +69,45 @@ def split_among(deployment: Deployment, workers: list[Worker]) -> Callable[[], b
     def settled() -> bool:
         if any(w.get("/readyz")[0] != 200 for w in workers):
             return False
-        shares = [owned(w, deployment.events) for w in workers]
+        shares = [set(lags(w, deployment.events)) for w in workers]
         return (all(shares) and sum(map(len, shares)) == deployment.partitions
                 and set().union(*shares) == set(range(deployment.partitions)))
     return settled
+
+
+def caught_up(deployment: Deployment, worker: Worker, quiet: float = 0.3
+              ) -> Callable[[], bool]:
+    """True once ``worker`` has applied everything it was sent and is done with it: no lag
+    on any of its partitions, and nothing consumed for ``quiet`` seconds (a batch is
+    applied and committed in milliseconds)."""
+    last = [-1.0, time.monotonic()]  # consumed, since when
+
+    def check() -> bool:
+        consumed, behind = worker.metric(CONSUMED), lags(worker, deployment.events)
+        if consumed != last[0]:
+            last[:] = [consumed, time.monotonic()]
+        return (time.monotonic() - last[1] >= quiet and bool(behind)
+                and not any(behind.values()))
+    return check
+
+
+async def uncommitted(deployment: Deployment, partitions: set[int]) -> bool:
+    """Whether the group's committed offset is behind the end of any of these partitions."""
+    tps = [TopicPartition(deployment.events, p) for p in sorted(partitions)]
+    admin = AIOKafkaAdminClient(bootstrap_servers=deployment.bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=deployment.bootstrap)
+    await admin.start()
+    try:
+        await consumer.start()
+        try:
+            committed = await admin.list_consumer_group_offsets(
+                deployment.env["LEADSCORE_GROUP_ID"], partitions=tps)
+            ends = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+    finally:
+        await admin.close()
+    return any(tp not in committed or committed[tp].offset < ends[tp] for tp in tps)
 
 
 class Feed:
@@ -62,28 +117,34 @@ class Feed:
     def __init__(self, deployment: Deployment, events: list[dict[str, Any]]) -> None:
         self.deployment, self.events, self.sent = deployment, events, 0
 
+    def fail(self, what: str) -> AssertionError:
+        logs = "\n".join(f"--- {w.log_path.name}:\n{w.log_tail(15)}"
+                         for w in self.deployment.workers)
+        return AssertionError(f"{what} ({self.sent}/{len(self.events)} events sent)\n{logs}")
+
+    async def produce(self, count: int) -> int:
+        """Produce the next ``count`` events (fewer at the end); return how many."""
+        chunk = self.events[self.sent:self.sent + count]
+        if not chunk:
+            raise self.fail("ran out of events")
+        await self.deployment.produce(keyed(chunk))
+        self.sent += len(chunk)
+        return len(chunk)
+
     async def until(self, condition: Callable[[], bool], what: str, at_least: int,
                     timeout: float = 60) -> None:
         """Produce until at least ``at_least`` more events are out and ``condition()``
         holds; fail if it does not within ``timeout`` seconds or the events run out."""
         start, deadline = self.sent, time.monotonic() + timeout
         while not (self.sent - start >= at_least and condition()):
-            if self.sent >= len(self.events) or time.monotonic() > deadline:
-                logs = "\n".join(f"--- {w.log_path.name}:\n{w.log_tail(15)}"
-                                 for w in self.deployment.workers)
-                raise AssertionError(f"{what}: not so after {self.sent - start} more events "
-                                     f"({self.sent}/{len(self.events)} sent)\n{logs}")
-            chunk = self.events[self.sent:self.sent + CHUNK]
-            await self.deployment.produce(keyed(chunk))
-            self.sent += len(chunk)
+            if time.monotonic() > deadline:
+                raise self.fail(f"{what}: not so after {self.sent - start} more events")
+            await self.produce(CHUNK)
             await asyncio.sleep(0.2)  # pacing the stream, not waiting for a result
 
     async def rest(self) -> int:
         """Produce what is left; return how many that was."""
-        left = self.events[self.sent:]
-        await self.deployment.produce(keyed(left))
-        self.sent = len(self.events)
-        return len(left)
+        return await self.produce(len(self.events) - self.sent)
 
 
 async def test_three_workers_on_eight_partitions_joining_and_leaving_mid_stream(
@@ -106,14 +167,26 @@ async def test_three_workers_on_eight_partitions_joining_and_leaving_mid_stream(
                      "the two left take over the partitions of the one that left",
                      at_least=200)
 
-    second.kill()  # and the other original one dies (SIGKILL): its uncommitted tail replays
+    # The other original one dies (SIGKILL) holding events it applied to Redis but has
+    # not committed yet (it commits at most every 0.2 s): the last one must replay them.
+    for _ in range(10):
+        for _ in range(3):
+            await feed.produce(3 * CHUNK)
+            await asyncio.sleep(0.05)  # pacing: batches closer than the commit interval
+        await wait_for(caught_up(deployment, second), 30, "the second worker fell behind")
+        if await uncommitted(deployment, set(lags(second, deployment.events))):
+            break
+    else:
+        raise feed.fail("the second worker committed every burst at once")
+    second.kill()
     await feed.until(split_among(deployment, [third]),
                      "the last worker takes over every partition", at_least=200)
-    consumed_before = third.metric("leadscore_events_consumed_total")
+    consumed_before = third.metric(CONSUMED)
     rest = await feed.rest()
     assert rest >= 300, f"only {rest} events left for the last phase"
 
     await assert_same_outcome(deployment, events, timeout=60)
-    # Every event produced since it was alone went through the last worker (replays may
-    # add more); the dead workers' counters cannot be read.
-    assert third.metric("leadscore_events_consumed_total") - consumed_before >= rest
+    # Every event produced since it was alone went through the last worker; the dead
+    # workers' counters cannot be read.
+    assert third.metric(CONSUMED) - consumed_before >= rest
+    assert third.metric("leadscore_events_replayed_total") > 0
