@@ -59,6 +59,12 @@ def metric(port: int, name: str) -> float:
     return 0.0
 
 
+def processed(port: int) -> float:
+    """Events whose batch is in Redis: applied, or recognised as a duplicate or replay."""
+    return sum(metric(port, f"leadscore_events_{kind}_total")
+               for kind in ("applied", "duplicate", "replayed"))
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -104,10 +110,10 @@ def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, 
         worker = subprocess.Popen([str(BIN / "leadscore"), "worker"], stdout=sink, stderr=sink,
                                   env=worker_env(broker, redis, topic, f"bench-w{run}", port))
     try:
-        while metric(port, "leadscore_events_applied_total") == 0:
+        while processed(port) == 0:
             time.sleep(0.02)  # polling the worker's counter
         first = time.perf_counter()
-        while metric(port, "leadscore_events_applied_total") < events:
+        while processed(port) < events:
             time.sleep(0.02)
         seconds = time.perf_counter() - first
         rss = peak_rss_mb(worker.pid)

@@ -13,7 +13,7 @@ import time
 
 import orjson
 
-from bench.run import BIN, START_MS, metric, produce, worker_env
+from bench.run import BIN, START_MS, processed, produce, worker_env
 from streams.demo import Traffic
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, create_topics, free_port
 
@@ -37,7 +37,7 @@ def main() -> None:
                      for p in ports]
             try:
                 def applied(ports: list[int] = ports) -> float:
-                    return sum(metric(p, "leadscore_events_applied_total") for p in ports)
+                    return sum(processed(p) for p in ports)
 
                 while applied() == 0:
                     time.sleep(0.02)  # polling the workers' counters

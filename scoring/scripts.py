@@ -6,38 +6,42 @@ scoring semantics (those live only in scoring.engine); each touches only the key
 it is given.
 """
 
-#   READ_IDS  KEYS: id sets; ARGV: per key n, then n event ids -> per key, n scores or nil
-#   WRITE_IDS KEYS: id sets; ARGV: per key horizon ('' = keep all), n, then n (T, id) pairs
+# Each script takes its keys as KEYS (so that Redis Cluster can check they share a
+# slot) and everything else as ONE JSON argument, decoded by Redis's bundled cjson:
+# redis-py encodes each argument in Python, and one argument per batch instead of
+# thousands was the largest single saving on the hot path. Numbers in it are
+# integers (epoch ms) or doubles (rank keys); cjson decodes both exactly, and
+# redis.call passes a Lua number on with 17 significant digits.
+#
+#   READ_IDS     ARGV[1] = [[event id, ...] per key]  ->  per key, the ids' scores or nil
+#   WRITE_IDS    ARGV[1] = [[horizon or "", [T, id, T, id, ...]] per key]
+#   WRITE_RANKS  ARGV[1] = [[[key, lead, key, lead, ...], [lead to remove, ...]] per key]
+#   PUSH_HISTORY ARGV: cap, then per key n and n entries, oldest first (entries are
+#                JSON already: re-encoding them in Lua would change how numbers print)
 READ_IDS = """
-local out, i = {}, 1
+local ids, out = cjson.decode(ARGV[1]), {}
 for k = 1, #KEYS do
-  local n = tonumber(ARGV[i])
-  out[k] = redis.call('ZMSCORE', KEYS[k], unpack(ARGV, i + 1, i + n))
-  i = i + 1 + n
+  out[k] = redis.call('ZMSCORE', KEYS[k], unpack(ids[k]))
 end
 return out
 """
 WRITE_IDS = """
-local i = 1
+local sets = cjson.decode(ARGV[1])
 for k = 1, #KEYS do
-  local horizon, n = ARGV[i], tonumber(ARGV[i + 1])
-  if n > 0 then redis.call('ZADD', KEYS[k], unpack(ARGV, i + 2, i + 1 + 2 * n)) end
-  if horizon ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', '(' .. horizon) end
-  i = i + 2 + 2 * n
+  local horizon, pairs = sets[k][1], sets[k][2]
+  if #pairs > 0 then redis.call('ZADD', KEYS[k], unpack(pairs)) end
+  if horizon ~= '' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', '(' .. string.format('%.17g', horizon))
+  end
 end
 return #KEYS
 """
-#   WRITE_RANKS  KEYS: rankings; ARGV: per key n added, n (key, lead) pairs, m removed, m leads
-#   PUSH_HISTORY KEYS: histories; ARGV: cap, then per key n, n entries oldest first
 WRITE_RANKS = """
-local i = 1
+local ranks = cjson.decode(ARGV[1])
 for k = 1, #KEYS do
-  local n = tonumber(ARGV[i])
-  if n > 0 then redis.call('ZADD', KEYS[k], unpack(ARGV, i + 1, i + 2 * n)) end
-  i = i + 1 + 2 * n
-  local m = tonumber(ARGV[i])
-  if m > 0 then redis.call('ZREM', KEYS[k], unpack(ARGV, i + 1, i + m)) end
-  i = i + 1 + m
+  local added, removed = ranks[k][1], ranks[k][2]
+  if #added > 0 then redis.call('ZADD', KEYS[k], unpack(added)) end
+  if #removed > 0 then redis.call('ZREM', KEYS[k], unpack(removed)) end
 end
 return #KEYS
 """

@@ -304,11 +304,8 @@ class LeadStore(Queries):
         reads.execute_command("MGET", *keys)
         asked = [lead_id for lead_id in leads if ids[lead_id]]
         if asked:
-            args: list[str | int] = []
-            for lead_id in asked:
-                args.append(len(ids[lead_id]))
-                args.extend(ids[lead_id])
-            reads.eval(READ_IDS, len(asked), *[shard.ids(lead_id) for lead_id in asked], *args)
+            reads.eval(READ_IDS, len(asked), *[shard.ids(lead_id) for lead_id in asked],
+                       orjson.dumps([ids[lead_id] for lead_id in asked]))
         replies = await reads.execute()
         known: dict[str, dict[str, int]] = {lead_id: {} for lead_id in leads}
         for lead_id, scores in zip(asked, replies[1] if asked else (), strict=True):
@@ -326,19 +323,17 @@ class LeadStore(Queries):
                                         for part in (shard.state(lead_id), stored.encode(now_ms))])
         window = self.rules.dedupe_window_ms
         id_keys: list[str] = []
-        id_args: list[str | int] = []
+        id_sets: list[tuple[int | str, list[int | str]]] = []
         for lead_id, stored in leads.items():
             state = stored.state
-            added = [(t, event_id) for event_id, t in state.seen.items()
-                     if stored.ids_before.get(event_id) != t]
+            before = stored.ids_before
+            added = [part for event_id, t in state.seen.items() if before.get(event_id) != t
+                     for part in (t, event_id)]
             moved = state.t_ref is not None and state.t_ref != stored.t_ref_before
             if added or moved:
                 id_keys.append(shard.ids(lead_id))
-                id_args.append(state.t_ref - window if moved and state.t_ref is not None
-                               else "")
-                id_args.append(len(added))
-                for pair in added:
-                    id_args.extend(pair)
+                id_sets.append((state.t_ref - window if moved and state.t_ref is not None
+                                else "", added))
             due = cooling_due(state, self.rules)
             if due is None:
                 not_cooling.append(lead_id)
@@ -349,7 +344,7 @@ class LeadStore(Queries):
         if not_cooling:
             pipe.zrem(shard.cooling, *not_cooling)
         if id_keys:
-            pipe.eval(WRITE_IDS, len(id_keys), *id_keys, *id_args)
+            pipe.eval(WRITE_IDS, len(id_keys), *id_keys, orjson.dumps(id_sets))
         self._write_index(pipe, shard, leads)
         self._write_history(pipe, shard, leads)
         entries = [orjson.dumps(stamp(n, now_ms)) for n in notes]
@@ -380,17 +375,10 @@ class LeadStore(Queries):
                 adds.setdefault(shard.rank(group, fit), []).extend((key, lead_id))
         if fits:
             pipe.sadd(shard.fits, *map(repr, fits))
-        keys: list[str] = []
-        args: list[float | str] = []
-        for rank in adds.keys() | removes.keys():
-            added, removed = adds.get(rank, []), removes.get(rank, [])
-            keys.append(rank)
-            args.append(len(added) // 2)
-            args.extend(added)
-            args.append(len(removed))
-            args.extend(removed)
+        keys = list(adds.keys() | removes.keys())
         if keys:
-            pipe.eval(WRITE_RANKS, len(keys), *keys, *args)
+            pipe.eval(WRITE_RANKS, len(keys), *keys, orjson.dumps(
+                [(adds.get(rank, []), removes.get(rank, [])) for rank in keys]))
 
     def _write_history(self, pipe: Any, shard: Shard, leads: dict[str, Stored]) -> None:
         if self.history_size <= 0:

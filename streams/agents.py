@@ -6,11 +6,13 @@ per event, and with our own consumer offsets are committed only after a batch's
 state and outbox are in Redis. Faust runs this loop as an app task and keeps the
 web server, the timers and the process lifecycle.
 
-Per batch:  getmany -> parse (bad ones to the DLQ) -> LeadStore.apply (state +
-outbox in one transaction) -> produce notifications -> clear them from the
-outbox -> commit offsets. A crash anywhere replays the uncommitted tail, which
-the store recognises by offset; a notification recorded but not sent is re-sent
-from the outbox at start and every ``outbox_interval``.
+Per batch:  getmany -> parse (bad ones to the DLQ, acknowledged) ->
+LeadStore.apply (state + outbox in one transaction) -> hand notifications to the
+producer -> commit offsets (at most every 200 ms) -> next batch; the broker's
+acks of the notifications are awaited beside the next batch, then they are
+cleared from the outbox. A crash anywhere replays the uncommitted tail, which the
+store recognises by offset; a notification recorded but not acknowledged is
+re-sent from the outbox at start and every ``outbox_interval``.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Scorer:
         self._batch_lock = asyncio.Lock()  # a rebalance waits for the batch in flight
         self._uncommitted: dict[TopicPartition, int] = {}
         self.positions: dict[TopicPartition, int] = {}  # next offset to apply, per partition
+        self._in_flight: set[asyncio.Future[None]] = set()  # deliveries awaiting acks
         self._committed_at = 0.0
 
     def lags(self) -> list[tuple[str, int, int]]:
@@ -98,6 +101,8 @@ class Scorer:
         await self.consumer.start()
 
     async def stop(self) -> None:
+        if self._in_flight:  # let sent notifications be acknowledged (else: re-sent)
+            await asyncio.wait(self._in_flight, timeout=5)
         if self.consumer is not None:
             with contextlib.suppress(Exception):  # best effort: a replay is harmless
                 await self.commit()
@@ -175,7 +180,7 @@ class Scorer:
                 metrics.RULE_AWARDS.labels(rule_id).inc(times)
                 metrics.RULE_POINTS.labels(rule_id).inc(points)
             if outcome.entries:
-                await self.deliver(outcome.entries)
+                await self._deliver_behind(outcome.entries)
         # Offsets of applied batches are committed at most every COMMIT_SECONDS: a commit
         # is a broker round trip, and a replay of uncommitted batches is harmless (the
         # store skips offsets it has applied), so waiting for one per batch only adds
@@ -213,22 +218,40 @@ class Scorer:
 
     async def deliver(self, entries: Iterable[bytes]) -> None:
         """Send outbox entries to the notifications topic; clear them once acknowledged."""
-        assert self.producer is not None
         entries = list(entries)
-        sends = []
-        caused_at = []  # event times of the notifications an event caused
-        for entry in entries:
-            note: Notification = orjson.loads(entry)
-            sends.append(await self.producer.send(
-                self.settings.topic_hot, value=entry, key=note["lead_id"].encode()))
-            metrics.NOTIFICATIONS.labels(note["type"]).inc()
-            if note["event_id"] is not None:
-                caused_at.append(parse_ts(note["event_ts"]))
+        await self._acknowledged(await self._enqueue(entries), entries)
+
+    async def _enqueue(self, entries: list[bytes]) -> list[asyncio.Future[Any]]:
+        """Hand entries to the producer, in order (so a lead's notifications keep their
+        order on its partition); returns the futures of their acknowledgements."""
+        assert self.producer is not None
+        topic = self.settings.topic_hot
+        return [await self.producer.send(topic, value=entry,
+                                         key=orjson.loads(entry)["lead_id"].encode())
+                for entry in entries]
+
+    async def _acknowledged(self, sends: list[asyncio.Future[Any]], entries: list[bytes]
+                            ) -> None:
         await asyncio.gather(*sends)
         sent = now_ms()
-        for event_ts in caused_at:
-            metrics.END_TO_END_LATENCY.observe(max(sent - event_ts, 0) / 1000)
+        for entry in entries:
+            note: Notification = orjson.loads(entry)
+            metrics.NOTIFICATIONS.labels(note["type"]).inc()
+            if note["event_id"] is not None:  # caused by an event: its end-to-end latency
+                metrics.END_TO_END_LATENCY.observe(max(sent - parse_ts(note["event_ts"]), 0)
+                                                   / 1000)
         await self.store.delivered(entries)
+
+    async def _deliver_behind(self, entries: list[bytes]) -> None:
+        """Send a batch's notifications without waiting for the broker's acks: the
+        next batch need not wait. Safe because the outbox already holds them (so the
+        offsets may be committed first): a send that fails stays in the outbox and is
+        re-sent within ``outbox_interval``."""
+        sends = await self._enqueue(entries)
+        task = asyncio.ensure_future(self.safely(
+            "notification delivery", lambda: self._acknowledged(sends, entries)))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
 
     async def forget(self, lead_id: str) -> bool:
         """Erase a lead (GDPR) and tell downstream systems to forget it too: a tombstone
