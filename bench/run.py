@@ -126,19 +126,22 @@ def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, 
 
 
 def redis_bytes_per_lead(redis: EmbeddedRedis, prefix: str, sample: int = 2000
-                         ) -> tuple[float, float]:
-    """Mean MEMORY USAGE of a lead's state key, and of the part that is not dedupe ids."""
+                         ) -> dict[str, float]:
+    """Mean MEMORY USAGE per lead of its state, its dedupe id set and its history
+    (a sample of leads), and of its lead-index entries (all rankings / all leads)."""
     client = Redis.from_url(redis.url)
-    keys = [k for _, k in zip(range(sample), client.scan_iter(f"{prefix}:{{*}}:state",
+    keys = [k for _, k in zip(range(sample), client.scan_iter(f"{prefix}:{{*}}:state:*",
                                                               count=1000), strict=False)]
-    totals, without_ids = [], []
+    parts: dict[str, list[int]] = {"state": [], "ids": [], "history": []}
     for key in keys:
-        usage = client.memory_usage(key) or 0
-        raw = client.get(key) or b"{}"
-        ids_bytes = len(orjson.dumps(orjson.loads(raw).get("seen", {}))) - 2
-        totals.append(usage)
-        without_ids.append(usage - ids_bytes)
-    return statistics.mean(totals), statistics.mean(without_ids)
+        for part in parts:
+            parts[part].append(client.memory_usage(key.replace(b":state:", f":{part}:".encode()))
+                               or 0)
+    leads = sum(1 for _ in client.scan_iter(f"{prefix}:{{*}}:state:*", count=10_000))
+    index = sum(client.memory_usage(k) or 0
+                for k in client.scan_iter(f"{prefix}:{{*}}:rank:*", count=10_000))
+    return {**{part: statistics.mean(sizes) for part, sizes in parts.items()},
+            "index": index / max(leads, 1)}
 
 
 def baseline(mode: str, broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str,
@@ -258,7 +261,7 @@ def main() -> None:
             console.print(f"worker throughput, run {run + 1} of {args.runs} ...")
             runs.append(worker_throughput(broker, redis, "bench-events", run, args.events,
                                           out / "worker.log"))
-        per_lead, per_lead_without_ids = redis_bytes_per_lead(redis, runs[-1]["prefix"])
+        per_lead = redis_bytes_per_lead(redis, runs[-1]["prefix"])
         worker_rate = statistics.median(r["events_per_s"] for r in runs)
         results.update({
             "worker_events_per_s": round(worker_rate),
@@ -266,8 +269,7 @@ def main() -> None:
             "worker_peak_rss_mb": round(max(r["rss_mb"] for r in runs), 1),
             "redis_calls_per_event": round(statistics.median(
                 r["redis_calls_per_event"] for r in runs), 4),
-            "redis_bytes_per_lead": round(per_lead),
-            "redis_bytes_per_lead_without_ids": round(per_lead_without_ids)})
+            **{f"redis_bytes_per_lead_{part}": round(size) for part, size in per_lead.items()}})
 
         console.print(f"baseline: naive Faust agent, {args.naive_events:,} events ...")
         naive = baseline("naive", broker, redis, "bench-events", args.naive_events)
@@ -306,8 +308,10 @@ def _table(r: dict[str, Any]) -> None:
         ("  at offered load", f"{r['latency_offered_events_per_s']:,.0f} events/s, "
                               f"{r['latency_samples']:,.0f} lead.hot samples"),
         ("worker peak RSS", f"{r['worker_peak_rss_mb']} MB"),
-        ("Redis memory per lead", f"{r['redis_bytes_per_lead']} B "
-                                  f"({r['redis_bytes_per_lead_without_ids']} B without ids)"),
+        ("Redis memory per lead", f"state {r['redis_bytes_per_lead_state']} B, dedupe ids "
+                                  f"{r['redis_bytes_per_lead_ids']} B, history "
+                                  f"{r['redis_bytes_per_lead_history']} B, index "
+                                  f"{r['redis_bytes_per_lead_index']} B"),
         ("Redis commands per event", str(r["redis_calls_per_event"])),
         ("offline leadscore score", f"{r['offline_events_per_s']:,} events/s"),
         ("bench took", f"{r['bench_seconds']} s"),

@@ -16,8 +16,8 @@ it is given.
 #   READ_IDS     ARGV[1] = [[event id, ...] per key]  ->  per key, the ids' scores or nil
 #   WRITE_IDS    ARGV[1] = [[horizon or "", [T, id, T, id, ...]] per key]
 #   WRITE_RANKS  ARGV[1] = [[[key, lead, key, lead, ...], [lead to remove, ...]] per key]
-#   PUSH_HISTORY ARGV: cap, then per key n and n entries, oldest first (entries are
-#                JSON already: re-encoding them in Lua would change how numbers print)
+#   PUSH_HISTORY ARGV[1] = cap, ARGV[2] = [[entry, ...] per key], oldest first; each
+#                entry a JSON *string* (encoded here: cjson would print numbers its way)
 READ_IDS = """
 local ids, out = cjson.decode(ARGV[1]), {}
 for k = 1, #KEYS do
@@ -46,12 +46,10 @@ end
 return #KEYS
 """
 PUSH_HISTORY = """
-local cap, i = tonumber(ARGV[1]), 2
+local cap, lists = tonumber(ARGV[1]), cjson.decode(ARGV[2])
 for k = 1, #KEYS do
-  local n = tonumber(ARGV[i])
-  redis.call('LPUSH', KEYS[k], unpack(ARGV, i + 1, i + n))
+  redis.call('LPUSH', KEYS[k], unpack(lists[k]))
   redis.call('LTRIM', KEYS[k], 0, cap - 1)
-  i = i + 1 + n
 end
 return #KEYS
 """

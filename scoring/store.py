@@ -384,15 +384,14 @@ class LeadStore(Queries):
         if self.history_size <= 0:
             return
         keys: list[str] = []
-        args: list[int | bytes] = [self.history_size]
+        lists: list[list[str]] = []
         for lead_id, stored in leads.items():
             if stored.history:
                 keys.append(shard.history(lead_id))
-                recent = stored.history[-self.history_size:]
-                args.append(len(recent))
-                args.extend(orjson.dumps(entry) for entry in recent)
+                lists.append([orjson.dumps(entry).decode()
+                              for entry in stored.history[-self.history_size:]])
         if keys:
-            pipe.eval(PUSH_HISTORY, len(keys), *keys, *args)
+            pipe.eval(PUSH_HISTORY, len(keys), *keys, self.history_size, orjson.dumps(lists))
 
 
 async def _all(jobs: Iterable[Awaitable[_T]]) -> list[_T]:

@@ -160,6 +160,8 @@ async def test_unknown_leads_and_bad_queries_get_json_errors(
         400, {"error": "stage must be one of prospect, mql, sql, customer, got 'lost'"})
     status, page = get_json(worker, "/leads")
     assert (status, page["leads"]) == (200, [])
+    assert get_json(worker, "/leads/" + "x" * 201) == (
+        400, {"error": "lead_id is 201 characters, more than 200"})
 
 
 async def test_the_live_stream_carries_each_notification_as_it_is_sent(
