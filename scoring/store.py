@@ -70,6 +70,22 @@ class Outcome:
     replayed: int = 0
     awards: dict[str, list[float]] = field(default_factory=dict)  # rule -> [count, |points|]
 
+    def award(self, rule_id: str, times: float, points: float) -> None:
+        tally = self.awards.get(rule_id)
+        if tally is None:
+            self.awards[rule_id] = [times, points]
+        else:
+            tally[0] += times
+            tally[1] += points
+
+    def add(self, other: Outcome) -> None:
+        """Count another shard's part of the batch in."""
+        self.entries += other.entries
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.replayed += other.replayed
+        for rule_id, (times, points) in other.awards.items():
+            self.award(rule_id, times, points)
 
 
 @dataclass(slots=True)
@@ -153,7 +169,6 @@ class LeadStore(Queries):
 
         def change(leads: dict[str, Stored]) -> tuple[list[Notification], Outcome]:
             tally = Outcome()  # afresh on each try: a retried transaction starts over
-            awards = tally.awards
             notes: list[Notification] = []
             for lead_id, stored in leads.items():
                 state, offsets = stored.state, stored.offsets
@@ -174,12 +189,7 @@ class LeadStore(Queries):
                     if entries:
                         stored.history.extend(entries)
                     for rule_id, points in awarded:
-                        count = awards.get(rule_id)
-                        if count is None:
-                            awards[rule_id] = [1, abs(points)]
-                        else:
-                            count[0] += 1
-                            count[1] += abs(points)
+                        tally.award(rule_id, 1, abs(points))
             return notes, tally
 
         shards: dict[Shard, dict[str, list[str]]] = {}
@@ -190,14 +200,8 @@ class LeadStore(Queries):
                           for shard, ids in shards.items())
         outcome = Outcome()
         for entries, tally in done:
-            outcome.entries += entries
-            outcome.applied += tally.applied
-            outcome.duplicates += tally.duplicates
-            outcome.replayed += tally.replayed
-            for rule_id, (count, points) in tally.awards.items():
-                total = outcome.awards.setdefault(rule_id, [0, 0.0])
-                total[0] += count
-                total[1] += points
+            tally.entries = entries
+            outcome.add(tally)
         return outcome
 
     async def sweep(self, now_ms: int, limit: int = 1000) -> list[bytes]:
@@ -231,27 +235,25 @@ class LeadStore(Queries):
         the lead was known."""
         shard = self.keys.of(lead_id)
         key = shard.state(lead_id)
-        for _ in range(MAX_RETRIES):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key, shard.outbox)
-                    raw = await self.redis.get(key)
-                    pending = [entry for entry in await self.redis.zrange(shard.outbox, 0, -1)
-                               if orjson.loads(entry)["lead_id"] == lead_id]
-                    pipe.multi()
-                    pipe.delete(key, shard.ids(lead_id), shard.history(lead_id))
-                    pipe.zrem(shard.cooling, lead_id)
-                    if pending:
-                        pipe.zrem(shard.outbox, *pending)
-                    if raw is not None:
-                        doc = orjson.loads(raw)
-                        for group in groups(doc["stage"], doc["hot"]):
-                            pipe.zrem(shard.rank(group, float(doc["fit"])), lead_id)
-                    await pipe.execute()
-                    return raw is not None
-                except WatchError:
-                    continue  # the lead changed meanwhile: forget what it is now
-        raise LeadscoreError(f"could not forget {lead_id!r}: it kept changing")
+
+        async def erase(pipe: Any) -> bool:
+            raw = await self.redis.get(key)
+            pending = [entry for entry in await self.redis.zrange(shard.outbox, 0, -1)
+                       if orjson.loads(entry)["lead_id"] == lead_id]
+            pipe.multi()
+            pipe.delete(key, shard.ids(lead_id), shard.history(lead_id))
+            pipe.zrem(shard.cooling, lead_id)
+            if pending:
+                pipe.zrem(shard.outbox, *pending)
+            if raw is not None:
+                doc = orjson.loads(raw)
+                for group in groups(doc["stage"], doc["hot"]):
+                    pipe.zrem(shard.rank(group, float(doc["fit"])), lead_id)
+            return raw is not None
+
+        # The lead changed meanwhile: forget what it is now.
+        return await self._optimistic([key, shard.outbox], erase,
+                                      f"could not forget {lead_id!r}: it kept changing")
 
     async def delivered(self, entries: Iterable[bytes]) -> None:
         """Forget outbox entries that the broker has acknowledged, and publish them on
@@ -274,27 +276,39 @@ class LeadStore(Queries):
         of these leads."""
         leads = list(ids)
         keys = [shard.state(lead_id) for lead_id in leads]
+
+        async def read_change_write(pipe: Any) -> tuple[list[bytes], Outcome]:
+            started = time.perf_counter()
+            stored = await self._read(shard, leads, keys, ids)
+            self.observe("read", time.perf_counter() - started)
+            notes, tally = change(stored)
+            pipe.multi()
+            return self._write(pipe, shard, stored, notes, now_ms), tally
+
+        # Every write of a lead writes its state key, so watching the state keys guards
+        # the id sets too.
+        return await self._optimistic(
+            keys, read_change_write, f"gave up after {MAX_RETRIES} conflicting writes to the "
+            "same leads; is another process writing with this key prefix?", self.observe)
+
+    async def _optimistic(self, watch: list[str], body: Callable[[Any], Awaitable[_T]],
+                          gave_up: str, observe: Observe = _ignore) -> _T:
+        """Redis optimistic transaction: WATCH ``watch``; ``body(pipe)`` reads (on another
+        connection: safe, any change after the WATCH makes EXEC fail), calls
+        ``pipe.multi()`` and queues its writes; EXEC. All of it again, up to
+        MAX_RETRIES times, while another writer changes a watched key."""
         for _ in range(MAX_RETRIES):
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    # Every write of a lead writes its state key, so watching the state
-                    # keys guards the id sets too. Reads on another connection after the
-                    # WATCH are safe: any change after it makes EXEC fail.
-                    await pipe.watch(*keys)
-                    started = time.perf_counter()
-                    stored = await self._read(shard, leads, keys, ids)
-                    self.observe("read", time.perf_counter() - started)
-                    notes, tally = change(stored)
-                    pipe.multi()
-                    entries = self._write(pipe, shard, stored, notes, now_ms)
+                    await pipe.watch(*watch)
+                    result = await body(pipe)
                     started = time.perf_counter()
                     await pipe.execute()
-                    self.observe("write", time.perf_counter() - started)
-                    return entries, tally
+                    observe("write", time.perf_counter() - started)
+                    return result
                 except WatchError:
-                    continue  # someone else changed one of these leads: re-read, re-apply
-        raise LeadscoreError(f"gave up after {MAX_RETRIES} conflicting writes to the same "
-                             "leads; is another process writing with this key prefix?")
+                    continue  # someone else changed a watched key: re-read, re-apply
+        raise LeadscoreError(gave_up)
 
     async def _read(self, shard: Shard, leads: list[str], keys: list[str],
                     ids: dict[str, list[str]]) -> dict[str, Stored]:
