@@ -219,23 +219,25 @@ class Scorer:
     async def deliver(self, entries: Iterable[bytes]) -> None:
         """Send outbox entries to the notifications topic; clear them once acknowledged."""
         entries = list(entries)
-        await self._acknowledged(await self._enqueue(entries), entries)
+        await self._acknowledged(*await self._enqueue(entries), entries)
 
-    async def _enqueue(self, entries: list[bytes]) -> list[asyncio.Future[Any]]:
+    async def _enqueue(self, entries: list[bytes]
+                       ) -> tuple[list[asyncio.Future[Any]], list[Notification]]:
         """Hand entries to the producer, in order (so a lead's notifications keep their
-        order on its partition); returns the futures of their acknowledgements."""
+        order on its partition); returns the futures of their acknowledgements and the
+        notifications, decoded."""
         assert self.producer is not None
         topic = self.settings.topic_hot
-        return [await self.producer.send(topic, value=entry,
-                                         key=orjson.loads(entry)["lead_id"].encode())
-                for entry in entries]
+        notes: list[Notification] = [orjson.loads(entry) for entry in entries]
+        sends = [await self.producer.send(topic, value=entry, key=note["lead_id"].encode())
+                 for entry, note in zip(entries, notes, strict=True)]
+        return sends, notes
 
-    async def _acknowledged(self, sends: list[asyncio.Future[Any]], entries: list[bytes]
-                            ) -> None:
+    async def _acknowledged(self, sends: list[asyncio.Future[Any]], notes: list[Notification],
+                            entries: list[bytes]) -> None:
         await asyncio.gather(*sends)
         sent = now_ms()
-        for entry in entries:
-            note: Notification = orjson.loads(entry)
+        for note in notes:
             metrics.NOTIFICATIONS.labels(note["type"]).inc()
             if note["event_id"] is not None:  # caused by an event: its end-to-end latency
                 metrics.END_TO_END_LATENCY.observe(max(sent - parse_ts(note["event_ts"]), 0)
@@ -247,9 +249,9 @@ class Scorer:
         next batch need not wait. Safe because the outbox already holds them (so the
         offsets may be committed first): a send that fails stays in the outbox and is
         re-sent within ``outbox_interval``."""
-        sends = await self._enqueue(entries)
+        sends, notes = await self._enqueue(entries)
         task = asyncio.ensure_future(self.safely(
-            "notification delivery", lambda: self._acknowledged(sends, entries)))
+            "notification delivery", lambda: self._acknowledged(sends, notes, entries)))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 

@@ -11,21 +11,10 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from helpers import live
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import RedisCluster
-from test_store import (
-    RULES,
-    T0,
-    batches,
-    expected_outbox,
-    offline,
-    outbox_by_lead,
-    run_async,
-    stored_states,
-    streams,
-)
+from test_store import RULES, T0, assert_matches_offline, batches, run_async, streams
 from test_worker import DEFAULT_RULES, assert_same_outcome, traffic
 from worker import Deployment, keyed
 
@@ -49,10 +38,7 @@ def test_the_store_on_a_cluster_agrees_with_the_offline_engine(
             store = LeadStore(redis, RULES, prefix=f"cluster-{next(_prefixes)}", shards=8)
             for batch in batches(events, cuts):
                 await store.apply(batch, now_ms=T0)
-            want_states, want_notes = offline(events)
-            assert await stored_states(store, sorted(want_states)) == {
-                lead: live(state, RULES) for lead, state in want_states.items()}
-            assert await outbox_by_lead(redis, store) == expected_outbox(want_notes)
+            await assert_matches_offline(store, redis, events)
 
     run_async(scenario())
 

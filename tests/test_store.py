@@ -130,6 +130,17 @@ def expected_outbox(notes: dict[str, list[Notification]]) -> dict[str, list[Noti
             for lead, ns in notes.items() if ns}
 
 
+async def assert_matches_offline(store: LeadStore, redis: Any, events: list[Event],
+                                 entries: dict[str, list[Any]] | None = None
+                                 ) -> dict[str, LeadState]:
+    """Redis holds exactly the offline engine's states and outbox; returns the states."""
+    want_states, want_notes = offline(events, entries)
+    assert await stored_states(store, sorted(want_states)) == {
+        lead: live(state, RULES) for lead, state in want_states.items()}
+    assert await outbox_by_lead(redis, store) == expected_outbox(want_notes)
+    return want_states
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams(), st.lists(st.integers(min_value=0, max_value=100), max_size=6),
        st.sampled_from([1, 3]))
@@ -142,10 +153,7 @@ def test_the_store_agrees_with_the_offline_engine(redis_url: str, events: list[E
             for batch in batches(events, cuts):
                 await store.apply(batch, now_ms=T0)
             entries: dict[str, list[Any]] = {}
-            want_states, want_notes = offline(events, entries)
-            assert await stored_states(store, sorted(want_states)) == {
-                lead: live(state, RULES) for lead, state in want_states.items()}
-            assert await outbox_by_lead(redis, store) == expected_outbox(want_notes)
+            want_states = await assert_matches_offline(store, redis, events, entries)
             for lead in want_states:
                 assert await store.history(lead, 50) == [
                     history.view(entry) for entry in reversed(entries.get(lead, [])[-4:])]
@@ -178,10 +186,7 @@ def test_two_workers_applying_the_same_batches_at_once_apply_each_event_once(
                 at = positions[start:start + len(batch)]
                 start += len(batch)
                 await asyncio.gather(first.apply(batch, T0, at), second.apply(batch, T0, at))
-            want_states, want_notes = offline(events)
-            assert await stored_states(first, sorted(want_states)) == {
-                lead: live(state, RULES) for lead, state in want_states.items()}
-            assert await outbox_by_lead(one, first) == expected_outbox(want_notes)
+            await assert_matches_offline(first, one, events)
 
     run_async(scenario())
 

@@ -49,22 +49,24 @@ class Offline:
             self.entries.setdefault(event.lead_id, []).extend(entries)
             self.awards.update(rule for rule, _ in awards)
 
-    def now(self, lead: str, at: int) -> dict[str, Any]:
-        """One lead as the API must show it at ``at``: cooled if its cooling is due."""
+    def at(self, lead: str, at: int) -> LeadState:
+        """The lead's state as of ``at``: cooled if its cooling is due, as the API shows it."""
         state = copy.deepcopy(self.states[lead])
         cool(state, at, self.rules)
-        view = describe(state, self.rules, at)
-        return view
+        return state
+
+    def now(self, lead: str, at: int) -> dict[str, Any]:
+        """One lead as the API must show it at ``at``."""
+        return describe(self.at(lead, at), self.rules, at)
 
     def top(self, at: int, limit: int, hot: bool | None = None, stage: str | None = None
             ) -> list[dict[str, Any]]:
         ranked = []
         for lead in self.states:
-            view = self.now(lead, at)
+            state = self.at(lead, at)
+            view = describe(state, self.rules, at)
             if (hot is None or view["hot"] == hot) and (stage is None or view["stage"] == stage):
                 del view["profile"]
-                state = copy.deepcopy(self.states[lead])
-                cool(state, at, self.rules)
                 raw = state.fit + engagement_at(state, at, self.rules)
                 ranked.append((score_at(state, at, self.rules), raw, lead, view))
         ranked.sort(key=lambda r: (-r[0], -r[1], r[2]))  # equal scores: unclamped, then id
