@@ -15,6 +15,8 @@ from scoring.engine import LeadState, cool, describe, engagement_at, score_at
 from scoring.keys import Layout, Shard
 from scoring.rules import Ruleset
 
+MAX_PAGE = 1000
+
 
 class Queries:
     """Mixed into ``LeadStore``, which sets these three."""
@@ -60,20 +62,24 @@ class Queries:
         reads: Any = self.redis.pipeline(transaction=False)
         for shard in self.keys.shards:
             reads.smembers(shard.fits)
-        rankings = {(shard, as_text(fit)): 0 for shard, fits in
+        # (shard, fit) -> (where its next page starts, how many of its leads were kept)
+        rankings = {(shard, as_text(fit)): (0, 0) for shard, fits in
                     zip(self.keys.shards, await reads.execute(), strict=True) for fit in fits}
         # Ordered by score, then by the score before clamping (the ranking's own order, so
         # that a page cut between leads clamped to the same score is still exact), then id.
         found: list[tuple[float, float, str, dict[str, Any]]] = []
-        page = limit  # a ranking past its first `limit` matches has nothing to add
+        # A ranking past its first `limit` matches has nothing to add, so the first page
+        # is `limit`; later pages double, so that a filter dropping many leads (hot=false
+        # under a run of hot ones) costs a few round trips, not one per `limit` leads.
+        page = limit
         while rankings:
             reads = self.redis.pipeline(transaction=False)
-            for (shard, fit), start in rankings.items():
+            for (shard, fit), (start, _) in rankings.items():
                 reads.zrange(shard.rank(group, fit), start, start + page - 1)
             pages = [[as_text(lead) for lead in ids] for ids in await reads.execute()]
             states = await self._peek([lead for ids in pages for lead in ids], now_ms)
-            for ((shard, fit), start), ids in zip(list(rankings.items()), pages, strict=True):
-                kept = 0
+            for ((shard, fit), (start, kept)), ids in zip(list(rankings.items()), pages,
+                                                          strict=True):
                 for lead in ids:
                     state = states.get(lead)
                     if state is None:
@@ -85,10 +91,11 @@ class Queries:
                                       state.fit + engagement_at(state, now_ms, rules),
                                       state.lead_id, view))
                         kept += 1
-                rankings[shard, fit] = start + page
+                rankings[shard, fit] = start + page, kept
                 # Enough from this ranking, or it has no more: the rest cannot make the top.
                 if kept >= limit or len(ids) < page:
                     del rankings[shard, fit]
+            page = min(2 * page, MAX_PAGE)
         found.sort(key=lambda f: (-f[0], -f[1], f[2]))
         return [view for _, _, _, view in found[:limit]]
 
