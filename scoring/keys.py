@@ -12,7 +12,8 @@ cluster wants several per master (the default there is 32), so that shards, and
 the load, spread over the masters. The count is fixed for the life of the data
 (``<prefix>:layout`` records it): changing it would move every lead.
 
-    <prefix>:{n}:state:<lead_id>    JSON of LeadState but its ids, + offsets applied, updated_at
+    <prefix>:{n}:state:<lead_id>    the lead's state but its ids, + offsets applied, updated_at:
+                                    a compact JSON array (scoring.record)
     <prefix>:{n}:ids:<lead_id>      ZSET event id -> T when applied (dedupe_window of them)
     <prefix>:{n}:history:<lead_id>  LIST of the last changes, newest first (scoring.history)
     <prefix>:{n}:outbox             ZSET notification JSON -> ms it was recorded

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import orjson
 
-from scoring import history
+from scoring import history, record
 from scoring.engine import LeadState, cool, describe, engagement_at, score_at
 from scoring.keys import Layout, Shard
 from scoring.rules import Ruleset
@@ -32,12 +32,12 @@ class Queries:
         raw = await self.redis.get(shard.state(lead_id))
         if raw is None:
             return None
-        doc = orjson.loads(raw)
-        horizon = (doc["t_ref"] or 0) - self.rules.dedupe_window_ms
+        state, _, updated_at = record.decode(raw, {})
+        horizon = (state.t_ref or 0) - self.rules.dedupe_window_ms
         ids = cast(list[tuple[bytes, float]], await self.redis.zrangebyscore(
             shard.ids(lead_id), horizon, "+inf", withscores=True))
-        doc["seen"] = {as_text(event_id): int(t) for event_id, t in ids}
-        return LeadState.from_dict(doc), doc["updated_at"]
+        state.seen = {as_text(event_id): int(t) for event_id, t in ids}
+        return state, updated_at
 
     async def exists(self, lead_id: str) -> bool:
         return bool(await self.redis.exists(self.keys.of(lead_id).state(lead_id)))
@@ -113,7 +113,7 @@ class Queries:
         for raws in await reads.execute():
             for raw in raws:
                 if raw is not None:
-                    state = LeadState.from_dict({**orjson.loads(raw), "seen": {}})
+                    state, _, _ = record.decode(raw, {})
                     cool(state, now_ms, self.rules)
                     states[state.lead_id] = state
         return states

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import orjson
 from redis.exceptions import WatchError
 
-from scoring import history
+from scoring import history, record
 from scoring.engine import (
     LeadState,
     Notification,
@@ -104,18 +104,11 @@ class Stored:
         """``ids``: those of the batch's event ids this lead has applied before (their T)."""
         if raw is None:
             return cls(LeadState(lead_id, seen=dict(ids)), {}, ids, None)
-        doc = orjson.loads(raw)
-        doc["seen"] = dict(ids)
-        state = LeadState.from_dict(doc)
-        return cls(state, doc["offsets"], ids, state.t_ref,
-                   (state.fit, groups(state.stage, state.hot)))
+        state, offsets, _ = record.decode(raw, dict(ids))
+        return cls(state, offsets, ids, state.t_ref, (state.fit, groups(state.stage, state.hot)))
 
     def encode(self, now_ms: int) -> bytes:
-        doc = self.state.to_dict()
-        del doc["seen"]  # kept in its own sorted set, see Shard.ids
-        doc["offsets"] = self.offsets
-        doc["updated_at"] = now_ms
-        return orjson.dumps(doc)
+        return record.encode(self.state, self.offsets, now_ms)
 
 
 # A change of the leads of one shard: the notifications it causes, and what to count.
@@ -246,9 +239,9 @@ class LeadStore(Queries):
             if pending:
                 pipe.zrem(shard.outbox, *pending)
             if raw is not None:
-                doc = orjson.loads(raw)
-                for group in groups(doc["stage"], doc["hot"]):
-                    pipe.zrem(shard.rank(group, float(doc["fit"])), lead_id)
+                state, _, _ = record.decode(raw, {})
+                for group in groups(state.stage, state.hot):
+                    pipe.zrem(shard.rank(group, float(state.fit)), lead_id)
             return raw is not None
 
         # The lead changed meanwhile: forget what it is now.

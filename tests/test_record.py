@@ -1,0 +1,50 @@
+"""The stored form of a lead's state (scoring.record): exact round trips, old data
+still readable, unknown formats refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from helpers import DAY, T0, ev, run
+
+from scoring import record
+from scoring.engine import LeadState
+from scoring.errors import LeadscoreError
+from scoring.rules import load_rules
+
+DEFAULT = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml")
+
+
+def busy_lead() -> LeadState:
+    """A lead with every part of the state filled: profile, counts, limit windows,
+    contributions, a stage, the hot flag, notifications."""
+    state, notes = run([ev("p", "profile_update", T0, job_title="CEO", company_size=500),
+                        *[ev(f"v{i}", "page_view", T0 + i, url="/pricing") for i in range(6)],
+                        ev("w", "workshop_attended", T0 + 10),
+                        ev("c", "consultation_requested", T0 + DAY)], DEFAULT)
+    assert state.windows and state.counts and state.hot and notes  # (what makes it busy)
+    return state
+
+
+def test_a_state_round_trips_exactly_with_its_offsets_and_write_time() -> None:
+    state = busy_lead()
+    seen = dict(state.seen)
+    raw = record.encode(state, {"3": 1_234_567}, T0 + 2 * DAY)
+    assert record.decode(raw, seen) == (state, {"3": 1_234_567}, T0 + 2 * DAY)
+    assert raw.startswith(b"[1,") and b"seen" not in raw
+
+
+def test_a_state_written_as_an_object_by_an_earlier_version_is_still_read() -> None:
+    state = busy_lead()
+    old = state.to_dict()
+    old.pop("seen")
+    raw = orjson.dumps({**old, "offsets": {"0": 9}, "updated_at": T0})
+    assert record.decode(raw, dict(state.seen)) == (state, {"0": 9}, T0)
+
+
+def test_a_record_of_an_unknown_format_is_refused_with_what_to_do() -> None:
+    raw = record.encode(busy_lead(), {}, T0).replace(b"[1,", b"[2,", 1)
+    with pytest.raises(LeadscoreError, match="format 2, which this version cannot read"):
+        record.decode(raw, {})
