@@ -32,7 +32,7 @@ class Queries:
         raw = await self.redis.get(shard.state(lead_id))
         if raw is None:
             return None
-        state, _, updated_at = record.decode(raw, {})
+        state, _, updated_at, _ = record.decode(raw, {})
         horizon = (state.t_ref or 0) - self.rules.dedupe_window_ms
         ids = cast(list[tuple[bytes, float]], await self.redis.zrangebyscore(
             shard.ids(lead_id), horizon, "+inf", withscores=True))
@@ -113,7 +113,7 @@ class Queries:
         for raws in await reads.execute():
             for raw in raws:
                 if raw is not None:
-                    state, _, _ = record.decode(raw, {})
+                    state = record.decode(raw, {}).state
                     cool(state, now_ms, self.rules)
                     states[state.lead_id] = state
         return states

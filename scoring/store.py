@@ -1,24 +1,23 @@
 """Lead state in Redis, changed atomically with the engine's own ``apply``.
 
 There is one definition of the scoring semantics (``scoring.engine``); this store
-runs it under Redis optimistic transactions instead of re-implementing it in Lua.
-Per shard of the batch (``scoring.keys``; one shard on a single Redis):
+runs it under optimistic concurrency instead of re-implementing it in Lua. Per
+shard of the batch (``scoring.keys``; one shard on a single Redis):
 
-    WATCH <state keys>  ->  MGET states, READ_IDS (the batch's event ids; on a second
-    connection)  ->  apply() in Python  ->
-    MULTI  MSET states, WRITE_IDS, ZADD outbox, ZADD/ZREM cooling index,
-           WRITE_RANKS (lead index), PUSH_HISTORY  EXEC
+    MGET states + READ_IDS (the batch's event ids)  ->  apply() in Python  ->
+    COMMIT (states, ids, cooling index, lead index, history, outbox; one script)
 
-EXEC fails if any watched key changed since WATCH (a second worker during a
-rebalance, the cooling sweep), and the shard's part is then re-read and
+COMMIT first checks that no lead changed since it was read (each state record
+carries a version), and writes nothing if one did (a second worker during a
+rebalance, the cooling sweep, an erasure); the shard's part is then re-read and
 re-applied. So a lead's state change and the notifications, index entries and
 history it causes land together or not at all, and no update is ever applied on
 top of stale state. A lead lives in one shard, so the shards of a batch are
 independent and run concurrently. Replays after a crash or a rebalance are
 recognised by the source offsets each lead remembers, and a producer's repeats by
-event id. That is three round trips per shard whatever the batch size. Scripts
-are sent with EVAL (Redis caches them by digest): EVALSHA would need a SCRIPT
-EXISTS round trip before each pipeline, or a NOSCRIPT retry inside MULTI.
+event id. That is two round trips per shard whatever the batch size. Scripts are
+sent with EVAL (Redis caches them by digest): EVALSHA would need a SCRIPT EXISTS
+round trip, or a NOSCRIPT retry.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from scoring.keys import Layout, Shard
 from scoring.queries import Queries, as_text
 from scoring.ranking import groups, rank_key
 from scoring.rules import Ruleset
-from scoring.scripts import PUSH_HISTORY, READ_IDS, WRITE_IDS, WRITE_RANKS
+from scoring.scripts import COMMIT, READ_IDS
 
 MAX_RETRIES = 50
 _T = TypeVar("_T")
@@ -97,18 +96,20 @@ class Stored:
     ids_before: dict[str, int] = field(default_factory=dict)  # the batch's known ids, as read
     t_ref_before: int | None = None
     ranked_before: tuple[float, tuple[str, ...]] | None = None  # (F, groups) as read
+    version: int = -1  # as read; -1: not in Redis
     history: list[history.Entry] = field(default_factory=list)  # new entries, oldest first
 
     @classmethod
     def decode(cls, lead_id: str, raw: bytes | str | None, ids: dict[str, int]) -> Stored:
         """``ids``: those of the batch's event ids this lead has applied before (their T)."""
         if raw is None:
-            return cls(LeadState(lead_id, seen=dict(ids)), {}, ids, None)
-        state, offsets, _ = record.decode(raw, dict(ids))
-        return cls(state, offsets, ids, state.t_ref, (state.fit, groups(state.stage, state.hot)))
+            return cls(LeadState(lead_id, seen=dict(ids)), {}, ids)
+        state, offsets, _, version = record.decode(raw, dict(ids))
+        return cls(state, offsets, ids, state.t_ref, (state.fit, groups(state.stage, state.hot)),
+                   version)
 
     def encode(self, now_ms: int) -> bytes:
-        return record.encode(self.state, self.offsets, now_ms)
+        return record.encode(self.state, self.offsets, now_ms, max(self.version, 0) + 1)
 
 
 # A change of the leads of one shard: the notifications it causes, and what to count.
@@ -239,7 +240,7 @@ class LeadStore(Queries):
             if pending:
                 pipe.zrem(shard.outbox, *pending)
             if raw is not None:
-                state, _, _ = record.decode(raw, {})
+                state = record.decode(raw, {}).state
                 for group in groups(state.stage, state.hot):
                     pipe.zrem(shard.rank(group, float(state.fit)), lead_id)
             return raw is not None
@@ -265,27 +266,28 @@ class LeadStore(Queries):
     async def _transact(self, shard: Shard, ids: dict[str, list[str]], change: Change,
                         now_ms: int) -> tuple[list[bytes], Outcome]:
         """Read the leads of one shard (and the given event ids of each), apply
-        ``change``, write back; all or nothing, retried while another writer changes one
-        of these leads."""
+        ``change``, write back with COMMIT; all or nothing, retried while another writer
+        (a second worker during a rebalance, the sweep, an erasure) changes one of these
+        leads in between. Every write of a lead writes its state record with a new
+        version, so the versions guard the id sets, histories and rankings too."""
         leads = list(ids)
         keys = [shard.state(lead_id) for lead_id in leads]
-
-        async def read_change_write(pipe: Any) -> tuple[list[bytes], Outcome]:
+        for _ in range(MAX_RETRIES):
             started = time.perf_counter()
             stored = await self._read(shard, leads, keys, ids)
             self.observe("read", time.perf_counter() - started)
             notes, tally = change(stored)
-            pipe.multi()
-            return self._write(pipe, shard, stored, notes, now_ms), tally
-
-        # Every write of a lead writes its state key, so watching the state keys guards
-        # the id sets too.
-        return await self._optimistic(
-            keys, read_change_write, f"gave up after {MAX_RETRIES} conflicting writes to the "
-            "same leads; is another process writing with this key prefix?", self.observe)
+            entries, commit = self._commit(shard, stored, notes, now_ms)
+            started = time.perf_counter()
+            stale = await self.redis.eval(COMMIT, *commit)
+            self.observe("write", time.perf_counter() - started)
+            if not stale:
+                return entries, tally
+        raise LeadscoreError(f"gave up after {MAX_RETRIES} conflicting writes to the same "
+                             "leads; is another process writing with this key prefix?")
 
     async def _optimistic(self, watch: list[str], body: Callable[[Any], Awaitable[_T]],
-                          gave_up: str, observe: Observe = _ignore) -> _T:
+                          gave_up: str) -> _T:
         """Redis optimistic transaction: WATCH ``watch``; ``body(pipe)`` reads (on another
         connection: safe, any change after the WATCH makes EXEC fail), calls
         ``pipe.multi()`` and queues its writes; EXEC. All of it again, up to
@@ -295,9 +297,7 @@ class LeadStore(Queries):
                 try:
                     await pipe.watch(*watch)
                     result = await body(pipe)
-                    started = time.perf_counter()
                     await pipe.execute()
-                    observe("write", time.perf_counter() - started)
                     return result
                 except WatchError:
                     continue  # someone else changed a watched key: re-read, re-apply
@@ -321,18 +321,21 @@ class LeadStore(Queries):
         return {lead_id: Stored.decode(lead_id, raw, known[lead_id])
                 for lead_id, raw in zip(leads, replies[0], strict=True)}
 
-    def _write(self, pipe: Any, shard: Shard, leads: dict[str, Stored],
-               notes: list[Notification], now_ms: int) -> list[bytes]:
-        cooling: dict[str, float] = {}
-        not_cooling: list[str] = []
-        # One MSET for the batch: every queued command costs a reply to parse.
-        pipe.execute_command("MSET", *[part for lead_id, stored in leads.items()
-                                        for part in (shard.state(lead_id), stored.encode(now_ms))])
+    def _commit(self, shard: Shard, leads: dict[str, Stored], notes: list[Notification],
+                now_ms: int) -> tuple[list[bytes], list[Any]]:
+        """The outbox entries of ``notes``, and the arguments of the COMMIT call that
+        writes the shard's leads (see scoring.scripts for their layout)."""
         window = self.rules.dedupe_window_ms
+        versions: list[int] = []
+        records: list[bytes] = []
+        cool: list[float | str] = []
+        uncool: list[str] = []
         id_keys: list[str] = []
         id_sets: list[tuple[int | str, list[int | str]]] = []
         for lead_id, stored in leads.items():
             state = stored.state
+            versions.append(stored.version)
+            records.append(stored.encode(now_ms))
             before = stored.ids_before
             added = [part for event_id, t in state.seen.items() if before.get(event_id) != t
                      for part in (t, event_id)]
@@ -343,24 +346,23 @@ class LeadStore(Queries):
                                 else "", added))
             due = cooling_due(state, self.rules)
             if due is None:
-                not_cooling.append(lead_id)
+                uncool.append(lead_id)
             else:
-                cooling[lead_id] = due
-        if cooling:
-            pipe.zadd(shard.cooling, cooling)
-        if not_cooling:
-            pipe.zrem(shard.cooling, *not_cooling)
-        if id_keys:
-            pipe.eval(WRITE_IDS, len(id_keys), *id_keys, orjson.dumps(id_sets))
-        self._write_index(pipe, shard, leads)
-        self._write_history(pipe, shard, leads)
+                cool += (due, lead_id)
+        history_keys, histories = self._histories(shard, leads)
+        rank_keys, ranks, fits = self._rankings(shard, leads)
         entries = [orjson.dumps(stamp(n, now_ms)) for n in notes]
-        if entries:
-            pipe.zadd(shard.outbox, dict.fromkeys(entries, now_ms))
-        return entries
+        head = orjson.dumps({"v": versions, "ids": id_sets, "cap": self.history_size,
+                             "hist": histories, "ranks": ranks, "cool": cool, "uncool": uncool,
+                             "fits": fits, "now": now_ms})
+        keys = [*(shard.state(lead_id) for lead_id in leads), *id_keys, *history_keys,
+                *rank_keys, shard.cooling, shard.outbox, shard.fits]
+        return entries, [len(keys), *keys, head, *records, *entries]
 
-    def _write_index(self, pipe: Any, shard: Shard, leads: dict[str, Stored]) -> None:
-        """Move each lead to its place in the rankings of its fit score and groups."""
+    def _rankings(self, shard: Shard, leads: dict[str, Stored]
+                  ) -> tuple[list[str], list[tuple[list[float | str], list[str]]], list[str]]:
+        """Move each lead to its place in the rankings of its fit score and groups:
+        (ranking keys, (adds, removes) per key, new fit scores)."""
         adds: dict[str, list[float | str]] = {}
         removes: dict[str, list[str]] = {}
         fits: set[float] = set()
@@ -380,25 +382,23 @@ class LeadStore(Queries):
             key = -rank_key(state, half_life)
             for group in now_in:
                 adds.setdefault(shard.rank(group, fit), []).extend((key, lead_id))
-        if fits:
-            pipe.sadd(shard.fits, *map(repr, fits))
         keys = list(adds.keys() | removes.keys())
-        if keys:
-            pipe.eval(WRITE_RANKS, len(keys), *keys, orjson.dumps(
-                [(adds.get(rank, []), removes.get(rank, [])) for rank in keys]))
+        return (keys, [(adds.get(rank, []), removes.get(rank, [])) for rank in keys],
+                list(map(repr, fits)))
 
-    def _write_history(self, pipe: Any, shard: Shard, leads: dict[str, Stored]) -> None:
-        if self.history_size <= 0:
-            return
+    def _histories(self, shard: Shard, leads: dict[str, Stored]
+                   ) -> tuple[list[str], list[list[str]]]:
+        """(history keys, new entries of each, oldest first). Each entry is a JSON string
+        within the JSON: cjson would print its numbers its own way."""
         keys: list[str] = []
         lists: list[list[str]] = []
-        for lead_id, stored in leads.items():
-            if stored.history:
-                keys.append(shard.history(lead_id))
-                lists.append([orjson.dumps(entry).decode()
-                              for entry in stored.history[-self.history_size:]])
-        if keys:
-            pipe.eval(PUSH_HISTORY, len(keys), *keys, self.history_size, orjson.dumps(lists))
+        if self.history_size > 0:
+            for lead_id, stored in leads.items():
+                if stored.history:
+                    keys.append(shard.history(lead_id))
+                    lists.append([orjson.dumps(entry).decode()
+                                  for entry in stored.history[-self.history_size:]])
+        return keys, lists
 
 
 async def _all(jobs: Iterable[Awaitable[_T]]) -> list[_T]:

@@ -28,12 +28,12 @@ def busy_lead() -> LeadState:
     return state
 
 
-def test_a_state_round_trips_exactly_with_its_offsets_and_write_time() -> None:
+def test_a_state_round_trips_exactly_with_its_offsets_write_time_and_version() -> None:
     state = busy_lead()
     seen = dict(state.seen)
-    raw = record.encode(state, {"3": 1_234_567}, T0 + 2 * DAY)
-    assert record.decode(raw, seen) == (state, {"3": 1_234_567}, T0 + 2 * DAY)
-    assert raw.startswith(b"[1,") and b"seen" not in raw
+    raw = record.encode(state, {"3": 1_234_567}, T0 + 2 * DAY, 17)
+    assert record.decode(raw, seen) == (state, {"3": 1_234_567}, T0 + 2 * DAY, 17)
+    assert raw.startswith(b"[1,17,") and b"seen" not in raw
 
 
 def test_a_state_written_as_an_object_by_an_earlier_version_is_still_read() -> None:
@@ -41,10 +41,10 @@ def test_a_state_written_as_an_object_by_an_earlier_version_is_still_read() -> N
     old = state.to_dict()
     old.pop("seen")
     raw = orjson.dumps({**old, "offsets": {"0": 9}, "updated_at": T0})
-    assert record.decode(raw, dict(state.seen)) == (state, {"0": 9}, T0)
+    assert record.decode(raw, dict(state.seen)) == (state, {"0": 9}, T0, 0)
 
 
 def test_a_record_of_an_unknown_format_is_refused_with_what_to_do() -> None:
-    raw = record.encode(busy_lead(), {}, T0).replace(b"[1,", b"[2,", 1)
+    raw = record.encode(busy_lead(), {}, T0, 1).replace(b"[1,", b"[2,", 1)
     with pytest.raises(LeadscoreError, match="format 2, which this version cannot read"):
         record.decode(raw, {})
