@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "LEADSCORE_REDIS_URL", file=sys.stderr)
         return 1
     except KafkaError as exc:
-        print(f"leadscore: cannot use Kafka ({type(exc).__name__}: {exc}); check "
+        print(f"leadscore: cannot use Kafka ({exc}); check "  # aiokafka's str has the type
               "LEADSCORE_BROKER and the LEADSCORE_KAFKA_* settings", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -32,8 +32,8 @@ async def produce_file(settings: Settings, path: Path) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker),
                                 enable_idempotence=False, linger_ms=5, acks="all",
                                 **settings.kafka_options())
-    await producer.start()
     try:
+        await producer.start()  # inside: a producer that fails to start is stopped too
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn()) as progress:
             task = progress.add_task(f"{path.name} -> {settings.topic_events}", total=len(lines))
@@ -84,8 +84,8 @@ async def forget_lead(settings: Settings, lead_id: str) -> int:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker),
                                 enable_idempotence=False, acks="all",
                                 **settings.kafka_options())
-    await producer.start()
     try:
+        await producer.start()
         await producer.send_and_wait(settings.topic_hot, value=None, key=lead_id.encode())
     finally:
         await producer.stop()

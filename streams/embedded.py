@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn, Self
+from typing import Any, NoReturn, Self
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -361,10 +361,19 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes:
 
 
 async def create_topics(
-    bootstrap: str, topics: Mapping[str, int], *, timeout_ms: int = 10_000
+    bootstrap: str,
+    topics: Mapping[str, int],
+    *,
+    timeout_ms: int = 10_000,
+    security: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create ``topics`` (name -> partitions, replication 1); existing topics are left alone."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    """Create ``topics`` (name -> partitions, replication 1); existing topics are left alone.
+
+    ``security``: aiokafka's security keyword arguments (``Settings.kafka_options()``).
+    """
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **(security or {})
+    )
     await admin.start()
     try:
         response = await admin.create_topics(

@@ -51,9 +51,14 @@ class Deployment:
         }
         self.workers: list[Worker] = []
 
+    def kafka_options(self) -> dict[str, Any]:
+        """aiokafka's security arguments for the workers' settings (TLS, SASL)."""
+        return self.settings().kafka_options()
+
     async def create_topics(self) -> None:
         await create_topics(self.bootstrap, {self.events: self.partitions,
-                                             self.hot: self.partitions, self.dlq: 1})
+                                             self.hot: self.partitions, self.dlq: 1},
+                            security=self.kafka_options())
 
     def worker(self) -> Worker:
         worker = Worker(self.env, self.tmp / f"worker-{len(self.workers)}.log")
@@ -66,7 +71,7 @@ class Deployment:
 
     async def produce(self, messages: list[tuple[bytes | None, bytes]]) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=False,
-                                    acks="all", linger_ms=5)
+                                    acks="all", linger_ms=5, **self.kafka_options())
         await producer.start()
         try:
             sends = [await producer.send(self.events, value, key=key) for key, value in messages]
@@ -90,7 +95,8 @@ class Deployment:
                        timeout: float = 90) -> list[Any]:
         """Every record of ``topic`` from the start, until ``until(records)`` holds."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap,
-                                    auto_offset_reset="earliest", enable_auto_commit=False)
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    **self.kafka_options())
         await consumer.start()
         try:
             partitions = consumer.partitions_for_topic(topic) or set()
