@@ -325,7 +325,7 @@ class LeadStore(Queries):
                 now_ms: int) -> tuple[list[bytes], list[Any]]:
         """The outbox entries of ``notes``, and the arguments of the COMMIT call that
         writes the shard's leads (see scoring.scripts for their layout)."""
-        window = self.rules.dedupe_window_ms
+        window, step = self.rules.dedupe_window_ms, self.rules.prune_step_ms
         versions: list[int] = []
         records: list[bytes] = []
         cool: list[float | str] = []
@@ -339,11 +339,16 @@ class LeadStore(Queries):
             before = stored.ids_before
             added = [part for event_id, t in state.seen.items() if before.get(event_id) != t
                      for part in (t, event_id)]
-            moved = state.t_ref is not None and state.t_ref != stored.t_ref_before
-            if added or moved:
+            # Expired ids are dropped when T crosses a mark every eighth of the window, as
+            # the engine prunes its own (a check compares times with the horizon itself, so
+            # an expired id never counts): one ZREMRANGEBYSCORE per lead and event would
+            # be a tenth of Redis's work.
+            t_ref, before_t = state.t_ref, stored.t_ref_before
+            prune = t_ref is not None and before_t is not None and \
+                t_ref // step != before_t // step
+            if added or prune:
                 id_keys.append(shard.ids(lead_id))
-                id_sets.append((state.t_ref - window if moved and state.t_ref is not None
-                                else "", added))
+                id_sets.append((t_ref - window if prune and t_ref is not None else "", added))
             due = cooling_due(state, self.rules)
             if due is None:
                 uncool.append(lead_id)

@@ -230,6 +230,23 @@ async def test_a_batch_of_more_leads_than_lua_can_unpack_at_once_is_written(
         assert await redis.exists(*(shard.ids(lead) for lead in leads)) == 9000
 
 
+async def test_a_leads_event_ids_are_dropped_from_redis_once_out_of_the_window(
+        redis_url: str) -> None:
+    """dedupe_window 2d: ids are pruned when T crosses a mark every 6 h; then those more
+    than 2 days behind T go (the rest, and the one exactly at the horizon, stay)."""
+    async with Redis.from_url(redis_url) as redis:
+        store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+        ids = store.keys.of("a").ids("a")
+        for event in [ev("e1", "page_view", T0, lead="a"),
+                      ev("e2", "page_view", T0 + DAY, lead="a"),
+                      ev("e3", "page_view", T0 + DAY + HOUR, lead="a")]:
+            await store.apply([event], now_ms=T0)
+        assert await redis.zrange(ids, 0, -1) == [b"e1", b"e2", b"e3"]
+        await store.apply([ev("e4", "page_view", T0 + 3 * DAY, lead="a")], now_ms=T0)
+        assert await redis.zrange(ids, 0, -1, withscores=True) == [
+            (b"e2", T0 + DAY), (b"e3", T0 + DAY + HOUR), (b"e4", T0 + 3 * DAY)]
+
+
 async def test_the_sweep_cools_a_lead_at_its_exact_crossing_time(redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis:
         store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
