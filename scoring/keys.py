@@ -18,8 +18,8 @@ the load, spread over the masters. The count is fixed for the life of the data
     <prefix>:{n}:history:<lead_id>  LIST of the last changes, newest first (scoring.history)
     <prefix>:{n}:outbox             ZSET notification JSON -> ms it was recorded
     <prefix>:{n}:cooling            ZSET lead_id -> event time (ms) it cools by decay
-    <prefix>:{n}:rank:<group>:<F>   ZSET lead_id -> -(rank key), per group (all, stage:<s>,
-                                    hot) and fit score F (see scoring.ranking)
+    <prefix>:{n}:rank:<group>:<F>   ZSET lead_id -> -(rank key), per group (stage:<s>, hot)
+                                    and fit score F (see scoring.ranking)
     <prefix>:{n}:rank:fits          SET of the fit scores F that have rankings in the shard
     <prefix>:layout                 JSON {"shards": n}, written once
     <prefix>:notifications          pub/sub channel: every notification once it is sent

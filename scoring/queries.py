@@ -13,6 +13,7 @@ import orjson
 from scoring import history, record
 from scoring.engine import LeadState, cool, describe, engagement_at, score_at
 from scoring.keys import Layout, Shard
+from scoring.ranking import members
 from scoring.rules import Ruleset
 
 MAX_PAGE = 1000
@@ -53,7 +54,8 @@ class Queries:
         """The ``limit`` highest scores at ``now_ms`` among the leads of ``group`` (all,
         hot, stage:<stage>) that ``keep`` accepts, as ``describe`` shows them.
 
-        Each ranking (one per shard and fit score) is read from the top in pages until it
+        Each ranking (one per shard, fit score and group; ``all`` is the four stage
+        groups, see scoring.ranking) is read from the top in pages until it
         has yielded ``limit`` leads (or runs out); the best of those are the answer (see
         scoring.ranking for why that is exact). A lead is shown as of now: one whose
         cooling by decay is due but not yet swept is shown cooled.
@@ -62,9 +64,10 @@ class Queries:
         reads: Any = self.redis.pipeline(transaction=False)
         for shard in self.keys.shards:
             reads.smembers(shard.fits)
-        # (shard, fit) -> (where its next page starts, how many of its leads were kept)
-        rankings = {(shard, as_text(fit)): (0, 0) for shard, fits in
-                    zip(self.keys.shards, await reads.execute(), strict=True) for fit in fits}
+        # ranking key -> (where its next page starts, how many of its leads were kept)
+        rankings = {shard.rank(ranking, as_text(fit)): (0, 0) for shard, fits in
+                    zip(self.keys.shards, await reads.execute(), strict=True)
+                    for fit in fits for ranking in members(group)}
         # Ordered by score, then by the score before clamping (the ranking's own order, so
         # that a page cut between leads clamped to the same score is still exact), then id.
         found: list[tuple[float, float, str, dict[str, Any]]] = []
@@ -74,12 +77,12 @@ class Queries:
         page = limit
         while rankings:
             reads = self.redis.pipeline(transaction=False)
-            for (shard, fit), (start, _) in rankings.items():
-                reads.zrange(shard.rank(group, fit), start, start + page - 1)
+            for ranking, (start, _) in rankings.items():
+                reads.zrange(ranking, start, start + page - 1)
             pages = [[as_text(lead) for lead in ids] for ids in await reads.execute()]
             states = await self._peek([lead for ids in pages for lead in ids], now_ms)
-            for ((shard, fit), (start, kept)), ids in zip(list(rankings.items()), pages,
-                                                          strict=True):
+            for (ranking, (start, kept)), ids in zip(list(rankings.items()), pages,
+                                                     strict=True):
                 for lead in ids:
                     state = states.get(lead)
                     if state is None:
@@ -91,10 +94,10 @@ class Queries:
                                       state.fit + engagement_at(state, now_ms, rules),
                                       state.lead_id, view))
                         kept += 1
-                rankings[shard, fit] = start + page, kept
+                rankings[ranking] = start + page, kept
                 # Enough from this ranking, or it has no more: the rest cannot make the top.
                 if kept >= limit or len(ids) < page:
-                    del rankings[shard, fit]
+                    del rankings[ranking]
             page = min(2 * page, MAX_PAGE)
         found.sort(key=lambda f: (-f[0], -f[1], f[2]))
         return [view for _, _, _, view in found[:limit]]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-from scoring.engine import LeadState
+from scoring.engine import STAGES, LeadState
 
 # Larger than |log2| of the smallest positive double (1074), so that with T >= 0
 # (event times after 1970) positive keys stay above zero and negative ones below.
@@ -38,5 +38,12 @@ def rank_key(state: LeadState, half_life_ms: int | None) -> float:
 
 
 def groups(stage: str, hot: bool) -> tuple[str, ...]:
-    """The rankings a lead belongs to: every lead, its stage, and hot leads."""
-    return ("all", f"stage:{stage}", "hot") if hot else ("all", f"stage:{stage}")
+    """The rankings a lead belongs to: its stage's, and the hot leads'. There is no
+    ranking of all leads: the stages partition them, so ``members("all")`` reads the
+    four stage rankings instead, and each change of a lead moves one entry fewer."""
+    return (f"stage:{stage}", "hot") if hot else (f"stage:{stage}",)
+
+
+def members(group: str) -> tuple[str, ...]:
+    """The rankings that hold a group's leads: all, hot, stage:<stage>."""
+    return tuple(f"stage:{stage}" for stage in STAGES) if group == "all" else (group,)

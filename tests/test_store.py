@@ -225,7 +225,7 @@ async def test_a_batch_of_more_leads_than_lua_can_unpack_at_once_is_written(
                                      for lead in leads], now_ms=T0)
         assert (outcome.applied, len(outcome.entries)) == (9000, 0)
         shard = store.keys.of(leads[0])
-        assert await redis.zcard(shard.rank("all", 0.0)) == 9000
+        assert await redis.zcard(shard.rank("stage:prospect", 0.0)) == 9000
         assert [view["lead_id"] for view in await store.top(T0, 3)] == leads[:3]
         assert await redis.exists(*(shard.ids(lead) for lead in leads)) == 9000
 
