@@ -358,11 +358,12 @@ class LeadStore(Queries):
         rank_keys, ranks, fits = self._rankings(shard, leads)
         entries = [orjson.dumps(stamp(n, now_ms)) for n in notes]
         head = orjson.dumps({"v": versions, "ids": id_sets, "cap": self.history_size,
-                             "hist": histories, "ranks": ranks, "cool": cool, "uncool": uncool,
-                             "fits": fits, "now": now_ms})
+                             "hist": [len(some) for some in histories], "ranks": ranks,
+                             "cool": cool, "uncool": uncool, "fits": fits, "now": now_ms})
         keys = [*(shard.state(lead_id) for lead_id in leads), *id_keys, *history_keys,
                 *rank_keys, shard.cooling, shard.outbox, shard.fits]
-        return entries, [len(keys), *keys, head, *records, *entries]
+        return entries, [len(keys), *keys, head, *records,
+                         *(entry for some in histories for entry in some), *entries]
 
     def _rankings(self, shard: Shard, leads: dict[str, Stored]
                   ) -> tuple[list[str], list[tuple[list[float | str], list[str]]], list[str]]:
@@ -392,16 +393,15 @@ class LeadStore(Queries):
                 list(map(repr, fits)))
 
     def _histories(self, shard: Shard, leads: dict[str, Stored]
-                   ) -> tuple[list[str], list[list[str]]]:
-        """(history keys, new entries of each, oldest first). Each entry is a JSON string
-        within the JSON: cjson would print its numbers its own way."""
+                   ) -> tuple[list[str], list[list[bytes]]]:
+        """(history keys, the new entries of each as JSON, oldest first)."""
         keys: list[str] = []
-        lists: list[list[str]] = []
+        lists: list[list[bytes]] = []
         if self.history_size > 0:
             for lead_id, stored in leads.items():
                 if stored.history:
                     keys.append(shard.history(lead_id))
-                    lists.append([orjson.dumps(entry).decode()
+                    lists.append([orjson.dumps(entry)
                                   for entry in stored.history[-self.history_size:]])
         return keys, lists
 
