@@ -132,6 +132,12 @@ class LeadStore(Queries):
     def channel(self) -> str:
         return self.keys.channel
 
+    @staticmethod
+    async def recorded_shards(redis: Any, prefix: str) -> int | None:
+        """The shard count the data under ``prefix`` was written with, if any."""
+        raw = await redis.get(Layout(prefix, 1).layout_key)
+        return None if raw is None else int(orjson.loads(raw)["shards"])
+
     async def check_layout(self) -> None:
         """Record the shard count on first use; refuse a count that differs from the one
         the data was written with (every lead would be looked for in the wrong shard)."""

@@ -96,13 +96,13 @@ def _worker(args: argparse.Namespace) -> int:
     import asyncio
 
     from streams.app import create_app, run_worker, use_uvloop
-    from streams.connect import check_layout
+    from streams.connect import settle_layout
 
     settings = load_settings()
     rules = load_rules(settings.rules_path())  # a bad rules file stops here, every problem listed
     print(f"leadscore worker: rules {settings.rules_path()} ({rules.name}, "
           f"rules_version {rules.version})\n{settings.describe()}", file=sys.stderr)
-    asyncio.run(check_layout(settings, rules))  # a shard count the data disagrees with
+    settings = asyncio.run(settle_layout(settings, rules))  # the data's shard count
     use_uvloop()
     app, _ = create_app(settings, rules)
     run_worker(app, args.loglevel)

@@ -14,7 +14,7 @@ from scoring.errors import LeadscoreError
 from scoring.events import format_ts
 from scoring.rules import load_rules
 from streams.agents import bootstrap_servers, now_ms
-from streams.connect import lead_store, redis_client
+from streams.connect import lead_store, redis_client, settle_layout
 from streams.settings import Settings
 
 FLUSH_EVERY = 5_000
@@ -63,6 +63,7 @@ def _lead_key(line: bytes) -> bytes | None:
 async def show_lead(settings: Settings, lead_id: str) -> int:
     rules = load_rules(settings.rules_path())
     async with redis_client(settings) as redis:
+        settings = await settle_layout(settings, rules, redis)
         loaded = await lead_store(settings, rules, redis).load(lead_id)
     if loaded is None:
         raise LeadscoreError(f"no lead {lead_id!r} in Redis")
@@ -78,6 +79,7 @@ async def forget_lead(settings: Settings, lead_id: str) -> int:
     ``DELETE /leads/{id}`` does."""
     rules = load_rules(settings.rules_path())
     async with redis_client(settings) as redis:
+        settings = await settle_layout(settings, rules, redis)
         known = await lead_store(settings, rules, redis).forget(lead_id)
     if not known:
         raise LeadscoreError(f"no lead {lead_id!r} in Redis (nothing to forget)")

@@ -19,8 +19,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import SecretStr
 from rich.console import Console
 
+from scoring.rules import load_rules
 from streams.agents import now_ms
 from streams.app import create_app, run_worker
+from streams.connect import settle_layout
 from streams.demo import LiveDemo
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, create_topics
 from streams.settings import Settings
@@ -36,7 +38,8 @@ def run_dev(settings: Settings, demo: bool) -> None:
         asyncio.run(create_topics(broker.bootstrap, {
             settings.topic_events: settings.partitions, settings.topic_hot: settings.partitions,
             settings.topic_dlq: 1}))
-        app, _ = create_app(settings)
+        rules = load_rules(settings.rules_path())
+        app, _ = create_app(asyncio.run(settle_layout(settings, rules)), rules)
         console.print(f"[bold]Leadscore dev[/]  broker {broker.url}  redis {redis.url}\n"
                       f"  dashboard  http://127.0.0.1:{settings.web_port}/\n"
                       f"  API        http://127.0.0.1:{settings.web_port}/leads?hot=true\n"

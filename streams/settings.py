@@ -27,7 +27,8 @@ class Settings(BaseSettings):
                                  description="Redis URL (redis+cluster:// for a cluster); may "
                                  "carry a password, so kept secret")
     redis_shards: int | None = Field(None, ge=1, le=16384, description="transaction shards "
-                                     "(scoring.keys); default 1, or 32 on a cluster")
+                                     "(scoring.keys); default: the data's, or 4 (32 on a "
+                                     "cluster) for new data")
     rules: Path = Field(Path("config/rules.yaml"), description="the rules file")
     topic_events: str = "lead-events"
     topic_hot: str = "lead-hot"

@@ -297,3 +297,22 @@ async def test_a_shard_count_other_than_the_datas_is_refused(redis_url: str) -> 
         assert str(refused.value) == (
             f"Redis holds Leadscore data in 4 shards under the prefix {prefix!r}, not 1: set "
             "LEADSCORE_REDIS_SHARDS=4, or use another LEADSCORE_KEY_PREFIX for a fresh start")
+
+
+async def test_the_shard_count_is_the_datas_unless_set(redis_url: str) -> None:
+    """Unset LEADSCORE_REDIS_SHARDS: fresh data gets 4 shards on one Redis, and data
+    written with another count keeps it; a count set that differs is refused."""
+    from streams.connect import settle_layout
+    from streams.settings import Settings
+
+    async with Redis.from_url(redis_url) as redis:
+        fresh, old = f"test-store-{next(_prefixes)}", f"test-store-{next(_prefixes)}"
+        await LeadStore(redis, RULES, old, shards=1).check_layout()
+        unset = Settings(redis_url=redis_url)
+        settled = await settle_layout(unset.model_copy(update={"key_prefix": fresh}), RULES)
+        assert (settled.redis_shards, await LeadStore.recorded_shards(redis, fresh)) == (4, 4)
+        settled = await settle_layout(unset.model_copy(update={"key_prefix": old}), RULES)
+        assert settled.redis_shards == 1
+        with pytest.raises(LeadscoreError, match="in 1 shards under the prefix"):
+            await settle_layout(unset.model_copy(update={"key_prefix": old,
+                                                         "redis_shards": 4}), RULES)
