@@ -254,10 +254,11 @@ def _merge_profile(state: LeadState, changes: dict[str, Any], rules: Ruleset,
             state.profile.pop(key, None)
         else:
             state.profile[key] = value
-    state.fit = fit_score(state.profile, rules)
+    holds = [r.test(state.profile) for r in rules.fit]
+    state.fit = math.fsum(r.points for r, h in zip(rules.fit, holds, strict=True) if h)  # F
     if awards is not None and held is not None:
-        for rule, before in zip(rules.fit, held, strict=True):
-            if rule.test(state.profile) != before:
+        for rule, before, after in zip(rules.fit, held, holds, strict=True):
+            if after != before:
                 awards.append((rule.id, rule.points if not before else -rule.points))
 
 
