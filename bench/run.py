@@ -10,7 +10,8 @@ benchmark mix (default 1,000,000 events, 100,000 leads, Zipf-like activity, 5% l
 2. the same for the two baselines of bench/baselines.py (naive and take agents),
    over the first --naive-events / --take-events events, and the ratios;
 3. end-to-end latency from produce to the lead.hot being readable on the
-   notifications topic, at a fixed offered load (--rate events/s for --seconds);
+   notifications topic, at a fixed offered load (--rate events/s for --seconds),
+   and the broker's own share: the same load produced and consumed, no worker;
 4. offline ``leadscore score`` events/s on the same mix.
 
 Prints a table, then one JSON line with every number.
@@ -233,6 +234,49 @@ async def _offer(bootstrap: str, topic: str, rate: int, seconds: int) -> dict[st
             "p99_ms": q[98], "max_ms": max(latencies)}
 
 
+async def broker_floor(bootstrap: str, rate: int, seconds: int) -> dict[str, float]:
+    """The broker's own share of the latency: ``rate`` events/s (~200 bytes, paced as
+    ``_offer`` paces them) produced and consumed again, with no worker in between; an
+    event crosses the broker twice on its way to a lead.hot. Kafka's record timestamp
+    (set at send) to the consumer's read."""
+    topic = "bench-floor"
+    await create_topics(bootstrap, {topic: 4})
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id="bench-floor",
+                                auto_offset_reset="latest", fetch_max_wait_ms=10)
+    await consumer.start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False,
+                                linger_ms=1)
+    await producer.start()
+    while not consumer.assignment():
+        await consumer.getmany(timeout_ms=100)  # joined the group: no event is missed
+    latencies: list[float] = []
+    stop = asyncio.Event()
+
+    async def read() -> None:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50)
+            now = time.time() * 1000
+            latencies.extend(now - record.timestamp for records in batch.values()
+                             for record in records)
+
+    reader = asyncio.create_task(read())
+    rng, value = random.Random(5), b"x" * 200
+    per_tick, n, started = max(rate // 100, 1), 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(per_tick):
+            n += 1
+            await producer.send(topic, value, key=str(rng.randrange(50_000)).encode())
+        next_tick = started + 0.01 * (n // per_tick)
+        await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))  # pacing the load
+    await asyncio.sleep(1)  # let the last ones arrive before we stop reading
+    stop.set()
+    await reader
+    await producer.stop()
+    await consumer.stop()
+    q = statistics.quantiles(latencies, n=100)
+    return {"p50_ms": q[49], "p99_ms": q[98], "max_ms": max(latencies)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=1_000_000)
@@ -284,6 +328,9 @@ def main() -> None:
         console.print(f"latency at {args.rate:,} events/s for {args.seconds} s ...")
         lat = asyncio.run(latency(broker, redis, args.rate, args.seconds, out / "live.log"))
         results.update({f"latency_{k}": round(v, 2) for k, v in lat.items()})
+        console.print(f"the broker alone at {args.rate:,} events/s for 20 s ...")
+        floor = asyncio.run(broker_floor(broker.bootstrap, args.rate, 20))
+        results.update({f"broker_hop_{k}": round(v, 2) for k, v in floor.items()})
 
     console.print("offline leadscore score ...")
     offline = measure_offline(mix, args.runs)
@@ -309,6 +356,8 @@ def _table(r: dict[str, Any]) -> None:
          f"{r['latency_p50_ms']} / {r['latency_p99_ms']} / {r['latency_max_ms']} ms"),
         ("  at offered load", f"{r['latency_offered_events_per_s']:,.0f} events/s, "
                               f"{r['latency_samples']:,.0f} lead.hot samples"),
+        ("  the broker alone, one hop", f"{r['broker_hop_p50_ms']} / {r['broker_hop_p99_ms']} / "
+                                        f"{r['broker_hop_max_ms']} ms (a lead.hot takes two)"),
         ("worker peak RSS", f"{r['worker_peak_rss_mb']} MB"),
         ("Redis memory per lead", f"state {r['redis_bytes_per_lead_state']} B, dedupe ids "
                                   f"{r['redis_bytes_per_lead_ids']} B, history "
