@@ -33,8 +33,13 @@ def apply_recorded(state: LeadState, event: Event, rules: Ruleset
     awards: list[Award] = []
     stage, fit = state.stage, state.fit
     notes = apply(state, event, rules, awards)
-    entries = [cooling(n) for n in notes if n["event_id"] is None]  # cooled before it
-    caused = [n["type"] for n in notes if n["event_id"] is not None]
+    entries: list[Entry] = []
+    caused: list[str] = []
+    for note in notes:  # (most events emit none)
+        if note["event_id"] is None:
+            entries.append(cooling(note))  # cooled before it
+        else:
+            caused.append(note["type"])
     if awards or caused or state.stage != stage or state.fit != fit:
         assert state.t_ref is not None
         entries.append([
