@@ -291,8 +291,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--leads", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--naive-events", type=int, default=20_000)
-    parser.add_argument("--take-events", type=int, default=100_000)
+    parser.add_argument("--naive-events", type=int, default=10_000)
+    parser.add_argument("--take-events", type=int, default=50_000)
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=int, default=60)
     args = parser.parse_args()
@@ -337,8 +337,8 @@ def main() -> None:
         console.print(f"latency at {args.rate:,} events/s for {args.seconds} s ...")
         lat = asyncio.run(latency(broker, redis, args.rate, args.seconds, out / "live.log"))
         results.update({f"latency_{k}": round(v, 2) for k, v in lat.items()})
-        console.print(f"the broker alone at {args.rate:,} events/s for 30 s ...")
-        floor = asyncio.run(broker_floor(broker.bootstrap, args.rate, 30))
+        console.print(f"the broker alone at {args.rate:,} events/s for 21 s ...")
+        floor = asyncio.run(broker_floor(broker.bootstrap, args.rate, 21))
         results.update({f"broker_hop_{k}": round(v, 2) for k, v in floor.items()})
 
     console.print("offline leadscore score ...")
@@ -367,7 +367,7 @@ def _table(r: dict[str, Any]) -> None:
                               f"{r['latency_samples']:,.0f} lead.hot samples"),
         ("  the broker alone, one hop", f"{r['broker_hop_p50_ms']} / {r['broker_hop_p99_ms']} / "
                                         f"{r['broker_hop_max_ms']} ms (a lead.hot takes two)"),
-        ("    p99, first / last 10 s", f"{r['broker_hop_first_third_p99_ms']} / "
+        ("    p99, first / last 7 s", f"{r['broker_hop_first_third_p99_ms']} / "
                                        f"{r['broker_hop_last_third_p99_ms']} ms"),
         ("worker peak RSS", f"{r['worker_peak_rss_mb']} MB"),
         ("Redis memory per lead", f"state {r['redis_bytes_per_lead_state']} B, dedupe ids "
