@@ -7,7 +7,8 @@ lead belongs to shard ``crc32(lead_id) % shards``; its state, ids and history si
 beside its shard's outbox, cooling index and rankings, so that a lead's change and
 the notifications and index entries it causes land together.
 
-One shard (the default on a single Redis) makes a batch one transaction; a
+A batch is committed per shard, the shards concurrently. A single Redis gets 4 by
+default (the worker applies one shard's events while Redis commits another's); a
 cluster wants several per master (the default there is 32), so that shards, and
 the load, spread over the masters. The count is fixed for the life of the data
 (``<prefix>:layout`` records it): changing it would move every lead.

@@ -2,7 +2,7 @@
 
 There is one definition of the scoring semantics (``scoring.engine``); this store
 runs it under optimistic concurrency instead of re-implementing it in Lua. Per
-shard of the batch (``scoring.keys``; one shard on a single Redis):
+shard of the batch (``scoring.keys``):
 
     MGET states + READ_IDS (the batch's event ids)  ->  apply() in Python  ->
     COMMIT (states, ids, cooling index, lead index, history, outbox; one script)
