@@ -300,7 +300,7 @@ def _notification(state: LeadState, rules: Ruleset, kind: str, at: float,
         "fit": round(state.fit, 2),
         "engagement": round(engagement, 2),
         "stage": state.stage,
-        "threshold": _plain(rules.threshold),
+        "threshold": plain(rules.threshold),
         "event_id": event_id,
         "event_ts": format_ts(event_ts),
         "emitted_at": None,
@@ -309,7 +309,9 @@ def _notification(state: LeadState, rules: Ruleset, kind: str, at: float,
     }
 
 
-def _plain(number: float) -> float | int:
+def plain(number: float) -> float | int:
+    """A whole number as an int, so that JSON shows 70 as the rules file wrote it, not
+    70.0."""
     return int(number) if number.is_integer() else number
 
 

@@ -27,7 +27,7 @@ from aiohttp import web as aiohttp_web
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scoring.engine import STAGES, cool, describe
+from scoring.engine import STAGES, cool, describe, plain
 from scoring.events import MAX_ID_LENGTH, format_ts
 from streams import metrics
 from streams.agents import Scorer, now_ms
@@ -122,8 +122,8 @@ def install(app: faust.App, scorer: Scorer) -> Feed:
 
         now = now_ms()
         found = await store.top(now, limit, group, keep)
-        return web.json({"at": format_ts(now), "threshold": rules.threshold,
-                         "rearm_below": rules.rearm_below, "leads": found})
+        return web.json({"at": format_ts(now), "threshold": plain(rules.threshold),
+                         "rearm_below": plain(rules.rearm_below), "leads": found})
 
     @app.page("/leads/{lead_id}")
     class Lead(View):
@@ -158,7 +158,8 @@ def install(app: faust.App, scorer: Scorer) -> Feed:
         if not entries and not await store.exists(lead_id):
             return error(web, 404, f"no lead {lead_id!r}")
         return web.json({
-            "lead_id": lead_id, "threshold": rules.threshold, "rearm_below": rules.rearm_below,
+            "lead_id": lead_id, "threshold": plain(rules.threshold),
+            "rearm_below": plain(rules.rearm_below),
             "half_life_seconds": None if rules.half_life_ms is None
             else rules.half_life_ms / 1000,
             "history": entries})

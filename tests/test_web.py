@@ -127,6 +127,8 @@ async def test_the_api_shows_what_the_offline_engine_computes(
         assert page["leads"] == offline.top(at, int(query.rsplit("=", 1)[1]), hot, stage), query
         assert (page["threshold"], page["rearm_below"]) == (RULES.threshold, RULES.rearm_below)
     assert len(get_json(worker, "/leads?hot=true&limit=5")[1]["leads"]) == 5
+    # The hot line as the rules file and the notifications write it (70, not 70.0).
+    assert b'"threshold":70,"rearm_below":50,' in worker.get("/leads?limit=1")[1]
 
     # History: the last 8 changes (LEADSCORE_HISTORY_SIZE), newest first.
     busiest = max(offline.entries, key=lambda lead: len(offline.entries[lead]))
