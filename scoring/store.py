@@ -247,7 +247,9 @@ class LeadStore(Queries):
                 pipe.zrem(shard.outbox, *pending)
             if raw is not None:
                 state = record.decode(raw, {}).state
-                for group in groups(state.stage, state.hot):
+                # ("all": the ranking of every lead that versions before the stage
+                # rankings kept; data written by them may still hold this lead there.)
+                for group in (*groups(state.stage, state.hot), "all"):
                     pipe.zrem(shard.rank(group, float(state.fit)), lead_id)
             return raw is not None
 

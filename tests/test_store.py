@@ -316,3 +316,29 @@ async def test_the_shard_count_is_the_datas_unless_set(redis_url: str) -> None:
         with pytest.raises(LeadscoreError, match="in 1 shards under the prefix"):
             await settle_layout(unset.model_copy(update={"key_prefix": old,
                                                          "redis_shards": 4}), RULES)
+
+
+async def test_forgetting_a_lead_written_by_an_earlier_version_leaves_no_trace(
+        redis_url: str) -> None:
+    """An object record and a place in the old ranking of all leads, as versions before
+    the compact record and the stage rankings left them: erasure removes both."""
+    async with Redis.from_url(redis_url) as redis:
+        prefix = f"test-store-{next(_prefixes)}"
+        store = LeadStore(redis, RULES, prefix)
+        await store.apply([ev("d", "demo_request", T0, lead="a"),
+                           ev("v", "page_view", T0, lead="b")], now_ms=T0)
+        shard = store.keys.of("a")
+        loaded = await store.load("a")
+        assert loaded is not None
+        old = loaded[0].to_dict()
+        old.pop("seen")
+        await redis.set(shard.state("a"), orjson.dumps({**old, "offsets": {}, "updated_at": T0}))
+        await redis.zadd(shard.rank("all", 0.0), {"a": -1.0, "b": -2.0})
+
+        assert await store.forget("a")
+        keys = [key.decode() async for key in redis.scan_iter(f"{prefix}:*")]
+        assert [key for key in keys if key.endswith(":a")] == []
+        holding = [key for key in keys if await redis.type(key) == b"zset"
+                   and await redis.zscore(key, "a") is not None]
+        assert holding == []
+        assert await redis.zscore(shard.rank("all", 0.0), "b") == -2.0  # others stay
