@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -202,33 +203,29 @@ async def _offer(bootstrap: str, topic: str, rate: int, seconds: int) -> dict[st
 
     reader = asyncio.create_task(read())
     rng = random.Random(3)
-    tick, per_tick = 0.01, max(rate // 100, 1)
-    started, n, journeys = time.perf_counter(), 0, 0
-    while time.perf_counter() - started < seconds:
+    journeys = 0
+
+    def event(n: int) -> tuple[bytes, bytes]:
+        nonlocal journeys
         ts = int(time.time() * 1000)
-        for _ in range(per_tick):
-            n += 1
-            event: dict[str, Any]
-            if n % 20 == 0:  # a new lead asks for a consultation ...
-                journeys += 1
-                event = {"event_id": f"c{journeys}", "lead_id": f"hot-{journeys}",
-                         "type": "consultation_requested", "ts": ts}
-            elif n % 20 == 10 and journeys:  # ... and puts something in the cart: 90, hot
-                event = {"event_id": f"a{journeys}", "lead_id": f"hot-{journeys}",
-                         "type": "add_to_cart", "ts": ts}
-            else:
-                event = {"event_id": f"v{n}", "lead_id": f"browse-{rng.randrange(50_000)}",
-                         "type": "page_view", "ts": ts, "properties": {"url": "/docs"}}
-            sent[str(event["event_id"])] = time.perf_counter()
-            await producer.send(topic, orjson.dumps(event), key=str(event["lead_id"]).encode())
-        next_tick = started + tick * (n // per_tick)
-        await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))  # pacing the load
-    await asyncio.sleep(2)  # let the last notifications arrive before we stop reading
-    stop.set()
-    await reader
-    await producer.stop()
-    await consumer.stop()
-    offered = n / (time.perf_counter() - started - 2)
+        body: dict[str, Any]
+        if n % 20 == 0:  # a new lead asks for a consultation ...
+            journeys += 1
+            body = {"event_id": f"c{journeys}", "lead_id": f"hot-{journeys}",
+                    "type": "consultation_requested", "ts": ts}
+        elif n % 20 == 10 and journeys:  # ... and puts something in the cart: 90, hot
+            body = {"event_id": f"a{journeys}", "lead_id": f"hot-{journeys}",
+                    "type": "add_to_cart", "ts": ts}
+        else:
+            body = {"event_id": f"v{n}", "lead_id": f"browse-{rng.randrange(50_000)}",
+                    "type": "page_view", "ts": ts, "properties": {"url": "/docs"}}
+        sent[str(body["event_id"])] = time.perf_counter()
+        return str(body["lead_id"]).encode(), orjson.dumps(body)
+
+    started = time.perf_counter()
+    n = await _paced(producer, topic, rate, seconds, event)
+    offered = n / (time.perf_counter() - started)
+    await _finish(stop, reader, producer, consumer, grace=2)
     q = statistics.quantiles(latencies, n=100)
     return {"offered_events_per_s": offered, "samples": len(latencies), "p50_ms": q[49],
             "p99_ms": q[98], "max_ms": max(latencies)}
@@ -262,18 +259,9 @@ async def broker_floor(bootstrap: str, rate: int, seconds: int) -> dict[str, flo
 
     reader = asyncio.create_task(read())
     rng, value = random.Random(5), b"x" * 200
-    per_tick, n, started = max(rate // 100, 1), 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        for _ in range(per_tick):
-            n += 1
-            await producer.send(topic, value, key=str(rng.randrange(50_000)).encode())
-        next_tick = started + 0.01 * (n // per_tick)
-        await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))  # pacing the load
-    await asyncio.sleep(1)  # let the last ones arrive before we stop reading
-    stop.set()
-    await reader
-    await producer.stop()
-    await consumer.stop()
+    await _paced(producer, topic, rate, seconds,
+                 lambda _: (str(rng.randrange(50_000)).encode(), value))
+    await _finish(stop, reader, producer, consumer, grace=1)
     first, last = seen[0][0], seen[-1][0]
     third = (last - first) / 3
 
@@ -284,6 +272,31 @@ async def broker_floor(bootstrap: str, rate: int, seconds: int) -> dict[str, flo
     return {"p50_ms": q[49], "p99_ms": q[98], "max_ms": max(ms for _, ms in seen),
             "first_third_p99_ms": p99([ms for at, ms in seen if at < first + third]),
             "last_third_p99_ms": p99([ms for at, ms in seen if at >= last - third])}
+
+
+async def _paced(producer: AIOKafkaProducer, topic: str, rate: int, seconds: int,
+                 message: Callable[[int], tuple[bytes, bytes]]) -> int:
+    """Send ``message(n)`` (key, value) for n = 1, 2, ... at ``rate`` events/s for
+    ``seconds``, in ticks of 10 ms; returns how many were sent."""
+    per_tick, n, started = max(rate // 100, 1), 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(per_tick):
+            n += 1
+            key, value = message(n)
+            await producer.send(topic, value, key=key)
+        next_tick = started + 0.01 * (n // per_tick)
+        await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))  # pacing the load
+    return n
+
+
+async def _finish(stop: asyncio.Event, reader: asyncio.Task[None], producer: AIOKafkaProducer,
+                  consumer: AIOKafkaConsumer, grace: float) -> None:
+    """Read for ``grace`` seconds more (the last ones are still on their way), then stop."""
+    await asyncio.sleep(grace)
+    stop.set()
+    await reader
+    await producer.stop()
+    await consumer.stop()
 
 
 def main() -> None:

@@ -67,6 +67,11 @@ class Shard:
             f"{self.tag}:rank:{group}:{fit}"
 
 
+def layout_key(prefix: str) -> str:
+    """Where the shard count of the data under ``prefix`` is recorded."""
+    return f"{prefix}:layout"
+
+
 class Layout:
     """The shards of one key prefix."""
 
@@ -75,7 +80,7 @@ class Layout:
             raise ValueError("shards must be at least 1")
         self.prefix = prefix
         self.shards = [Shard(n, f"{prefix}:{{{n}}}") for n in range(shards)]
-        self.layout_key = f"{prefix}:layout"
+        self.layout_key = layout_key(prefix)
         self.channel = f"{prefix}:notifications"
 
     def of(self, lead_id: str) -> Shard:

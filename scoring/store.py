@@ -42,7 +42,7 @@ from scoring.engine import (
 )
 from scoring.errors import LeadscoreError
 from scoring.events import Event
-from scoring.keys import Layout, Shard
+from scoring.keys import Layout, Shard, layout_key
 from scoring.queries import Queries, as_text
 from scoring.ranking import groups, rank_key
 from scoring.rules import Ruleset
@@ -135,7 +135,7 @@ class LeadStore(Queries):
     @staticmethod
     async def recorded_shards(redis: Any, prefix: str) -> int | None:
         """The shard count the data under ``prefix`` was written with, if any."""
-        raw = await redis.get(Layout(prefix, 1).layout_key)
+        raw = await redis.get(layout_key(prefix))
         return None if raw is None else int(orjson.loads(raw)["shards"])
 
     async def check_layout(self) -> None:
@@ -236,26 +236,32 @@ class LeadStore(Queries):
         shard = self.keys.of(lead_id)
         key = shard.state(lead_id)
 
-        async def erase(pipe: Any) -> bool:
-            raw = await self.redis.get(key)
-            pending = [entry for entry in await self.redis.zrange(shard.outbox, 0, -1)
-                       if orjson.loads(entry)["lead_id"] == lead_id]
-            pipe.multi()
-            pipe.delete(key, shard.ids(lead_id), shard.history(lead_id))
-            pipe.zrem(shard.cooling, lead_id)
-            if pending:
-                pipe.zrem(shard.outbox, *pending)
-            if raw is not None:
-                state = record.decode(raw, {}).state
-                # ("all": the ranking of every lead that versions before the stage
-                # rankings kept; data written by them may still hold this lead there.)
-                for group in (*groups(state.stage, state.hot), "all"):
-                    pipe.zrem(shard.rank(group, float(state.fit)), lead_id)
-            return raw is not None
-
-        # The lead changed meanwhile: forget what it is now.
-        return await self._optimistic([key, shard.outbox], erase,
-                                      f"could not forget {lead_id!r}: it kept changing")
+        # Redis optimistic transaction: WATCH the state and the outbox, read them (on
+        # another connection: safe, since any change after the WATCH makes EXEC fail),
+        # queue the deletes, EXEC; all of it again while the lead keeps changing.
+        for _ in range(MAX_RETRIES):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key, shard.outbox)
+                    raw = await self.redis.get(key)
+                    pending = [entry for entry in await self.redis.zrange(shard.outbox, 0, -1)
+                               if orjson.loads(entry)["lead_id"] == lead_id]
+                    pipe.multi()
+                    pipe.delete(key, shard.ids(lead_id), shard.history(lead_id))
+                    pipe.zrem(shard.cooling, lead_id)
+                    if pending:
+                        pipe.zrem(shard.outbox, *pending)
+                    if raw is not None:
+                        state = record.decode(raw, {}).state
+                        # ("all": the ranking of every lead that versions before the
+                        # stage rankings kept; data they wrote may still hold this lead.)
+                        for group in (*groups(state.stage, state.hot), "all"):
+                            pipe.zrem(shard.rank(group, float(state.fit)), lead_id)
+                    await pipe.execute()
+                    return raw is not None
+                except WatchError:
+                    continue  # the lead changed meanwhile: forget what it is now
+        raise LeadscoreError(f"could not forget {lead_id!r}: it kept changing")
 
     async def delivered(self, entries: Iterable[bytes]) -> None:
         """Forget outbox entries that the broker has acknowledged, and publish them on
@@ -293,23 +299,6 @@ class LeadStore(Queries):
                 return entries, tally
         raise LeadscoreError(f"gave up after {MAX_RETRIES} conflicting writes to the same "
                              "leads; is another process writing with this key prefix?")
-
-    async def _optimistic(self, watch: list[str], body: Callable[[Any], Awaitable[_T]],
-                          gave_up: str) -> _T:
-        """Redis optimistic transaction: WATCH ``watch``; ``body(pipe)`` reads (on another
-        connection: safe, any change after the WATCH makes EXEC fail), calls
-        ``pipe.multi()`` and queues its writes; EXEC. All of it again, up to
-        MAX_RETRIES times, while another writer changes a watched key."""
-        for _ in range(MAX_RETRIES):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(*watch)
-                    result = await body(pipe)
-                    await pipe.execute()
-                    return result
-                except WatchError:
-                    continue  # someone else changed a watched key: re-read, re-apply
-        raise LeadscoreError(gave_up)
 
     async def _read(self, shard: Shard, leads: list[str], keys: list[str],
                     ids: dict[str, list[str]]) -> dict[str, Stored]:
