@@ -41,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.offline import measure as measure_offline
+from scoring.events import parse_ts
 from streams.demo import Traffic
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, create_topics, free_port
 
@@ -182,7 +183,7 @@ async def latency(broker: EmbeddedBroker, redis: EmbeddedRedis, rate: int, secon
 
 async def _offer(bootstrap: str, topic: str, rate: int, seconds: int) -> dict[str, float]:
     sent: dict[str, float] = {}
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []  # (read at, latency ms)
     consumer = AIOKafkaConsumer(f"{topic}-hot", bootstrap_servers=bootstrap,
                                 auto_offset_reset="latest", fetch_max_wait_ms=5)
     await consumer.start()
@@ -191,15 +192,21 @@ async def _offer(bootstrap: str, topic: str, rate: int, seconds: int) -> dict[st
     await producer.start()
     stop = asyncio.Event()
 
+    legs: list[tuple[int, int]] = []  # (event -> recorded, recorded -> read), ms
+
     async def read() -> None:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=50)
-            now = time.perf_counter()
+            now, wall = time.perf_counter(), int(time.time() * 1000)
             for records in batch.values():
                 for record in records:
                     note = orjson.loads(record.value)
                     if note["type"] == "lead.hot" and note["event_id"] in sent:
-                        latencies.append((now - sent[note["event_id"]]) * 1000)
+                        latencies.append((now, (now - sent[note["event_id"]]) * 1000))
+                        # event_ts is the wall clock when the event was made, emitted_at
+                        # when the worker recorded the notification: where the time went
+                        recorded = parse_ts(note["emitted_at"])
+                        legs.append((recorded - parse_ts(note["event_ts"]), wall - recorded))
 
     reader = asyncio.create_task(read())
     rng = random.Random(3)
@@ -226,9 +233,15 @@ async def _offer(bootstrap: str, topic: str, rate: int, seconds: int) -> dict[st
     n = await _paced(producer, topic, rate, seconds, event)
     offered = n / (time.perf_counter() - started)
     await _finish(stop, reader, producer, consumer, grace=2)
-    q = statistics.quantiles(latencies, n=100)
+    q = statistics.quantiles([ms for _, ms in latencies], n=100)
+    quarter = seconds / 4
     return {"offered_events_per_s": offered, "samples": len(latencies), "p50_ms": q[49],
-            "p99_ms": q[98], "max_ms": max(latencies)}
+            "p99_ms": q[98], "max_ms": max(ms for _, ms in latencies),
+            "in_p99_ms": _p99([float(a) for a, _ in legs]),
+            "out_p99_ms": _p99([float(b) for _, b in legs]),
+            **{f"p99_q{i + 1}_ms": _p99([ms for at, ms in latencies
+                                        if i * quarter <= at - started < (i + 1) * quarter])
+               for i in range(4)}}
 
 
 async def broker_floor(bootstrap: str, rate: int, seconds: int) -> dict[str, float]:
@@ -265,13 +278,14 @@ async def broker_floor(bootstrap: str, rate: int, seconds: int) -> dict[str, flo
     first, last = seen[0][0], seen[-1][0]
     third = (last - first) / 3
 
-    def p99(values: list[float]) -> float:
-        return statistics.quantiles(values, n=100)[98]
-
     q = statistics.quantiles([ms for _, ms in seen], n=100)
     return {"p50_ms": q[49], "p99_ms": q[98], "max_ms": max(ms for _, ms in seen),
-            "first_third_p99_ms": p99([ms for at, ms in seen if at < first + third]),
-            "last_third_p99_ms": p99([ms for at, ms in seen if at >= last - third])}
+            "first_third_p99_ms": _p99([ms for at, ms in seen if at < first + third]),
+            "last_third_p99_ms": _p99([ms for at, ms in seen if at >= last - third])}
+
+
+def _p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] if len(values) > 1 else float("nan")
 
 
 async def _paced(producer: AIOKafkaProducer, topic: str, rate: int, seconds: int,
@@ -378,6 +392,10 @@ def _table(r: dict[str, Any]) -> None:
          f"{r['latency_p50_ms']} / {r['latency_p99_ms']} / {r['latency_max_ms']} ms"),
         ("  at offered load", f"{r['latency_offered_events_per_s']:,.0f} events/s, "
                               f"{r['latency_samples']:,.0f} lead.hot samples"),
+        ("  p99 in each quarter of the run", " / ".join(
+            str(r[f"latency_p99_q{i}_ms"]) for i in range(1, 5)) + " ms"),
+        ("  p99 event -> recorded / recorded -> read",
+         f"{r['latency_in_p99_ms']} / {r['latency_out_p99_ms']} ms"),
         ("  the broker alone, one hop", f"{r['broker_hop_p50_ms']} / {r['broker_hop_p99_ms']} / "
                                         f"{r['broker_hop_max_ms']} ms (a lead.hot takes two)"),
         ("    p99, first / last 7 s", f"{r['broker_hop_first_third_p99_ms']} / "
