@@ -8,7 +8,8 @@ benchmark mix (default 1,000,000 events, 100,000 leads, Zipf-like activity, 5% l
    write (median of --runs), its peak RSS, Redis commands per event, Redis memory
    per lead (MEMORY USAGE of a sample of state keys);
 2. the same for the two baselines of bench/baselines.py (naive and take agents),
-   over the first --naive-events / --take-events events, and the ratios;
+   over the first --naive-events / --take-events events, and the ratios to the
+   worker's rate over the first --take-events events (the same work);
 3. end-to-end latency from produce to the lead.hot being readable on the
    notifications topic, at a fixed offered load (--rate events/s for --seconds),
    and the broker's own share: the same load produced and consumed, no worker;
@@ -75,6 +76,22 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cpu_by_part(pid: int, seconds: float, parts: int) -> list[int]:
+    """The process's CPU, % of one core, in each of ``parts`` equal parts of ``seconds``."""
+    shares = []
+    for _ in range(parts):
+        before = cpu_seconds(pid)
+        await asyncio.sleep(seconds / parts)  # sampling interval
+        shares.append(round(100 * (cpu_seconds(pid) - before) / (seconds / parts)))
+    return shares
+
+
 def redis_calls(redis: Redis) -> int:
     stats: dict[str, Any] = redis.info("commandstats")
     return sum(int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_info",))
@@ -105,7 +122,10 @@ def worker_env(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, name: s
 
 
 def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, run: int,
-                      events: int, log: Path) -> dict[str, Any]:
+                      events: int, log: Path, prefix: int) -> dict[str, Any]:
+    """Events/s over all ``events``, and over the first ``prefix`` of them: the part of
+    the mix the baselines are measured on (its first events, of leads mostly new, are
+    cheaper than the rest), so that the ratios compare the same work."""
     port = free_port()
     client = Redis.from_url(redis.url)
     calls_before = redis_calls(client)
@@ -116,18 +136,24 @@ def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, 
         while processed(port) == 0:
             time.sleep(0.02)  # polling the worker's counter
         first = time.perf_counter()
-        while processed(port) < events:
+        done, at, prefix_seconds = 0.0, first, 0.0
+        while done < events:
             # Each scrape of /metrics costs the worker ~2 ms: polling at 50 Hz took 12% of
             # its time. At 4 Hz the end is known to 0.25 s, under 1% of a run.
             time.sleep(0.25)
-        seconds = time.perf_counter() - first
+            before, at_before = done, at
+            done, at = processed(port), time.perf_counter()
+            if before < prefix <= done:  # crossed between two polls: interpolate
+                prefix_seconds = at_before - first + (at - at_before) * (
+                    (prefix - before) / (done - before))
+        seconds = at - first
         rss = peak_rss_mb(worker.pid)
     finally:
         worker.terminate()
         worker.wait(30)
     calls = redis_calls(client) - calls_before
-    return {"events_per_s": events / seconds, "rss_mb": rss, "redis_calls_per_event":
-            calls / events, "prefix": f"bench-w{run}"}
+    return {"events_per_s": events / seconds, "prefix_events_per_s": prefix / prefix_seconds,
+            "rss_mb": rss, "redis_calls_per_event": calls / events, "prefix": f"bench-w{run}"}
 
 
 def redis_bytes_per_lead(redis: EmbeddedRedis, prefix: str, sample: int = 2000
@@ -175,7 +201,12 @@ async def latency(broker: EmbeddedBroker, redis: EmbeddedRedis, rate: int, secon
                 {"event_id": f"p{time.time_ns()}", "lead_id": "probe", "type": "page_view",
                  "ts": int(time.time() * 1000)}))])
             await asyncio.sleep(0.5)
-        return await _offer(broker.bootstrap, topic, rate, seconds)
+        assert broker.pid is not None
+        result, broker_cpu, worker_cpu = await asyncio.gather(
+            _offer(broker.bootstrap, topic, rate, seconds),
+            cpu_by_part(broker.pid, seconds, 4), cpu_by_part(worker.pid, seconds, 4))
+        return {**result, **{f"broker_cpu_q{i + 1}": share for i, share in enumerate(broker_cpu)},
+                **{f"worker_cpu_q{i + 1}": share for i, share in enumerate(worker_cpu)}}
     finally:
         worker.terminate()
         worker.wait(30)
@@ -319,10 +350,12 @@ def main() -> None:
     parser.add_argument("--leads", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--naive-events", type=int, default=10_000)
-    parser.add_argument("--take-events", type=int, default=50_000)
+    parser.add_argument("--take-events", type=int, default=200_000)
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=int, default=60)
     args = parser.parse_args()
+    args.naive_events = min(args.naive_events, args.events)
+    args.take_events = min(args.take_events, args.events)
     out = Path(tempfile.mkdtemp(prefix="leadscore-bench-"))
     results: dict[str, Any] = {"events": args.events, "leads": args.leads,
                                "machine": f"{platform.machine()} {os.cpu_count()} cores",
@@ -342,12 +375,14 @@ def main() -> None:
         for run in range(args.runs):
             console.print(f"worker throughput, run {run + 1} of {args.runs} ...")
             runs.append(worker_throughput(broker, redis, "bench-events", run, args.events,
-                                          out / "worker.log"))
+                                          out / "worker.log", prefix=args.take_events))
         per_lead = redis_bytes_per_lead(redis, runs[-1]["prefix"])
         worker_rate = statistics.median(r["events_per_s"] for r in runs)
+        prefix_rate = statistics.median(r["prefix_events_per_s"] for r in runs)
         results.update({
             "worker_events_per_s": round(worker_rate),
             "worker_runs": [round(r["events_per_s"]) for r in runs],
+            "worker_prefix_events_per_s": round(prefix_rate), "take_events": args.take_events,
             "worker_peak_rss_mb": round(max(r["rss_mb"] for r in runs), 1),
             "redis_calls_per_event": round(statistics.median(
                 r["redis_calls_per_event"] for r in runs), 4),
@@ -358,8 +393,8 @@ def main() -> None:
         console.print(f"baseline: Faust stream.take agent, {args.take_events:,} events ...")
         take = baseline("take", broker, redis, "bench-events", args.take_events)
         results.update({"naive_events_per_s": round(naive), "take_events_per_s": round(take),
-                        "x_naive": round(worker_rate / naive, 2),
-                        "x_take": round(worker_rate / take, 2)})
+                        "x_naive": round(prefix_rate / naive, 2),
+                        "x_take": round(prefix_rate / take, 2)})
 
         console.print(f"latency at {args.rate:,} events/s for {args.seconds} s ...")
         lat = asyncio.run(latency(broker, redis, args.rate, args.seconds, out / "live.log"))
@@ -387,6 +422,8 @@ def _table(r: dict[str, Any]) -> None:
         ("  runs", ", ".join(f"{x:,}" for x in r["worker_runs"])),
         ("baseline: naive Faust agent", f"{r['naive_events_per_s']:,} events/s"),
         ("baseline: Faust stream.take agent", f"{r['take_events_per_s']:,} events/s"),
+        (f"  over the first {r['take_events']:,} events",
+         f"{r['worker_prefix_events_per_s']:,} events/s"),
         ("worker / naive", f"{r['x_naive']}x"), ("worker / take", f"{r['x_take']}x"),
         ("latency p50 / p99 / max",
          f"{r['latency_p50_ms']} / {r['latency_p99_ms']} / {r['latency_max_ms']} ms"),
@@ -394,6 +431,9 @@ def _table(r: dict[str, Any]) -> None:
                               f"{r['latency_samples']:,.0f} lead.hot samples"),
         ("  p99 in each quarter of the run", " / ".join(
             str(r[f"latency_p99_q{i}_ms"]) for i in range(1, 5)) + " ms"),
+        ("  CPU in each quarter: broker, worker", " / ".join(
+            str(r[f"latency_broker_cpu_q{i}"]) for i in range(1, 5)) + " %, " + " / ".join(
+            str(r[f"latency_worker_cpu_q{i}"]) for i in range(1, 5)) + " % of a core"),
         ("  p99 event -> recorded / recorded -> read",
          f"{r['latency_in_p99_ms']} / {r['latency_out_p99_ms']} ms"),
         ("  the broker alone, one hop", f"{r['broker_hop_p50_ms']} / {r['broker_hop_p99_ms']} / "
@@ -411,7 +451,7 @@ def _table(r: dict[str, Any]) -> None:
     ]
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    Console(width=110).print(table)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,11 @@ class _EmbeddedServer:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (the benchmark reads its CPU time)."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
     def start(self) -> str:
         """Start the child and return its URL once it answers; idempotent."""
         if self.running:
