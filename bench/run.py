@@ -350,7 +350,7 @@ def main() -> None:
     parser.add_argument("--leads", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--naive-events", type=int, default=10_000)
-    parser.add_argument("--take-events", type=int, default=200_000)
+    parser.add_argument("--take-events", type=int, default=100_000)
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=int, default=60)
     args = parser.parse_args()
