@@ -33,7 +33,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -110,7 +110,23 @@ async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]
         await producer.stop()
 
 
-def worker_env(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, name: str,
+class Broker(Protocol):
+    """The embedded broker, or one given by address (``python -m bench.latency --broker``)."""
+
+    @property
+    def url(self) -> str: ...  # kafka://host:port
+    @property
+    def bootstrap(self) -> str: ...  # host:port
+    @property
+    def pid(self) -> int | None: ...  # known for the embedded one: its CPU is sampled
+
+
+class RedisServer(Protocol):
+    @property
+    def url(self) -> str: ...
+
+
+def worker_env(broker: Broker, redis: RedisServer, topic: str, name: str,
                port: int) -> dict[str, str]:
     return {**os.environ, "LEADSCORE_BROKER": broker.url, "LEADSCORE_REDIS_URL": redis.url,
             "LEADSCORE_TOPIC_EVENTS": topic, "LEADSCORE_TOPIC_HOT": f"{topic}-hot",
@@ -184,16 +200,18 @@ def baseline(mode: str, broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str
         return float(Path(result.name).read_text())
 
 
-async def latency(broker: EmbeddedBroker, redis: EmbeddedRedis, rate: int, seconds: int,
+async def latency(broker: Broker, redis: RedisServer, rate: int, seconds: int,
                   log: Path) -> dict[str, float]:
     """Offer ``rate`` events/s for ``seconds``; 10% of them start or finish a journey that
-    turns a lead hot. Latency: the triggering event's send -> its lead.hot read back."""
-    topic = "bench-live"
+    turns a lead hot. Latency: the triggering event's send -> its lead.hot read back.
+    Topics, consumer group and key prefix are new on each call, so that servers of an
+    earlier run (``bench.latency --broker/--redis``) hold nothing of this one."""
+    topic = f"bench-live-{time.time_ns()}"
     await create_topics(broker.bootstrap, {topic: 4, f"{topic}-hot": 4, f"{topic}-dlq": 1})
     port = free_port()
     with log.open("ab") as sink:
         worker = subprocess.Popen([str(BIN / "leadscore"), "worker"], stdout=sink, stderr=sink,
-                                  env=worker_env(broker, redis, topic, "bench-live", port))
+                                  env=worker_env(broker, redis, topic, topic, port))
     try:
         while metric(port, "leadscore_events_consumed_total") == 0 and worker.poll() is None:
             # the worker is ready when its probe event has been consumed
@@ -201,10 +219,9 @@ async def latency(broker: EmbeddedBroker, redis: EmbeddedRedis, rate: int, secon
                 {"event_id": f"p{time.time_ns()}", "lead_id": "probe", "type": "page_view",
                  "ts": int(time.time() * 1000)}))])
             await asyncio.sleep(0.5)
-        assert broker.pid is not None
-        result, broker_cpu, worker_cpu = await asyncio.gather(
-            _offer(broker.bootstrap, topic, rate, seconds),
-            cpu_by_part(broker.pid, seconds, 4), cpu_by_part(worker.pid, seconds, 4))
+        result, worker_cpu, broker_cpu = await asyncio.gather(
+            _offer(broker.bootstrap, topic, rate, seconds), cpu_by_part(worker.pid, seconds, 4),
+            cpu_by_part(broker.pid, seconds, 4) if broker.pid is not None else _nothing())
         return {**result, **{f"broker_cpu_q{i + 1}": share for i, share in enumerate(broker_cpu)},
                 **{f"worker_cpu_q{i + 1}": share for i, share in enumerate(worker_cpu)}}
     finally:
@@ -313,6 +330,10 @@ async def broker_floor(bootstrap: str, rate: int, seconds: int) -> dict[str, flo
     return {"p50_ms": q[49], "p99_ms": q[98], "max_ms": max(ms for _, ms in seen),
             "first_third_p99_ms": _p99([ms for at, ms in seen if at < first + third]),
             "last_third_p99_ms": _p99([ms for at, ms in seen if at >= last - third])}
+
+
+async def _nothing() -> list[int]:
+    return []
 
 
 def _p99(values: list[float]) -> float:
