@@ -342,3 +342,36 @@ async def test_forgetting_a_lead_written_by_an_earlier_version_leaves_no_trace(
                    and await redis.zscore(key, "a") is not None]
         assert holding == []
         assert await redis.zscore(shard.rank("all", 0.0), "b") == -2.0  # others stay
+
+
+async def test_forget_starts_over_when_the_lead_changes_while_it_erases(
+        redis_url: str) -> None:
+    """Another writer changes the lead after forget has read it: the erasure is refused
+    by Redis (WATCH) and done again on what the lead is then; nothing of it is left."""
+    prefix = f"test-store-{next(_prefixes)}"
+
+    class Meddling(Redis):  # the real server; one write slipped in after the first read
+        reads = 0
+
+        async def get(self, name: Any) -> Any:
+            raw = await super().get(name)
+            self.reads += 1
+            if self.reads == 1:
+                await writer.apply([ev("late", "demo_request", T0 + HOUR, lead="a")],
+                                   now_ms=T0 + HOUR)
+            return raw
+
+    async with Redis.from_url(redis_url) as plain, Meddling.from_url(redis_url) as meddling:
+        writer = LeadStore(plain, RULES, prefix)
+        await writer.apply([ev("v", "page_view", T0, lead="a"),
+                            ev("w", "page_view", T0, lead="b")], now_ms=T0)
+        forgetting = LeadStore(meddling, RULES, prefix)
+
+        assert await forgetting.forget("a")
+        assert meddling.reads == 2  # read, refused at EXEC, read again
+        assert await writer.load("a") is None
+        keys = [key.decode() async for key in plain.scan_iter(f"{prefix}:*")]
+        assert [key for key in keys if key.endswith(":a")] == []
+        assert [key for key in keys if await plain.type(key) == b"zset"
+                and await plain.zscore(key, "a") is not None] == []
+        assert await writer.load("b") is not None  # another lead stays
