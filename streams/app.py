@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
+import threading
 from typing import Any
 
 import faust
@@ -77,10 +79,46 @@ def use_uvloop() -> None:
     mode.loop.use("uvloop")
 
 
-def run_worker(app: faust.App, loglevel: str = "warning") -> None:
-    """Run the app in this process until SIGINT/SIGTERM; Faust owns the event loop."""
-    worker = faust.Worker(app, loglevel=loglevel, redirect_stdouts=False,
-                          quiet=not sys.stdout.isatty())
+class _Worker(faust.Worker):
+    """Faust's worker, with a bound on how long a stop may take. With the broker (or
+    Redis) unreachable, Faust's and aiokafka's shutdown wait for it forever, and
+    neither Ctrl-C nor a SIGTERM would end the process. Leaving anyway loses nothing:
+    uncommitted events are replayed and recognised by offset, and notifications
+    recorded but not sent are re-sent from the outbox at the next start."""
+
+    stop_timeout = 30.0
+    _deadline: threading.Timer | None = None
+
+    def _on_sigint(self) -> None:
+        self._limit_stop()
+        super()._on_sigint()
+
+    def _on_sigterm(self) -> None:
+        self._limit_stop()
+        super()._on_sigterm()
+
+    def _limit_stop(self) -> None:
+        if self._deadline is None:
+            # A thread, not the event loop: the loop is what may be stuck.
+            self._deadline = threading.Timer(self.stop_timeout, self._give_up)
+            self._deadline.daemon = True
+            self._deadline.start()
+
+    def _give_up(self) -> None:
+        sys.stderr.write(
+            f"leadscore worker: not stopped {self.stop_timeout:g} s after the signal (is the "
+            "broker or Redis unreachable?); exiting anyway. Events not yet committed will "
+            "be replayed and notifications not yet sent re-sent at the next start.\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+
+def run_worker(app: faust.App, loglevel: str = "warning", stop_timeout: float = 30.0) -> None:
+    """Run the app in this process until SIGINT/SIGTERM; Faust owns the event loop. A
+    stop that takes longer than ``stop_timeout`` seconds ends the process (exit code 1)."""
+    worker = _Worker(app, loglevel=loglevel, redirect_stdouts=False,
+                     quiet=not sys.stdout.isatty())
+    worker.stop_timeout = stop_timeout
     # Faust's start-up spinner sets the root logger to DEBUG so that it turns on every
     # record: aiokafka, mode and Faust then build a log record (caller lookup and
     # all) for each fetch and timer tick, ~10% of an idle worker's CPU, only for the

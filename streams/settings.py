@@ -45,6 +45,8 @@ class Settings(BaseSettings):
                               description="changes kept per lead for its history (0 = none)")
     group_id: str = "leadscore"
     broker_session_timeout: float = Field(10.0, gt=0)
+    stop_timeout: float = Field(30.0, gt=0, le=3600, description="seconds a stop may take "
+                                "before the worker exits anyway (exit code 1)")
     # Kafka security (aiokafka's names). SASL needs a username and a password.
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = \
         "PLAINTEXT"

@@ -19,7 +19,7 @@ from scoring.events import event_from_dict, format_ts
 from scoring.rules import Ruleset, load_rules
 from streams.agents import now_ms
 from streams.demo import Traffic
-from streams.embedded import EmbeddedRedis, free_port
+from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -257,3 +257,29 @@ async def test_redis_killed_mid_stream_is_waited_out_and_nothing_is_lost(
     finally:
         deployment.stop_all()
         redis.stop()
+
+
+async def test_a_worker_whose_broker_is_gone_still_stops_on_sigterm(
+        redis_url: str, tmp_path: Path) -> None:
+    """Faust's and aiokafka's shutdown wait for an unreachable broker forever; the
+    worker gives them LEADSCORE_STOP_TIMEOUT seconds, then exits with code 1 and says
+    why (nothing is lost: see streams/app.py)."""
+    broker = EmbeddedBroker(port=free_port())
+    broker.start()
+    deployment = Deployment(broker.bootstrap, redis_url, DEFAULT_RULES, tmp_path,
+                            stop_timeout="3")
+    try:
+        await deployment.create_topics()
+        worker = deployment.worker().start()
+        await worker.wait_ready()
+        await deployment.produce(keyed(traffic(leads=3, events=20, seed=5)))
+        await wait_for(lambda: worker.metric("leadscore_events_applied_total")
+                       + worker.metric("leadscore_events_duplicate_total") == 20, 60,
+                       "the worker did not apply the events")
+        broker.kill()
+        assert worker.terminate(timeout=30) == 1
+        assert ("leadscore worker: not stopped 3 s after the signal (is the broker or Redis "
+                "unreachable?); exiting anyway.") in worker.log_tail(), worker.log_tail()
+    finally:
+        deployment.stop_all()
+        broker.stop()
