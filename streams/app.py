@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -79,6 +82,34 @@ def use_uvloop() -> None:
     mode.loop.use("uvloop")
 
 
+class Repeats(logging.Filter):
+    """Lets through at most one warning or error of each kind (logger and message
+    template) every ``every`` seconds, and says how many it held back. With the broker
+    unreachable, aiokafka logs every failed retry of each of the worker's clients:
+    ~30 lines a second, for as long as the outage lasts."""
+
+    def __init__(self, every: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every, self.clock = every, clock
+        self.seen: dict[tuple[str, object], list[float]] = {}  # kind -> [last let through, held]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now, kind = self.clock(), (record.name, record.msg)
+        seen = self.seen.get(kind)
+        if seen is not None and now - seen[0] < self.every:
+            seen[1] += 1
+            return False
+        if len(self.seen) > 10_000:  # messages built without a template: forget them all
+            self.seen.clear()
+        if seen is not None and seen[1]:
+            record.msg = f"{record.msg} [{seen[1]:.0f} more like this in the last {self.every:g} s]"
+        self.seen[kind] = [now, 0]
+        return True
+
+
 class _Worker(faust.Worker):
     """Faust's worker, with a bound on how long a stop may take. With the broker (or
     Redis) unreachable, Faust's and aiokafka's shutdown wait for it forever, and
@@ -88,6 +119,12 @@ class _Worker(faust.Worker):
 
     stop_timeout = 30.0
     _deadline: threading.Timer | None = None
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        repeats = Repeats()
+        for handler in logger.handlers:
+            handler.addFilter(repeats)
 
     def _on_sigint(self) -> None:
         self._limit_stop()
