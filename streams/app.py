@@ -86,7 +86,7 @@ class Repeats(logging.Filter):
     """Lets through at most one warning or error of each kind (logger and message
     template) every ``every`` seconds, and says how many it held back. With the broker
     unreachable, aiokafka logs every failed retry of each of the worker's clients:
-    ~30 lines a second, for as long as the outage lasts."""
+    ~60 lines a second, for as long as the outage lasts."""
 
     def __init__(self, every: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -111,7 +111,8 @@ class Repeats(logging.Filter):
 
 
 class _Worker(faust.Worker):
-    """Faust's worker, with a bound on how long a stop may take. With the broker (or
+    """Faust's worker, with repeated warnings held back (``Repeats``) and a bound on how
+    long a stop may take. With the broker (or
     Redis) unreachable, Faust's and aiokafka's shutdown wait for it forever, and
     neither Ctrl-C nor a SIGTERM would end the process. Leaving anyway loses nothing:
     uncommitted events are replayed and recognised by offset, and notifications
