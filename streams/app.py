@@ -112,11 +112,11 @@ class Repeats(logging.Filter):
 
 class _Worker(faust.Worker):
     """Faust's worker, with repeated warnings held back (``Repeats``) and a bound on how
-    long a stop may take. With the broker (or
-    Redis) unreachable, Faust's and aiokafka's shutdown wait for it forever, and
-    neither Ctrl-C nor a SIGTERM would end the process. Leaving anyway loses nothing:
-    uncommitted events are replayed and recognised by offset, and notifications
-    recorded but not sent are re-sent from the outbox at the next start."""
+    long a stop may take. With the broker (or Redis) unreachable, Faust's and aiokafka's
+    shutdown wait for it forever, and neither Ctrl-C nor a SIGTERM would end the
+    process. Leaving anyway loses nothing: uncommitted events are replayed and
+    recognised by offset, and notifications recorded but not sent are re-sent from the
+    outbox at the next start."""
 
     stop_timeout = 30.0
     _deadline: threading.Timer | None = None
