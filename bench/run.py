@@ -82,8 +82,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def cpu_by_part(pid: int, seconds: float, parts: int) -> list[int]:
-    """The process's CPU, % of one core, in each of ``parts`` equal parts of ``seconds``."""
+async def cpu_by_part(pid: int | None, seconds: float, parts: int) -> list[int]:
+    """The process's CPU, % of one core, in each of ``parts`` equal parts of ``seconds``
+    (none for a process not known here)."""
+    if pid is None:
+        return []
     shares = []
     for _ in range(parts):
         before = cpu_seconds(pid)
@@ -221,7 +224,7 @@ async def latency(broker: Broker, redis: RedisServer, rate: int, seconds: int,
             await asyncio.sleep(0.5)
         result, worker_cpu, broker_cpu = await asyncio.gather(
             _offer(broker.bootstrap, topic, rate, seconds), cpu_by_part(worker.pid, seconds, 4),
-            cpu_by_part(broker.pid, seconds, 4) if broker.pid is not None else _nothing())
+            cpu_by_part(broker.pid, seconds, 4))
         return {**result, **{f"broker_cpu_q{i + 1}": share for i, share in enumerate(broker_cpu)},
                 **{f"worker_cpu_q{i + 1}": share for i, share in enumerate(worker_cpu)}}
     finally:
@@ -330,10 +333,6 @@ async def broker_floor(bootstrap: str, rate: int, seconds: int) -> dict[str, flo
     return {"p50_ms": q[49], "p99_ms": q[98], "max_ms": max(ms for _, ms in seen),
             "first_third_p99_ms": _p99([ms for at, ms in seen if at < first + third]),
             "last_third_p99_ms": _p99([ms for at, ms in seen if at >= last - third])}
-
-
-async def _nothing() -> list[int]:
-    return []
 
 
 def _p99(values: list[float]) -> float:

@@ -118,7 +118,7 @@ class _Worker(faust.Worker):
     recognised by offset, and notifications recorded but not sent are re-sent from the
     outbox at the next start."""
 
-    stop_timeout = 30.0
+    stop_timeout: float  # seconds; set by run_worker from the settings
     _deadline: threading.Timer | None = None
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
@@ -151,7 +151,7 @@ class _Worker(faust.Worker):
         os._exit(1)
 
 
-def run_worker(app: faust.App, loglevel: str = "warning", stop_timeout: float = 30.0) -> None:
+def run_worker(app: faust.App, stop_timeout: float, loglevel: str = "warning") -> None:
     """Run the app in this process until SIGINT/SIGTERM; Faust owns the event loop. A
     stop that takes longer than ``stop_timeout`` seconds ends the process (exit code 1)."""
     worker = _Worker(app, loglevel=loglevel, redirect_stdouts=False,

@@ -105,7 +105,7 @@ def _worker(args: argparse.Namespace) -> int:
     settings = asyncio.run(settle_layout(settings, rules))  # the data's shard count
     use_uvloop()
     app, _ = create_app(settings, rules)
-    run_worker(app, args.loglevel, settings.stop_timeout)
+    run_worker(app, settings.stop_timeout, args.loglevel)
     return 0
 
 

@@ -50,7 +50,7 @@ def run_dev(settings: Settings, demo: bool) -> None:
         if demo:
             _add_demo(app, settings, broker.bootstrap)
         with contextlib.suppress(SystemExit):
-            run_worker(app, stop_timeout=settings.stop_timeout)
+            run_worker(app, settings.stop_timeout)
 
 
 def _add_demo(app: faust.App, settings: Settings, bootstrap: str) -> None:
