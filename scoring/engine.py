@@ -4,7 +4,10 @@
 calls it on states in a dict; the stream worker calls it on states loaded from
 Redis and writes them back atomically (see ``scoring.store``). It mutates the
 state it is given (the hot path allocates no copies) and returns the
-notifications the event causes, in order.
+notifications the event causes, in order. An event it cannot apply (a profile
+that would grow past its bound, a number that would stop being finite) raises
+``EventError`` before anything in the state has changed, so that the caller can
+dead-letter it and go on with the state as it was.
 
 State is plain data (``LeadState.to_dict`` is JSON) so that it can live anywhere.
 """
@@ -15,7 +18,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from scoring.decay import crossing_time, factor
+from scoring.errors import EventError
 from scoring.events import PROFILE_UPDATE, Event, format_ts
 from scoring.rules import Ruleset
 
@@ -24,8 +30,18 @@ _RANK = {stage: rank for rank, stage in enumerate(STAGES)}
 MAX_REASONS = 5
 _KEEP_IDS = 8
 
+# The bound of a lead's merged profile (SPEC 1): every event of the lead reads and
+# rewrites its state, so a profile that grew without limit would slow every one of
+# them. Bytes are counted as orjson encodes the profile (compact JSON, UTF-8).
+MAX_PROFILE_KEYS = 256
+MAX_PROFILE_BYTES = 32 * 1024
+
 Notification = dict[str, Any]
 Award = tuple[str, float]  # (rule id, points as awarded at the event's own time)
+_INF = math.inf
+_SAFE_POINTS = 2.0 ** 970  # see _proven_finite
+_proven: dict[int, Ruleset] = {}  # id -> a ruleset _proven_finite vouched for
+_last_proven: Ruleset | None = None
 
 
 @dataclass(slots=True)
@@ -84,17 +100,34 @@ def apply(state: LeadState, event: Event, rules: Ruleset,
     With ``awards``, every rule that awarded points is appended to it (fit rules
     that start or stop holding count as awards of +/- their points), for the
     score history and the per-rule metrics.
+
+    Raises ``EventError`` with kind ``profile_too_large`` (a profile_update that
+    would grow the profile past MAX_PROFILE_KEYS or MAX_PROFILE_BYTES) or
+    ``not_finite`` (an award that would make the engagement, a rule's share of it
+    or the fit score infinite or NaN) before changing anything in the state or in
+    ``awards``: all that can fail is computed first, then applied in steps that
+    cannot fail.
     """
     t, t_ref = event.ts, state.t_ref
     first_seen = state.seen.get(event.event_id)
     latest = t if t_ref is None or t > t_ref else t_ref
     if first_seen is not None and first_seen >= latest - rules.dedupe_window_ms:
         return []  # a duplicate changes nothing and emits nothing
-    out: list[Notification] = []
     in_order = t_ref is None or t >= t_ref
     # What one point is worth after moving from T to t (in order) or from t to T (late).
     f = 1.0 if t_ref is None else factor(abs(t - t_ref), rules.half_life_ms)
 
+    # Plan: everything that can refuse the event, with the state untouched.
+    if event.type == PROFILE_UPDATE:
+        profile, fit, fit_awards = _merged_profile(state, event.properties, rules,
+                                                   awards is not None)
+    else:
+        profile = None
+    if rules is not _last_proven and not _proven_finite(rules):
+        _refuse_if_not_finite(state, event, rules, in_order, f)
+
+    # Apply: from here on nothing raises.
+    out: list[Notification] = []
     # Step 1: a disarmed lead that decayed below rearm_below before this event cools first.
     # (Validation keeps rearm_below inside the score range, so the clamp cannot matter.)
     if state.hot and in_order and state.fit + state.engagement * f < rules.rearm_below:
@@ -102,8 +135,11 @@ def apply(state: LeadState, event: Event, rules: Ruleset,
         if cooled is not None:
             out.append(cooled)
 
-    if event.type == PROFILE_UPDATE:
-        _merge_profile(state, event.properties, rules, awards)
+    if profile is not None:
+        state.profile = profile
+        state.fit = fit  # F
+        if awards is not None:
+            awards.extend(fit_awards)
 
     if in_order:
         # Rebase E and every contribution to t; the awards then arrive at full value.
@@ -246,20 +282,105 @@ def _award(state: LeadState, event: Event, rules: Ruleset, weight: float,
             state.contributions[rule.id] = state.contributions.get(rule.id, 0.0) + points
 
 
-def _merge_profile(state: LeadState, changes: dict[str, Any], rules: Ruleset,
-                   awards: list[Award] | None) -> None:
-    held = None if awards is None else [r.test(state.profile) for r in rules.fit]
+def _refuse_if_not_finite(state: LeadState, event: Event, rules: Ruleset, in_order: bool,
+                          f: float) -> None:
+    """Raise ``EventError`` (``not_finite``) if the event's awards would make E or a
+    rule's share infinite or NaN; the state is left untouched.
+
+    Only for rules that ``_proven_finite`` cannot vouch for: the awards are tried on a
+    copy of the parts of the state they change, by the code that then applies them.
+    """
+    trial = LeadState(state.lead_id, state.t_ref, state.engagement,
+                      contributions=dict(state.contributions), counts=dict(state.counts),
+                      windows={rule_id: dict(used) for rule_id, used in state.windows.items()})
+    if in_order:
+        trial.engagement *= f
+        for rule_id in trial.contributions:
+            trial.contributions[rule_id] *= f
+        trial.t_ref = event.ts
+    _award(trial, event, rules, 1.0 if in_order else f, None)
+    for rule_id, share in trial.contributions.items():
+        if not -_INF < share < _INF:
+            raise EventError(f'rule "{rule_id}" would make its share of the engagement score '
+                             f"{share}; the event is refused so that the lead's state stays "
+                             "finite", "not_finite")
+    if not -_INF < trial.engagement < _INF:
+        raise EventError(f"the event's awards would make the engagement score "
+                         f"{trial.engagement}; the event is refused so that the lead's state "
+                         "stays finite", "not_finite")
+
+
+def _proven_finite(rules: Ruleset) -> bool:
+    """Whether no event can make E, a share or F non-finite under these rules: true when
+    every rule's points are finite and below _SAFE_POINTS in magnitude.
+
+    Why that suffices: the state's numbers are finite (JSON holds no others, and
+    apply keeps them so), a rebase multiplies them by a factor in [0, 1], and an
+    award is at most its rule's points times such a factor (a `limit` only cuts it).
+    The largest float is 2**1024 - 2**971; a finite number plus a term below 2**970
+    in magnitude lies less than half a float's spacing beyond it and rounds back to
+    a finite float, however many such terms are added. F is the correctly rounded
+    sum of fewer than 2**53 such points, so it is finite too. Decided once per
+    ruleset; the rulesets proven are kept (a few: one per generation of rules).
+    """
+    global _last_proven
+    if _proven.get(id(rules)) is not rules:
+        if not (all(-_SAFE_POINTS < r.points < _SAFE_POINTS for r in rules.fit)
+                and all(-_SAFE_POINTS < r.points < _SAFE_POINTS for r in rules.engagement)):
+            return False
+        if len(_proven) >= 64:
+            _proven.clear()
+        _proven[id(rules)] = rules  # kept alive, so that its id is not reused meanwhile
+    _last_proven = rules
+    return True
+
+
+def _merged_profile(state: LeadState, changes: dict[str, Any], rules: Ruleset,
+                    with_awards: bool) -> tuple[dict[str, Any], float, list[Award]]:
+    """The profile after a profile_update, its F and the fit rules it turns on or off,
+    without changing the state.
+
+    Raises ``EventError``: ``profile_too_large`` when the update would grow the profile
+    past MAX_PROFILE_KEYS keys or MAX_PROFILE_BYTES bytes (an update that keeps or
+    shrinks it, such as one that only sets keys to null, is always accepted), or
+    ``not_finite`` when the fit rules would sum to an infinite or NaN F.
+    """
+    current = state.profile
+    profile = current.copy()
+    profile.update(changes)
     for key, value in changes.items():
         if value is None:
-            state.profile.pop(key, None)
-        else:
-            state.profile[key] = value
-    holds = [r.test(state.profile) for r in rules.fit]
-    state.fit = math.fsum(r.points for r, h in zip(rules.fit, holds, strict=True) if h)  # F
-    if awards is not None and held is not None:
-        for rule, before, after in zip(rules.fit, held, holds, strict=True):
+            del profile[key]  # null removes a key
+    if len(profile) > MAX_PROFILE_KEYS and len(profile) > len(current):
+        raise EventError(f"profile_update would grow the lead's profile to {len(profile)} keys, "
+                         f"more than MAX_PROFILE_KEYS ({MAX_PROFILE_KEYS}); a key set to null "
+                         "is removed", "profile_too_large")
+    try:
+        size = len(orjson.dumps(profile))
+    except orjson.JSONEncodeError as exc:  # only an Event built in code can get here
+        raise EventError(f"profile_update properties cannot be stored as JSON ({exc})",
+                         "wrong_type") from None
+    if size > MAX_PROFILE_BYTES and size > len(orjson.dumps(current)):
+        raise EventError(f"profile_update would grow the lead's profile to {size} bytes of "
+                         f"JSON, more than MAX_PROFILE_BYTES ({MAX_PROFILE_BYTES}); a key set "
+                         "to null is removed", "profile_too_large")
+    holds = [r.test(profile) for r in rules.fit]
+    try:
+        fit = math.fsum(r.points for r, h in zip(rules.fit, holds, strict=True) if h)
+    except OverflowError:  # a sum of finite points past the largest float
+        fit = math.inf
+    except ValueError:  # inf - inf
+        fit = math.nan
+    if not -_INF < fit < _INF:
+        raise EventError(f"the fit rules would make the fit score {fit}; the event is refused "
+                         "so that the lead's state stays finite", "not_finite")
+    changed: list[Award] = []
+    if with_awards:
+        for rule, after in zip(rules.fit, holds, strict=True):
+            before = rule.test(current)
             if after != before:
-                awards.append((rule.id, rule.points if not before else -rule.points))
+                changed.append((rule.id, rule.points if not before else -rule.points))
+    return profile, fit, changed
 
 
 def _advance(state: LeadState, stage: str) -> None:

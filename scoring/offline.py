@@ -28,8 +28,14 @@ class Replay:
 
 
 def replay(lines: Iterable[bytes], rules: Ruleset, at: int | None = None,
-           max_event_bytes: int = MAX_EVENT_BYTES) -> Replay:
+           max_event_bytes: int = MAX_EVENT_BYTES, *, latest_ms: int | None = None) -> Replay:
     """Apply events in file order; with ``at``, events after it have not happened yet.
+
+    A line the worker would dead-letter is recorded in ``bad_lines`` with the same
+    reason and skipped: one that ``parse_event`` refuses (with ``latest_ms``, the
+    latest event time accepted: ``--now`` plus the allowed clock skew; None = no
+    limit) or that ``apply`` refuses (a profile grown past its bound), which leaves
+    the lead as it was. A lead none of whose lines was applied is not reported.
 
     Then, as SPEC 3 step 3 says, every disarmed lead that has cooled by ``at``
     (default: the largest event time seen) is re-armed with its lead.cooled.
@@ -44,7 +50,7 @@ def replay(lines: Iterable[bytes], rules: Ruleset, at: int | None = None,
         if not line:
             continue
         try:
-            event = parse_event(line, max_event_bytes)
+            event = parse_event(line, max_event_bytes, latest_ms=latest_ms)
         except EventError as exc:
             out.bad_lines.append((number, exc.reason))
             continue
@@ -52,9 +58,16 @@ def replay(lines: Iterable[bytes], rules: Ruleset, at: int | None = None,
             out.after_at += 1
             continue
         state = states.get(event.lead_id)
-        if state is None:
-            state = states[event.lead_id] = LeadState(event.lead_id)
-        notes = apply(state, event, rules)
+        try:
+            if state is None:
+                state = LeadState(event.lead_id)
+                notes = apply(state, event, rules)
+                states[event.lead_id] = state
+            else:
+                notes = apply(state, event, rules)
+        except EventError as exc:  # the state is as it was: apply refuses before any change
+            out.bad_lines.append((number, exc.reason))
+            continue
         if notes:
             out.notifications.extend(notes)
         out.applied += 1

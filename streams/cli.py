@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
 from aiokafka.errors import KafkaError
+from pydantic_core import PydanticCustomError
 from redis.exceptions import RedisError
 
 from scoring.engine import summary
 from scoring.errors import EventError, LeadscoreError
 from scoring.events import parse_ts
 from scoring.offline import replay
-from scoring.rules import Ruleset, load_rules
+from scoring.rules import Ruleset, load_rules, parse_duration
 from streams.settings import load_settings
 
 
@@ -59,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--rules", type=Path, help="rules file (default: LEADSCORE_RULES)")
     score.add_argument("--at", type=_instant,
                        help="score at this time (RFC 3339 or epoch ms; default: the last event)")
+    score.add_argument("--now", type=_instant,
+                       help="the clock that events may not be dated ahead of by more than "
+                       "--max-clock-skew (RFC 3339 or epoch ms; default: the wall clock)")
+    score.add_argument("--max-clock-skew", type=_duration, default="1h", metavar="DURATION",
+                       help="how far ahead of --now an event may be dated (30s, 15m, 12h, "
+                       "7d, 2w; default: 1h); events dated later are reported as bad lines")
     score.add_argument("--notifications", action="store_true",
                        help="print the notifications instead of the leads")
     score.add_argument("--table", action="store_true",
@@ -147,6 +155,14 @@ def _instant(text: str) -> int:
         raise argparse.ArgumentTypeError(exc.reason.replace("ts ", "", 1)) from None
 
 
+def _duration(text: str) -> int:
+    """A duration as the rules file writes it -> milliseconds."""
+    try:
+        return parse_duration(text)
+    except PydanticCustomError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _rules(path: Path | None) -> Ruleset:
     return load_rules(path if path is not None else load_settings().rules_path())
 
@@ -166,9 +182,10 @@ def _score(args: argparse.Namespace) -> int:
     # The replay keeps every lead's state alive and creates no reference cycles:
     # collecting less often saves ~10% with no growth in memory.
     gc.set_threshold(100_000, 50, 100)
+    now = args.now if args.now is not None else time.time_ns() // 1_000_000
     try:
         with args.events.open("rb") as lines:
-            result = replay(lines, rules, at=args.at)
+            result = replay(lines, rules, at=args.at, latest_ms=now + args.max_clock_skew)
     except OSError as exc:
         raise LeadscoreError(f"{args.events}: cannot read ({exc.strerror})") from None
     for number, reason in result.bad_lines:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
 import pytest
 
+from scoring.events import parse_ts
 from streams.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,3 +161,100 @@ def test_bad_settings_are_refused_naming_the_variable(
         "  LEADSCORE_WEB_PORT: Input should be a valid integer, unable to parse string as an "
         "integer\n"
         "  LEADSCORE_BATCH_SIZE: Input should be greater than or equal to 1\n")
+
+
+LEADSCORE = Path(sys.executable).parent / "leadscore"
+T = "2026-11-01T00:00:00Z"
+SCORED = [  # what the good lines of the files below score, exactly
+    {"lead_id": "lead-a", "score": 25.0, "fit": 0.0, "engagement": 25.0, "stage": "mql",
+     "hot": False},
+    {"lead_id": "lead-b", "score": 70.0, "fit": 20.0, "engagement": 50.0, "stage": "sql",
+     "hot": True}]
+
+
+def leadscore(*args: object) -> subprocess.CompletedProcess[str]:
+    """The installed command, as a user runs it."""
+    return subprocess.run([str(LEADSCORE), *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, check=False)
+
+
+def test_score_reports_every_line_the_worker_would_dead_letter_and_scores_the_rest(
+        tmp_path: Path) -> None:
+    deep = (b'{"event_id": "x", "lead_id": "lead-c", "type": "profile_update", "ts": "' + T.encode()
+            + b'", "properties": ' + b'{"a": ' * 499 + b'{"a": 1}' + b"}" * 499 + b"}")
+    events = write_events(
+        tmp_path / "events.jsonl",
+        e("1", "lead-a", "form_submit", T),
+        deep,
+        e("2", "lead-b", "profile_update", T, job_title="CEO"),
+        e("3", "lead-a", "form_submit", "9999-12-31T23:59:59-01:00"),
+        {**e("4", "lead-a", "form_submit", T), "ts": 10**15},
+        e("5", "lead-b", "demo_request", T),
+        e("6", "lead-a", "add_to_cart", "2026-11-01T01:00:00.001Z"),
+        e("7", "lead-b", "profile_update", T, job_title="Student",
+          **{f"k{i}": i for i in range(256)}),
+        e("8", "lead-d", "profile_update", T, **{f"k{i}": i for i in range(257)}))
+    done = leadscore("score", "--rules", DEFAULT_RULES, events, "--now", T)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    range_ = "1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"
+    grown = ("profile_update would grow the lead's profile to 257 keys, more than "
+             "MAX_PROFILE_KEYS (256); a key set to null is removed")
+    assert done.stderr.splitlines() == [
+        f"{events}:2: properties are nested 500 levels deep, more than 32",
+        f'{events}:4: ts "9999-12-31T23:59:59-01:00" is outside the accepted range, {range_} '
+        "(compared in UTC)",
+        f"{events}:5: ts 1000000000000000 is outside the accepted range, 0 to 253402300799999 "
+        f"epoch milliseconds ({range_})",
+        f"{events}:7: ts 2026-11-01T01:00:00.001Z is 1 ms ahead of the latest event time "
+        "accepted, 2026-11-01T01:00:00Z (the clock plus the allowed clock skew)",
+        f"{events}:8: {grown}",
+        f"{events}:9: {grown}"]
+    # lead-c and lead-d sent nothing acceptable; lead-b's refused update changed nothing.
+    assert lines(done.stdout) == SCORED
+
+
+def test_max_clock_skew_sets_how_far_ahead_of_now_an_event_may_be(tmp_path: Path) -> None:
+    events = write_events(tmp_path / "events.jsonl",
+                          e("1", "lead-a", "form_submit", "2026-11-01T02:00:00Z"),
+                          e("2", "lead-b", "form_submit", "2026-11-01T01:00:00Z"))
+    done = leadscore("score", "--rules", DEFAULT_RULES, events, "--now", T)
+    assert done.returncode == 1
+    assert done.stderr == (f"{events}:1: ts 2026-11-01T02:00:00Z is 1.0 h ahead of the latest "
+                           "event time accepted, 2026-11-01T01:00:00Z (the clock plus the "
+                           "allowed clock skew)\n")
+    assert lines(done.stdout) == [{**SCORED[0], "lead_id": "lead-b"}]  # exactly 1h ahead: ok
+    done = leadscore("score", "--rules", DEFAULT_RULES, events, "--now", T,
+                     "--max-clock-skew", "2h")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert lines(done.stdout) == [  # scored at 02:00: lead-b's 25 points are an hour old
+        SCORED[0], {**SCORED[0], "lead_id": "lead-b", "score": 24.98, "engagement": 24.98}]
+
+
+def test_without_now_events_may_not_be_ahead_of_the_wall_clock(tmp_path: Path) -> None:
+    soon = time.time_ns() // 1_000_000 + 30 * 60_000  # within the default hour of skew
+    events = write_events(tmp_path / "events.jsonl",
+                          {**e("1", "lead-a", "form_submit", T), "ts": soon},
+                          e("2", "lead-b", "demo_request", "2200-01-01T00:00:00Z"))
+    before = time.time_ns() // 1_000_000
+    done = leadscore("score", "--rules", DEFAULT_RULES, events)
+    after = time.time_ns() // 1_000_000
+    assert done.returncode == 1
+    assert [lead["lead_id"] for lead in lines(done.stdout)] == ["lead-a"]
+    shown = re.fullmatch(
+        rf"{re.escape(str(events))}:2: ts 2200-01-01T00:00:00Z is (\d+\.\d) years ahead of the "
+        r"latest event time accepted, (\S+) \(the clock plus the allowed clock skew\)\n",
+        done.stderr)
+    assert shown is not None, done.stderr
+    latest = parse_ts(shown[2])
+    assert before + 3_600_000 <= latest <= after + 3_600_000  # the wall clock + 1h
+    assert shown[1] == f"{(parse_ts('2200-01-01T00:00:00Z') - latest) / 31_557_600_000:.1f}"
+
+
+def test_a_bad_max_clock_skew_is_refused(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["score", str(tmp_path / "x.jsonl"), "--max-clock-skew", "1x"])
+    assert exit_.value.code == 2
+    assert ('argument --max-clock-skew: "1x" is not a duration (use 30s, 15m, 12h, 7d or 2w)'
+            in capsys.readouterr().err)

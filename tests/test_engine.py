@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 from pathlib import Path
 
+import orjson
+import pytest
 from helpers import DAY, HOUR, T0, ev, rules, run
 
-from scoring.engine import LeadState, apply, cool, cooling_due, reasons, score_at
-from scoring.rules import load_rules
+from scoring.engine import (
+    MAX_PROFILE_BYTES,
+    MAX_PROFILE_KEYS,
+    Award,
+    LeadState,
+    apply,
+    cool,
+    cooling_due,
+    reasons,
+    score_at,
+)
+from scoring.errors import EventError
+from scoring.events import MAX_DEPTH, Event
+from scoring.rules import Ruleset, load_rules
 
 DEFAULT = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml")
 H30 = 30 * DAY
@@ -278,3 +294,159 @@ def test_state_round_trips_through_its_dict_form() -> None:
                     ev("v", "page_view", T0, url="/pricing"),
                     ev("w", "workshop_attended", T0)], DEFAULT)
     assert LeadState.from_dict(state.to_dict()) == state
+
+
+# ---------------------------------------------------------------- refusals (SPEC 1)
+
+
+def decayed_hot_lead() -> LeadState:
+    """A disarmed lead that has decayed below rearm_below by T0 + 60 days: any event at
+    that time would first cool it (step 1 changes the state), so a refusal must come
+    before step 1."""
+    state, notes = run([ev("d", "demo_request", T0)], SIMPLE)
+    assert state.hot and [n["type"] for n in notes] == ["lead.hot"]
+    return state
+
+
+LATER = T0 + 60 * DAY
+
+
+def refused(state: LeadState, event: Event, rules: Ruleset) -> EventError:
+    """Apply an event that must be refused; check that nothing changed, byte for byte."""
+    before = orjson.dumps(state.to_dict())
+    awards: list[Award] = []
+    with pytest.raises(EventError) as caught:
+        apply(state, event, rules, awards)
+    assert orjson.dumps(state.to_dict()) == before
+    assert awards == []
+    return caught.value
+
+
+def test_a_profile_may_hold_256_keys_and_an_update_past_that_is_refused() -> None:
+    state = decayed_hot_lead()
+    apply(state, ev("p1", "profile_update", T0, **{f"k{i}": i for i in range(256)}), SIMPLE)
+    assert len(state.profile) == MAX_PROFILE_KEYS == 256
+    error = refused(state, ev("p2", "profile_update", LATER, k0=None, new1=1, new2=2), SIMPLE)
+    assert (error.reason, error.kind) == (
+        "profile_update would grow the lead's profile to 257 keys, more than "
+        "MAX_PROFILE_KEYS (256); a key set to null is removed", "profile_too_large")
+    # Changing existing keys, or removing some while adding as many, keeps it at 256.
+    apply(state, ev("p3", "profile_update", LATER, k0="changed", k1=None, new1=1), SIMPLE)
+    assert len(state.profile) == 256 and state.profile["k0"] == "changed"
+    assert not state.hot  # the lead cooled as it would have without the refused update
+
+
+def test_a_profile_may_hold_32_kib_of_json_and_an_update_past_that_is_refused() -> None:
+    state = decayed_hot_lead()
+    blob = "x" * (MAX_PROFILE_BYTES - len('{"blob":""}'))
+    apply(state, ev("p1", "profile_update", T0, blob=blob), SIMPLE)
+    assert len(orjson.dumps(state.profile)) == MAX_PROFILE_BYTES == 32 * 1024
+    error = refused(state, ev("p2", "profile_update", LATER, blob=blob + "y"), SIMPLE)
+    assert (error.reason, error.kind) == (
+        "profile_update would grow the lead's profile to 32769 bytes of JSON, more than "
+        "MAX_PROFILE_BYTES (32768); a key set to null is removed", "profile_too_large")
+    error = refused(state, ev("p3", "profile_update", LATER, a=1), SIMPLE)
+    assert "to 32774 bytes of JSON" in error.reason  # ,"a":1 is 6 bytes more
+
+
+def test_an_update_that_removes_or_shrinks_is_accepted_even_above_the_bound() -> None:
+    # A profile stored before the bound existed may be larger; it can only shrink.
+    state = decayed_hot_lead()
+    state.profile = {f"k{i}": "v" * 200 for i in range(300)}
+    apply(state, ev("p1", "profile_update", LATER, k0=None, k1=None), SIMPLE)
+    assert len(state.profile) == 298
+    apply(state, ev("p2", "profile_update", LATER + 1, k2="short", k3=None, new="v"), SIMPLE)
+    assert (len(state.profile), state.profile["k2"]) == (298, "short")
+    error = refused(state, ev("p3", "profile_update", LATER + 2, new2="v"), SIMPLE)
+    assert error.reason.startswith("profile_update would grow the lead's profile to 299 keys")
+    grown = len(orjson.dumps({**state.profile, "k4": "v" * 300}))
+    error = refused(state, ev("p4", "profile_update", LATER + 2, k4="v" * 300), SIMPLE)
+    assert error.reason.startswith(f"profile_update would grow the lead's profile to {grown} "
+                                   "bytes of JSON")
+
+
+def test_a_profile_32_levels_deep_can_be_stored() -> None:
+    deep: object = 1
+    for _ in range(MAX_DEPTH - 1):
+        deep = {"a": deep}
+    state, _ = run([ev("p", "profile_update", T0, a=deep)], DEFAULT)
+    orjson.dumps(state.to_dict())
+
+
+def with_points(ruleset: Ruleset, **points: float) -> Ruleset:
+    """The ruleset with some rules' points replaced, past what the rules file allows:
+    the engine must stay finite whatever the rules."""
+    fit = tuple(dataclasses.replace(r, points=points.get(r.id, r.points)) for r in ruleset.fit)
+    engagement = tuple(dataclasses.replace(r, points=points.get(r.id, r.points))
+                       for r in ruleset.engagement)
+    by_id = {r.id: r for r in engagement}
+    return dataclasses.replace(
+        ruleset, fit=fit, engagement=engagement,
+        by_type={t: tuple(by_id[r.id] for r in rs) for t, rs in ruleset.by_type.items()})
+
+
+HUGE = rules("""
+fit:
+  - {id: ceo, if: {job_title: CEO}, points: 20}
+  - {id: large, if: {size: {gte: 100}}, points: 15}
+engagement:
+  - {id: big, event: demo_request, points: 80}
+  - {id: visit, event: page_view, points: 10}
+  - {id: also, event: page_view, points: 10}
+""")
+REFUSED = "the event is refused so that the lead's state stays finite"
+
+
+def test_an_infinite_or_nan_award_is_refused_before_anything_changes() -> None:
+    for points, shown in [(math.inf, "inf"), (-math.inf, "-inf"), (math.nan, "nan")]:
+        r = with_points(HUGE, big=points)
+        state, _ = run([ev(f"v{i}", "page_view", T0) for i in range(4)], r)
+        assert state.hot  # and decayed below rearm_below by LATER: step 1 would cool it
+        error = refused(state, ev("d", "demo_request", LATER), r)
+        assert (error.reason, error.kind) == (
+            f'rule "big" would make its share of the engagement score {shown}; {REFUSED}',
+            "not_finite")
+
+
+def test_a_sum_that_would_overflow_is_refused_and_one_that_does_not_is_applied() -> None:
+    r = with_points(HUGE, big=1.5e308)
+    state, _ = run([ev("d1", "demo_request", T0)], r)
+    assert state.engagement == 1.5e308
+    error = refused(state, ev("d2", "demo_request", T0 + 1), r)
+    assert error.reason == f'rule "big" would make its share of the engagement score inf; {REFUSED}'
+    apply(state, ev("d3", "demo_request", T0 + 10 * H30), r)  # decayed enough: finite
+    assert math.isfinite(state.engagement) and state.engagement > 1.5e308
+    apply(state, ev("late", "demo_request", T0 + 1), r)  # a late award arrives decayed
+    assert math.isfinite(state.engagement)
+
+
+def test_shares_that_fit_but_sum_past_the_largest_float_are_refused() -> None:
+    r = with_points(HUGE, visit=1e308, also=1e308)
+    state = LeadState("lead-1")
+    error = refused(state, ev("v", "page_view", T0), r)
+    assert (error.reason, error.kind) == (
+        f"the event's awards would make the engagement score inf; {REFUSED}", "not_finite")
+
+
+def test_fit_rules_that_would_sum_to_a_non_finite_fit_are_refused() -> None:
+    for points, shown in [({"ceo": math.inf}, "inf"), ({"ceo": 1e308, "large": 1e308}, "inf"),
+                          ({"ceo": math.inf, "large": -math.inf}, "nan")]:
+        r = with_points(HUGE, **points)
+        state = decayed_hot_lead()
+        error = refused(state, ev("p", "profile_update", LATER, job_title="CEO", size=200), r)
+        assert (error.reason, error.kind) == (
+            f"the fit rules would make the fit score {shown}; {REFUSED}", "not_finite")
+
+
+def test_awards_below_2_to_the_970_can_never_overflow() -> None:
+    # The proof _proven_finite relies on: the largest float plus anything below 2**970
+    # rounds back to the largest float; 2**970 itself would round up to inf.
+    largest = sys.float_info.max
+    below = math.nextafter(2.0 ** 970, 0.0)
+    assert largest + below == largest and largest + 2.0 ** 970 == math.inf
+    state = LeadState("lead-1", t_ref=T0, engagement=largest, contributions={"big": largest})
+    safe = with_points(HUGE, big=below)
+    apply(state, ev("d1", "demo_request", T0), safe)  # applied on the proof alone
+    assert (state.engagement, state.contributions["big"]) == (largest, largest)
+    error = refused(state, ev("d2", "demo_request", T0), with_points(HUGE, big=2.0 ** 970))
+    assert error.kind == "not_finite"
