@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+from faust.web.base import BlueprintManager
 
 from scoring.rules import Ruleset, load_rules
 from streams import metrics, web
@@ -25,7 +26,7 @@ def create_app(settings: Settings, rules: Ruleset | None = None) -> tuple[faust.
     rules = rules if rules is not None else load_rules(settings.rules_path())
     store = lead_store(settings, rules, observe=metrics.observe_redis)
     scorer = Scorer(settings, store)
-    metrics.watch_lag(scorer.lags)
+    metrics.watch(scorer.lags, scorer.stalls)
     app = faust.App(
         f"{settings.group_id}-worker",
         broker=settings.broker,
@@ -39,6 +40,14 @@ def create_app(settings: Settings, rules: Ruleset | None = None) -> tuple[faust.
         datadir=tempfile.mkdtemp(prefix="leadscore-faust-"),
         broker_credentials=_credentials(settings),
     )
+    # Faust's web server has views of its own besides ours: /router/ (which worker owns
+    # a table key, with every worker's URL), /table/ (table contents), and the index,
+    # statistics, /assignment/ and /graph/ pages its settings switch on. None is part
+    # of Leadscore's API (no Faust tables, nothing routed between workers), and all of
+    # them would answer anyone, token or not. So the web server applies no blueprint
+    # at all: unlike the web_*_enabled settings (which Faust's APP_WEB_*_ENABLED
+    # variables override), this also keeps out any view a later Faust adds.
+    app.web.blueprints = BlueprintManager()
 
     @app.task
     async def score_events() -> None:

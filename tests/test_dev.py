@@ -18,6 +18,21 @@ from streams.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
+# The environment of the tests, without a web host of their own: dev's default applies.
+ENV = {name: value for name, value in os.environ.items() if name != "LEADSCORE_WEB_HOST"}
+
+
+def listening_on(pid: int, port: int) -> set[str]:
+    """The addresses the process listens on at ``port``."""
+    return {c.laddr.ip for c in psutil.Process(pid).net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
+def banner_address(text: str, port: int) -> str | None:
+    """The address dev's banner says it listens on at ``port``."""
+    found = re.search(rf"^  listening  (\S+):{port}\b", text, re.MULTILINE)
+    return found.group(1) if found else None
+
 
 async def test_dev_demo_turns_leads_hot_and_ctrl_c_leaves_nothing_running(
         tmp_path: Path) -> None:
@@ -26,7 +41,7 @@ async def test_dev_demo_turns_leads_hot_and_ctrl_c_leaves_nothing_running(
     with out.open("wb") as sink:
         dev = subprocess.Popen([LEADSCORE, "dev", "--demo"], stdout=sink,
                                stderr=subprocess.STDOUT, cwd=tmp_path,
-                               env={**os.environ, "LEADSCORE_WEB_PORT": str(port)})
+                               env={**ENV, "LEADSCORE_WEB_PORT": str(port)})
     try:
         await wait_for(lambda: b"HOT " in out.read_bytes(), 90,
                        "no demo lead turned hot")
@@ -35,6 +50,9 @@ async def test_dev_demo_turns_leads_hot_and_ctrl_c_leaves_nothing_running(
         assert lead is not None
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/leads/{lead.group(1)}") as r:
             assert b'"hot":true' in r.read()
+        # A laptop's API is its own: loopback only, as the banner says.
+        assert listening_on(dev.pid, port) == {"127.0.0.1"}
+        assert banner_address(text, port) == "127.0.0.1"
         children = psutil.Process(dev.pid).children(recursive=True)
         assert {c.name() for c in children} >= {"tansu", "valkey-server"}
     finally:
@@ -45,3 +63,21 @@ async def test_dev_demo_turns_leads_hot_and_ctrl_c_leaves_nothing_running(
     while any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children):
         assert time.monotonic() < deadline, "children still running after Ctrl-C"
         time.sleep(0.1)  # polling the children's exit
+
+
+async def test_dev_listens_where_leadscore_web_host_says_and_its_banner_tells(
+        tmp_path: Path) -> None:
+    port = free_port()
+    out = tmp_path / "dev.out"
+    with out.open("wb") as sink:
+        dev = subprocess.Popen([LEADSCORE, "dev"], stdout=sink, stderr=subprocess.STDOUT,
+                               cwd=tmp_path, env={**ENV, "LEADSCORE_WEB_PORT": str(port),
+                                                  "LEADSCORE_WEB_HOST": "0.0.0.0"})
+    try:
+        await wait_for(lambda: bool(listening_on(dev.pid, port)), 90,
+                       f"dev is not listening on {port}")
+        assert listening_on(dev.pid, port) == {"0.0.0.0"}
+        assert banner_address(out.read_text(), port) == "0.0.0.0"
+    finally:
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(30) == 0

@@ -3,10 +3,11 @@ whose Redis needs an ACL user and a password."""
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import orjson
@@ -36,6 +37,18 @@ def acl_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     redis.start()
     yield redis
     redis.stop()
+
+
+@pytest.fixture
+async def guarded(bootstrap: str, redis_url: str, tmp_path: Path) -> AsyncIterator[Worker]:
+    """A ready worker whose API needs the read token, and erasing the admin token."""
+    deployment = Deployment(bootstrap, redis_url, RULES_PATH, tmp_path,
+                            api_token=READ_TOKEN, admin_token=ADMIN_TOKEN)
+    await deployment.create_topics()
+    worker = deployment.worker().start()
+    await worker.wait_ready()
+    yield worker
+    deployment.stop_all()
 
 
 def call(worker: Worker, path: str, method: str = "GET", token: str | None = None
@@ -131,3 +144,48 @@ async def test_tokens_erasure_and_no_credential_anywhere(
     text = b"\n".join(responses).decode() + log
     for secret in SECRETS:
         assert secret not in text
+
+
+def raw_call(worker: Worker, path: str, authorization: bytes, method: str = "GET"
+             ) -> tuple[int, bytes]:
+    """A request whose Authorization header is these very bytes (urllib would refuse
+    anything but latin-1 text)."""
+    connection = http.client.HTTPConnection("127.0.0.1", worker.port, timeout=5)
+    try:
+        connection.putrequest(method, path)
+        connection.putheader("Authorization", authorization)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+async def test_any_wrong_token_is_a_401(guarded: Worker) -> None:
+    """Non-ASCII tokens were 500s: hmac.compare_digest refuses non-ASCII str."""
+    read = {"error": "a bearer token is needed (LEADSCORE_API_TOKEN)"}
+    admin = {"error": "an admin bearer token is needed"}
+    for header in ("Bearer tökén".encode(), b"Bearer t\xf6k\xe9n",  # UTF-8, then latin-1
+                   "Bearer токен".encode(), f"Bearer {READ_TOKEN}".encode() + b"\xff",
+                   "Bearer 🔑".encode()):
+        for path in ("/leads/ann", "/leads", "/leads/ann/history", "/stream"):
+            status, body = raw_call(guarded, path, header)
+            assert (status, orjson.loads(body)) == (401, read), (header, path)
+        status, body = raw_call(guarded, "/leads/ann", header, "DELETE")
+        assert (status, orjson.loads(body)) == (401, admin), header
+    for token in ("%C3%BC", "%FF", "%ED%A0%80", "read-token-5b21e%C3%B0"):
+        status, body = call(guarded, f"/leads?access_token={token}")
+        assert (status, orjson.loads(body)) == (401, read), token
+    # The right tokens still work.
+    assert call(guarded, "/leads", token=READ_TOKEN)[0] == 200
+    assert call(guarded, "/leads/ann", "DELETE", token=ADMIN_TOKEN)[0] == 404
+
+
+async def test_faust_own_views_are_not_served(guarded: Worker) -> None:
+    """Faust's /router/ and /table/ (cluster layout, table contents) answered anyone."""
+    for path in ("/router/", "/router/topics", "/table/", "/assignment/", "/graph/",
+                 "/performance/"):
+        for token in (None, READ_TOKEN, ADMIN_TOKEN):
+            assert call(guarded, path, token=token)[0] == 404, (path, token)
+    assert call(guarded, "/")[0] == 200  # our dashboard, not Faust's index
+    assert b"<html" in call(guarded, "/")[1].lower()

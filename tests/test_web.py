@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -28,6 +31,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RULES_PATH = ROOT / "config" / "rules.yaml"
 RULES = load_rules(RULES_PATH)
 DAY = 86_400_000
+ADMIN_TOKEN = "admin-token-2e61c8"
+# Lead ids the events accept (any 1 to 200 characters) that a URL path must carry; the
+# old `/leads/{lead_id}` pattern (no braces, no /) and decoding broke some of them.
+ODD_IDS = ["a{b}c", "a/b", "a%2Fb", "spa ce", "ünï", "..", ".", "%", "?q=1#f", "tab\tand\nline",
+           "{" + "é/" * 99 + "}"]
 
 
 class Offline:
@@ -85,6 +93,25 @@ def recent_traffic(leads: int, events: int, seed: int) -> list[dict[str, Any]]:
 def get_json(worker: Worker, path: str) -> tuple[int, Any]:
     status, body = worker.get(path)
     return status, orjson.loads(body) if body else None
+
+
+def call(worker: Worker, path: str, method: str = "GET", token: str | None = None
+         ) -> tuple[int, Any]:
+    """Any method, with a bearer token; the status and the JSON answer."""
+    request = urllib.request.Request(f"http://127.0.0.1:{worker.port}{path}", method=method)
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+
+
+def lead_path(lead: str) -> str:
+    """/leads/{id} as a client sends it: percent-encoded UTF-8, "/" as %2F, and dots too
+    (clients drop "." and ".." path segments)."""
+    return "/leads/" + quote(lead, safe="").replace(".", "%2E")
 
 
 @pytest.fixture
@@ -166,6 +193,63 @@ async def test_unknown_leads_and_bad_queries_get_json_errors(
     assert (status, page["leads"]) == (200, [])
     assert get_json(worker, "/leads/" + "x" * 201) == (
         400, {"error": "lead_id is 201 characters, more than 200"})
+
+
+async def test_every_lead_id_the_events_accept_is_readable_and_erasable(
+        bootstrap: str, redis_url: str, tmp_path: Path) -> None:
+    deployment = Deployment(bootstrap, redis_url, RULES_PATH, tmp_path, admin_token=ADMIN_TOKEN)
+    await deployment.create_topics()
+    worker = deployment.worker().start()
+    try:
+        await worker.wait_ready()
+        assert len(ODD_IDS[-1]) == 200
+        now = now_ms()
+        await deployment.produce(keyed([
+            {"event_id": f"odd-{i}", "lead_id": lead, "type": "form_submit", "ts": now}
+            for i, lead in enumerate(ODD_IDS)]))
+        await wait_for(lambda: worker.metric("leadscore_events_applied_total") == len(ODD_IDS),
+                       60, f"events not applied; log:\n{worker.log_tail()}")
+
+        for lead in ODD_IDS:  # decoded exactly once: a%252Fb is "a%2Fb", a%2Fb is "a/b"
+            status, shown = call(worker, lead_path(lead))
+            assert (status, shown["lead_id"]) == (200, lead), (lead, shown)
+            status, shown = call(worker, lead_path(lead) + "/history")
+            assert (status, shown["lead_id"], len(shown["history"])) == (200, lead, 1), lead
+        # Braces need no encoding, and lower-case escapes decode like upper-case ones.
+        assert call(worker, "/leads/a{b}c")[1]["lead_id"] == "a{b}c"
+        assert call(worker, "/leads/a%2fb/history")[1]["lead_id"] == "a/b"
+
+        for lead in ODD_IDS:  # erasing one does not touch its look-alikes
+            assert call(worker, lead_path(lead), "DELETE", ADMIN_TOKEN) == (
+                200, {"forgotten": lead}), lead
+            assert call(worker, lead_path(lead)) == (404, {"error": f"no lead {lead!r}"})
+        assert call(worker, "/leads?limit=100")[1]["leads"] == []
+        too_long = lead_path("é" * 201)
+        assert call(worker, too_long) == call(worker, too_long, "DELETE", ADMIN_TOKEN) == (
+            400, {"error": "lead_id is 201 characters, more than 200"})
+    finally:
+        deployment.stop_all()
+
+
+async def test_unknown_paths_and_odd_limits_get_json_errors(
+        served: tuple[Deployment, Worker]) -> None:
+    _, worker = served
+    hint = "(a lead id is one path segment, percent-encoded: / as %2F)"
+    for method, path in [("GET", "/leads/"), ("GET", "/leads/a/b"), ("GET", "/leads//history"),
+                         ("GET", "/leads/a/history/"), ("GET", "/leads/a/story"),
+                         ("DELETE", "/leads/a/history")]:
+        assert call(worker, path, method) == (
+            404, {"error": f"no such endpoint: {method} {path} {hint}"})
+    assert call(worker, "/leads/%FF") == (
+        400, {"error": "a lead id in the path must be UTF-8, percent-encoded"})
+    # Only ASCII digits, 1 to 1000: "²" and 5,000 digits were 500s, "٣" (3) was taken.
+    for query, shown in [("%C2%B2", "²"), ("%D9%A3", "٣"), ("1" * 5000, "1" * 20 + "..."),
+                         ("00005", "00005"), ("%2B5", "+5"), ("%205", " 5"), ("1001", "1001")]:
+        error = {"error": f"limit must be a whole number from 1 to 1000, got {shown!r}"}
+        assert call(worker, f"/leads?limit={query}") == (400, error), query
+        assert call(worker, f"/leads/nobody/history?limit={query}") == (400, error), query
+    assert call(worker, "/leads?limit=1000")[0] == 200
+    assert call(worker, "/leads?limit=0005")[0] == 200
 
 
 async def test_the_live_stream_carries_each_notification_as_it_is_sent(
