@@ -3,7 +3,9 @@
     LeadscoreError            anything Leadscore refuses, with a message for a person
     ├── RulesError            a rules file is unusable; ``problems`` lists every one
     ├── EventError            one event is unusable; ``reason`` goes to the dead-letter topic
-    └── SettingsError         the LEADSCORE_* environment is unusable
+    ├── SettingsError         the LEADSCORE_* environment is unusable
+    └── StoreError            the data in Redis cannot be used as found
+        └── DataLost          Redis lost Leadscore's data under a running deployment
 
 Messages name the file, field or event and say what to do about it.
 """
@@ -37,3 +39,14 @@ class EventError(LeadscoreError):
 
 class SettingsError(LeadscoreError):
     """The LEADSCORE_* settings are unusable."""
+
+
+class StoreError(LeadscoreError):
+    """The data in Redis cannot be used as found (another shard count, a newer format,
+    writers that keep conflicting)."""
+
+
+class DataLost(StoreError):
+    """Leadscore's keys are gone while the deployment has consumed events (Redis restarted
+    without persistence, or was flushed): scoring on would restart every lead from
+    nothing and reuse notification ids, so the worker stops instead."""

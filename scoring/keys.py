@@ -22,7 +22,11 @@ the load, spread over the masters. The count is fixed for the life of the data
     <prefix>:{n}:rank:<group>:<F>   ZSET lead_id -> -(rank key), per group (stage:<s>, hot)
                                     and fit score F (see scoring.ranking)
     <prefix>:{n}:rank:fits          SET of the fit scores F that have rankings in the shard
+    <prefix>:{n}:marker             "1": the shard's data exists; every COMMIT checks it, so
+                                    a Redis emptied under a running worker is noticed
     <prefix>:layout                 JSON {"shards": n}, written once
+    <prefix>:deadletters            ZSET "<topic>:<partition>:<offset>" -> wall ms it was
+                                    dead-lettered, so that a message is dead-lettered once
     <prefix>:notifications          pub/sub channel: every notification once it is sent
 """
 
@@ -50,6 +54,10 @@ class Shard:
     @property
     def fits(self) -> str:
         return f"{self.tag}:rank:fits"
+
+    @property
+    def marker(self) -> str:
+        return f"{self.tag}:marker"
 
     def state(self, lead_id: str) -> str:
         return f"{self.tag}:state:{lead_id}"
@@ -82,6 +90,7 @@ class Layout:
         self.shards = [Shard(n, f"{prefix}:{{{n}}}") for n in range(shards)]
         self.layout_key = layout_key(prefix)
         self.channel = f"{prefix}:notifications"
+        self.dead_letters = f"{prefix}:deadletters"
 
     def of(self, lead_id: str) -> Shard:
         """The shard of a lead: stable across processes and restarts."""

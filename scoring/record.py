@@ -18,12 +18,13 @@ version needs no migration.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import orjson
 
 from scoring.engine import STAGES, LeadState
-from scoring.errors import LeadscoreError
+from scoring.errors import StoreError
 
 FORMAT = 1
 _STAGE_INDEX = {stage: i for i, stage in enumerate(STAGES)}
@@ -37,7 +38,12 @@ class Record(NamedTuple):
 
 
 def encode(state: LeadState, offsets: dict[str, int], updated_at: int, version: int) -> bytes:
-    """The record of ``state`` (its ``seen`` left out)."""
+    """The record of ``state`` (its ``seen`` left out). A number that is not finite is
+    refused: orjson would write it as null, and the state could not be read back."""
+    # One sum covers them all: NaN or an infinity anywhere makes it non-finite.
+    if not math.isfinite(state.engagement + state.fit + sum(state.contributions.values())):
+        raise StoreError(f"lead {state.lead_id!r}: its engagement, fit or a rule's "
+                         "contribution is not a finite number; not stored")
     windows = {rule: {str(w): used for w, used in ws.items()}
                for rule, ws in state.windows.items()} if state.windows else {}
     return orjson.dumps([
@@ -53,7 +59,7 @@ def decode(raw: bytes | str, seen: dict[str, int]) -> Record:
         doc["seen"] = seen
         return Record(LeadState.from_dict(doc), doc["offsets"], doc["updated_at"], 0)
     if doc[0] != FORMAT:
-        raise LeadscoreError(f"lead state in format {doc[0]!r}, which this version cannot "
+        raise StoreError(f"lead state in format {doc[0]!r}, which this version cannot "
                              f"read (it reads format {FORMAT}): was it written by a newer "
                              "Leadscore?")
     (_, version, lead_id, t_ref, engagement, fit, contributions, profile, stage, hot, counts,

@@ -29,12 +29,17 @@ return out
 # since it was read, none of it. A script runs alone in Redis, so the check of the
 # versions and the writes are one atomic step: the compare-and-set that WATCH/MULTI/
 # EXEC would do, without WATCH, which costs Redis a scan of the connection's watched
-# keys per key watched (3 ms for a batch of 800 leads) and a round trip. Each
-# redis.call costs ~1.5 us beyond its command, more than most commands here, so the
-# states go in one MGET and one MSET and a history is trimmed only once it is full.
+# keys per key watched and a round trip. Each redis.call costs beyond its command,
+# more than most commands here, so the states go in one MGET and one MSET and a
+# history is trimmed only once it is full.
+#
+# Redis does not roll back a script that fails part-way: whatever it wrote before the
+# error stays. So everything that could make a write fail (a number that is not one,
+# an argument count that does not add up, a shard key of the wrong type) is checked
+# before the first write, and an error reply then leaves Redis exactly as it was.
 #
 #   KEYS   the state keys (n), then the id sets, histories and rankings written, then
-#          the shard's cooling index, outbox and set of fit scores
+#          the shard's cooling index, outbox, set of fit scores and marker
 #   ARGV   [1] JSON {"v": [version read per state key; -1: absent], "ids": [[horizon
 #          or "", [T, id, T, id, ...]] per id set], "cap": history length, "hist":
 #          [new entries per history], "ranks": [[[key, lead, ...], [lead to remove,
@@ -42,11 +47,71 @@ return out
 #          "fits": [fit, ...], "now": ms}
 #          then the new state records (n; scoring.record), the new history entries
 #          (per history, oldest first), the outbox entries: raw, as JSON would escape them
-#   ->     0 when written; else how many leads changed since they were read
+#   ->     0 when written; -1 when the shard's marker is gone (Redis lost the data:
+#          scoring.errors.DataLost); else how many leads changed since they were read
 COMMIT = """
 local head = cjson.decode(ARGV[1])
 local versions = head.v
 local n = #versions
+local cooling, outbox, fits, marker = KEYS[#KEYS - 3], KEYS[#KEYS - 2], KEYS[#KEYS - 1],
+  KEYS[#KEYS]
+if redis.call('EXISTS', marker) == 0 then return -1 end
+
+-- Everything checked before the first write (see above).
+local function refuse(what)
+  return redis.error_reply('COMMIT refused, nothing written: ' .. what)
+end
+local function finite(x)
+  return type(x) == 'number' and x == x and x ~= math.huge and x ~= -math.huge
+end
+local function scored(list, what)  -- [score, member, score, member, ...]: a problem or nil
+  if #list % 2 ~= 0 then return what .. ': an odd number of values' end
+  for i = 1, #list, 2 do
+    if not finite(list[i]) then return what .. ': a score that is not a finite number' end
+    if type(list[i + 1]) ~= 'string' then return what .. ': a member that is not a string' end
+  end
+end
+for _, part in ipairs({versions, head.ids, head.hist, head.ranks, head.cool, head.uncool,
+                       head.fits}) do
+  if type(part) ~= 'table' then return refuse('a malformed head') end
+end
+if not finite(head.now) or not finite(head.cap) then return refuse('a malformed head') end
+if #KEYS ~= n + #head.ids + #head.hist + #head.ranks + 4 then
+  return refuse('a key count that does not add up')
+end
+local entries = 0
+for _, count in ipairs(head.hist) do
+  if not finite(count) or count < 0 then return refuse('a history count that is not one') end
+  entries = entries + count
+end
+if #ARGV < 1 + n + entries then return refuse('fewer arguments than the head announces') end
+for i = 1, n do
+  if not finite(versions[i]) then return refuse('a version that is not a number') end
+  if string.sub(ARGV[i + 1], 1, 3) ~= '[1,' then
+    return refuse('a state record of no known format')
+  end
+end
+for _, set in ipairs(head.ids) do
+  if type(set) ~= 'table' or type(set[2]) ~= 'table' or (set[1] ~= '' and not finite(set[1]))
+  then return refuse('an id set horizon') end
+  local bad = scored(set[2], 'an id set')
+  if bad then return refuse(bad) end
+end
+for _, rank in ipairs(head.ranks) do
+  if type(rank) ~= 'table' or type(rank[1]) ~= 'table' or type(rank[2]) ~= 'table' then
+    return refuse('a malformed ranking')
+  end
+  local bad = scored(rank[1], 'a ranking')
+  if bad then return refuse(bad) end
+end
+local bad = scored(head.cool, 'the cooling index')
+if bad then return refuse(bad) end
+for key, want in pairs({[cooling] = 'zset', [outbox] = 'zset', [fits] = 'set'}) do
+  local kind = redis.call('TYPE', key).ok
+  if kind ~= want and kind ~= 'none' then
+    return refuse(key .. ' is a ' .. kind .. ', not a ' .. want)
+  end
+end
 
 -- Variadic calls in slices: unpack() of more than ~8000 values fails.
 local function sliced(command, key, values, from, to)
@@ -102,7 +167,6 @@ for _, rank in ipairs(head.ranks) do
   if #rank[1] > 0 then sliced('ZADD', KEYS[k], rank[1], 1, #rank[1]) end
   if #rank[2] > 0 then sliced('ZREM', KEYS[k], rank[2], 1, #rank[2]) end
 end
-local cooling, outbox, fits = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
 if #head.cool > 0 then sliced('ZADD', cooling, head.cool, 1, #head.cool) end
 if #head.uncool > 0 then sliced('ZREM', cooling, head.uncool, 1, #head.uncool) end
 if #head.fits > 0 then sliced('SADD', fits, head.fits, 1, #head.fits) end

@@ -40,7 +40,7 @@ from scoring.engine import (
     is_duplicate,
     stamp,
 )
-from scoring.errors import LeadscoreError
+from scoring.errors import DataLost, EventError, StoreError
 from scoring.events import Event
 from scoring.keys import Layout, Shard, layout_key
 from scoring.queries import Queries, as_text
@@ -49,10 +49,22 @@ from scoring.rules import Ruleset
 from scoring.scripts import COMMIT, READ_IDS
 
 MAX_RETRIES = 50
+# Dead-lettered messages are remembered so that a retry or a replay after a crash does
+# not dead-letter them again; they are replayed only until their offsets are committed
+# (within a fraction of a second, or one crash later), so a day and a bound suffice.
+DEAD_LETTER_MEMORY_MS = 86_400_000
+DEAD_LETTER_MEMORY_SIZE = 100_000
 _T = TypeVar("_T")
 
 # Observes a Redis round trip: (operation, seconds). Metrics live outside scoring/.
 Observe = Callable[[str, float], None]
+# Whether the deployment has consumed events before (it has committed offsets): asked
+# only when Redis holds no data, to tell a first start from a Redis that lost its data.
+Consumed = Callable[[], Awaitable[bool]]
+
+
+async def _never() -> bool:
+    return False
 
 
 def _ignore(op: str, seconds: float) -> None:
@@ -68,6 +80,9 @@ class Outcome:
     duplicates: int = 0
     replayed: int = 0
     awards: dict[str, list[float]] = field(default_factory=dict)  # rule -> [count, |points|]
+    # Events the engine refused (their index in the batch, why): applied as no-ops, so
+    # that their offsets count as applied, and the caller dead-letters them.
+    rejected: list[tuple[int, EventError]] = field(default_factory=list)
 
     def award(self, rule_id: str, times: float, points: float) -> None:
         tally = self.awards.get(rule_id)
@@ -83,8 +98,19 @@ class Outcome:
         self.applied += other.applied
         self.duplicates += other.duplicates
         self.replayed += other.replayed
+        self.rejected += other.rejected
         for rule_id, (times, points) in other.awards.items():
             self.award(rule_id, times, points)
+
+
+class PartlyApplied(Exception):
+    """Some shards of a batch committed, another failed (``cause``). ``outcome`` is what
+    the committed shards did: their events are replays from now on, so whoever retries
+    the batch must act on it (deliver, dead-letter) or lose it."""
+
+    def __init__(self, outcome: Outcome, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.outcome, self.cause = outcome, cause
 
 
 @dataclass(slots=True)
@@ -121,12 +147,15 @@ class LeadStore(Queries):
     cooling index, in one Redis or a Redis Cluster. The reads are in ``Queries``."""
 
     def __init__(self, redis: Any, rules: Ruleset, prefix: str = "ls",
-                 history_size: int = 50, observe: Observe = _ignore, shards: int = 1) -> None:
+                 history_size: int = 50, observe: Observe = _ignore, shards: int = 1,
+                 consumed: Consumed = _never) -> None:
         self.redis = redis  # redis.asyncio.Redis or RedisCluster
         self.rules = rules
         self.keys = Layout(prefix, shards)
         self.history_size = history_size
         self.observe = observe
+        self.consumed = consumed
+        self._opened = False
 
     @property
     def channel(self) -> str:
@@ -139,16 +168,56 @@ class LeadStore(Queries):
         return None if raw is None else int(orjson.loads(raw)["shards"])
 
     async def check_layout(self) -> None:
-        """Record the shard count on first use; refuse a count that differs from the one
-        the data was written with (every lead would be looked for in the wrong shard)."""
-        want = len(self.keys.shards)
-        await self.redis.set(self.keys.layout_key, orjson.dumps({"shards": want}), nx=True)
-        found = orjson.loads(await self.redis.get(self.keys.layout_key))["shards"]
-        if found != want:
-            raise LeadscoreError(
+        """Refuse a shard count that differs from the one the data was written with
+        (every lead would be looked for in the wrong shard). Writes nothing."""
+        raw = await self.redis.get(self.keys.layout_key)
+        found, want = None if raw is None else orjson.loads(raw)["shards"], len(self.keys.shards)
+        if found is not None and found != want:
+            raise StoreError(
                 f"Redis holds Leadscore data in {found} shards under the prefix "
                 f"{self.keys.prefix!r}, not {want}: set LEADSCORE_REDIS_SHARDS={found}, or use "
                 "another LEADSCORE_KEY_PREFIX for a fresh start")
+
+    async def open(self) -> None:
+        """Make the keyspace ready for writing, once; every write calls it first.
+
+        On first use it records the shard count and a marker per shard, which every
+        COMMIT checks. No layout while ``consumed()`` says the deployment has committed
+        offsets, or some shards' markers gone but not others', means Redis lost the data
+        (restarted without persistence, flushed, a cluster master replaced empty):
+        ``DataLost``, rather than scoring on from nothing and reusing notification ids.
+        Data of versions before the markers has a layout and no marker at all: it gets
+        its markers now."""
+        if self._opened:
+            return
+        await self.check_layout()
+        reads: Any = self.redis.pipeline(transaction=False)
+        reads.exists(self.keys.layout_key)
+        for shard in self.keys.shards:
+            reads.exists(shard.marker)
+        has_layout, *markers = await reads.execute()
+        if not has_layout and await self.consumed():
+            raise DataLost(self._lost("the layout key is gone, but the deployment's consumer "
+                                      "group has committed offsets"))
+        if has_layout and any(markers) and not all(markers):
+            gone = [str(shard.number) for shard, m in zip(self.keys.shards, markers,
+                                                          strict=True) if not m]
+            raise DataLost(self._lost(f"the markers of shards {', '.join(gone)} are gone"))
+        writes: Any = self.redis.pipeline(transaction=False)
+        writes.set(self.keys.layout_key, orjson.dumps({"shards": len(self.keys.shards)}),
+                   nx=True)
+        for shard in self.keys.shards:
+            writes.set(shard.marker, b"1", nx=True)
+        await writes.execute()
+        await self.check_layout()  # another process may have recorded another count first
+        self._opened = True
+
+    def _lost(self, what: str) -> str:
+        return (f"Redis lost Leadscore's data under the prefix {self.keys.prefix!r} ({what}): "
+                "scoring on would start every lead from nothing and reuse notification ids, "
+                "so this worker stops. Restore Redis from its backup (AOF or RDB) and restart, "
+                "or start over from the events topic with a new LEADSCORE_GROUP_ID "
+                "(docs/operations.md, \"Redis lost its data\")")
 
     async def apply(self, events: Sequence[Event], now_ms: int,
                     positions: Sequence[tuple[int, int]] | None = None) -> Outcome:
@@ -161,10 +230,10 @@ class LeadStore(Queries):
         offset applied to its lead is a replay (a crash, a rebalance) and is skipped:
         replays are exact whatever the dedupe window.
         """
-        by_lead: dict[str, list[tuple[Event, tuple[int, int] | None]]] = {}
+        by_lead: dict[str, list[tuple[int, Event, tuple[int, int] | None]]] = {}
         for i, event in enumerate(events):
             position = positions[i] if positions is not None else None
-            by_lead.setdefault(event.lead_id, []).append((event, position))
+            by_lead.setdefault(event.lead_id, []).append((i, event, position))
         rules = self.rules
 
         def change(leads: dict[str, Stored]) -> tuple[list[Notification], Outcome]:
@@ -172,7 +241,7 @@ class LeadStore(Queries):
             notes: list[Notification] = []
             for lead_id, stored in leads.items():
                 state, offsets = stored.state, stored.offsets
-                for event, position in by_lead[lead_id]:
+                for index, event, position in by_lead[lead_id]:
                     if position is not None:
                         partition = str(position[0])
                         if offsets.get(partition, -1) >= position[1]:
@@ -182,7 +251,11 @@ class LeadStore(Queries):
                     if is_duplicate(state, event, rules):
                         tally.duplicates += 1
                         continue
-                    emitted, entries, awarded = history.apply_recorded(state, event, rules)
+                    try:
+                        emitted, entries, awarded = history.apply_recorded(state, event, rules)
+                    except EventError as exc:  # refused before it changed anything
+                        tally.rejected.append((index, exc))
+                        continue
                     tally.applied += 1
                     if emitted:
                         notes.extend(emitted)
@@ -195,13 +268,23 @@ class LeadStore(Queries):
         shards: dict[Shard, dict[str, list[str]]] = {}
         for lead_id, lead_events in by_lead.items():
             shards.setdefault(self.keys.of(lead_id), {})[lead_id] = [
-                event.event_id for event, _ in lead_events]
-        done = await _all(self._transact(shard, ids, change, now_ms)
-                          for shard, ids in shards.items())
-        outcome = Outcome()
-        for entries, tally in done:
+                event.event_id for _, event, _ in lead_events]
+        jobs = [self._transact(shard, ids, change, now_ms) for shard, ids in shards.items()]
+        done = [await jobs[0]] if len(jobs) == 1 else \
+            await asyncio.gather(*jobs, return_exceptions=True)
+        outcome, failure = Outcome(), None
+        for result in done:
+            if isinstance(result, BaseException):
+                failure = failure or result
+                continue
+            entries, tally = result
             tally.entries = entries
             outcome.add(tally)
+        if failure is not None:
+            if not (outcome.entries or outcome.applied or outcome.replayed
+                    or outcome.duplicates or outcome.rejected):
+                raise failure
+            raise PartlyApplied(outcome, failure) from failure
         return outcome
 
     async def sweep(self, now_ms: int, limit: int = 1000) -> list[bytes]:
@@ -261,7 +344,25 @@ class LeadStore(Queries):
                     return raw is not None
                 except WatchError:
                     continue  # the lead changed meanwhile: forget what it is now
-        raise LeadscoreError(f"could not forget {lead_id!r}: it kept changing")
+        raise StoreError(f"could not forget {lead_id!r}: it kept changing")
+
+    async def dead_lettered(self, messages: Sequence[str]) -> list[bool]:
+        """Which of these messages (``"<topic>:<partition>:<offset>"``) were dead-lettered
+        before (recorded by ``record_dead_letters``)."""
+        if not messages:
+            return []
+        scores = await self.redis.zmscore(self.keys.dead_letters, list(messages))
+        return [score is not None for score in scores]
+
+    async def record_dead_letters(self, messages: Sequence[str], now_ms: int) -> None:
+        """Remember messages as dead-lettered (and forget the oldest past the bounds)."""
+        if messages:
+            key = self.keys.dead_letters
+            pipe: Any = self.redis.pipeline(transaction=False)
+            pipe.zadd(key, dict.fromkeys(messages, now_ms))
+            pipe.zremrangebyscore(key, "-inf", f"({now_ms - DEAD_LETTER_MEMORY_MS}")
+            pipe.zremrangebyrank(key, 0, -DEAD_LETTER_MEMORY_SIZE - 1)
+            await pipe.execute()
 
     async def delivered(self, entries: Iterable[bytes]) -> None:
         """Forget outbox entries that the broker has acknowledged, and publish them on
@@ -284,6 +385,7 @@ class LeadStore(Queries):
         (a second worker during a rebalance, the sweep, an erasure) changes one of these
         leads in between. Every write of a lead writes its state record with a new
         version, so the versions guard the id sets, histories and rankings too."""
+        await self.open()
         leads = list(ids)
         keys = [shard.state(lead_id) for lead_id in leads]
         for _ in range(MAX_RETRIES):
@@ -297,7 +399,9 @@ class LeadStore(Queries):
             self.observe("write", time.perf_counter() - started)
             if not stale:
                 return entries, tally
-        raise LeadscoreError(f"gave up after {MAX_RETRIES} conflicting writes to the same "
+            if stale < 0:
+                raise DataLost(self._lost(f"shard {shard.number}'s marker is gone"))
+        raise StoreError(f"gave up after {MAX_RETRIES} conflicting writes to the same "
                              "leads; is another process writing with this key prefix?")
 
     async def _read(self, shard: Shard, leads: list[str], keys: list[str],
@@ -358,7 +462,7 @@ class LeadStore(Queries):
                              "hist": [len(some) for some in histories], "ranks": ranks,
                              "cool": cool, "uncool": uncool, "fits": fits, "now": now_ms})
         keys = [*(shard.state(lead_id) for lead_id in leads), *id_keys, *history_keys,
-                *rank_keys, shard.cooling, shard.outbox, shard.fits]
+                *rank_keys, shard.cooling, shard.outbox, shard.fits, shard.marker]
         return entries, [len(keys), *keys, head, *records,
                          *(entry for some in histories for entry in some), *entries]
 

@@ -90,13 +90,33 @@ class ConsumerLag(Collector):
         yield family
 
 
-_lag_collector: ConsumerLag | None = None
+Stalls = Callable[[], Iterable[tuple[str, int, float]]]
 
 
-def watch_lag(lags: Lags) -> None:
-    """Report consumer lag from ``lags`` (one source per process: the latest wins)."""
-    global _lag_collector
-    if _lag_collector is not None:
-        REGISTRY.unregister(_lag_collector)
-    _lag_collector = ConsumerLag(lags)
-    REGISTRY.register(_lag_collector)
+class PartitionStalls(Collector):
+    """``leadscore_partition_failing_seconds``: how long each partition's batches have
+    kept failing (an outage being waited out); /readyz fails past LEADSCORE_STALL_SECONDS."""
+
+    def __init__(self, stalls: Stalls) -> None:
+        self.stalls = stalls
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("leadscore_partition_failing_seconds",
+                                   "Seconds since this partition's batches started failing "
+                                   "(absent while it progresses)", labels=["topic", "partition"])
+        for topic, partition, seconds in self.stalls():
+            family.add_metric([topic, str(partition)], seconds)
+        yield family
+
+
+_collectors: list[Collector] = []
+
+
+def watch(lags: Lags, stalls: Stalls) -> None:
+    """Report consumer lag and stalled partitions from these sources (one worker per
+    process: the latest wins)."""
+    for collector in _collectors:
+        REGISTRY.unregister(collector)
+    _collectors[:] = [ConsumerLag(lags), PartitionStalls(stalls)]
+    for collector in _collectors:
+        REGISTRY.register(collector)

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scoring.errors import SettingsError
+from scoring.rules import parse_duration
+
+
+def _seconds(value: object) -> object:
+    """A duration as the rules file writes it (``30s``, ``15m``, ``1h``, ``7d``), or a
+    number of seconds, as seconds."""
+    if isinstance(value, str) and value and value[-1] in "smhdw":
+        return parse_duration(value) / 1000
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_RULES = ROOT / "config" / "rules.yaml"
@@ -36,6 +48,13 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, ge=1, le=65535)
     web_host: str = "0.0.0.0"
     max_event_bytes: int = Field(64 * 1024, ge=256, description="larger events are dead-lettered")
+    max_clock_skew: Seconds = Field(3600.0, ge=0, description="events dated further ahead "
+                                    "of the worker's clock are dead-lettered (future_ts)")
+    dlq_max_bytes: int = Field(1_000_000, ge=1024, le=100 * 1024 * 1024,
+                               description="a dead letter's value is cut to this size "
+                               "(keep it under the DLQ topic's max.message.bytes)")
+    stall_seconds: Seconds = Field(60.0, gt=0, description="a partition that cannot "
+                                   "progress this long makes /readyz fail")
     sweep_interval: float = Field(60.0, gt=0, description="seconds between cooling sweeps")
     outbox_interval: float = Field(5.0, gt=0, description="seconds between outbox re-sends")
     batch_size: int = Field(1000, ge=1, le=100_000, description="events per Redis round trip")

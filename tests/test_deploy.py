@@ -316,10 +316,11 @@ def test_image_copies_only_files_the_build_context_keeps() -> None:
 
 @pytest.fixture(scope="module")
 def exposed_metrics() -> Iterator[set[str]]:
-    """Every series name /metrics can serve. ``leadscore_consumer_lag`` comes from a collector
-    that only ``watch_lag`` registers; a worker's own lag source is put back afterwards."""
-    previous = getattr(metrics, "_lag_collector", None)
-    metrics.watch_lag(lambda: [])
+    """Every series name /metrics can serve. ``leadscore_consumer_lag`` and
+    ``leadscore_partition_failing_seconds`` come from collectors that only ``watch``
+    registers; a worker's own sources are put back afterwards."""
+    previous = list(metrics._collectors)
+    metrics.watch(lambda: [], lambda: [])
     names = set()
     for family in metrics.REGISTRY.collect():
         if family.type == "counter":
@@ -330,8 +331,8 @@ def exposed_metrics() -> Iterator[set[str]]:
             names |= {family.name, f"{family.name}_sum", f"{family.name}_count"}
         else:
             names.add(family.name)
-    if previous is not None:
-        metrics.watch_lag(previous.lags)
+    if previous:
+        metrics.watch(previous[0].lags, previous[1].stalls)  # type: ignore[attr-defined]
     yield names
 
 
@@ -342,7 +343,7 @@ def referenced_metrics(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", [ALERTS, *DASHBOARDS], ids=lambda p: p.name)
 def test_every_metric_referenced_exists(path: Path, exposed_metrics: set[str]) -> None:
-    assert "leadscore_consumer_lag" in exposed_metrics
+    assert {"leadscore_consumer_lag", "leadscore_partition_failing_seconds"} <= exposed_metrics
     assert referenced_metrics(path) - exposed_metrics == set()
 
 
@@ -377,7 +378,8 @@ def test_alerts_parse_and_tell_the_operator_what_to_do(alert_rules: list[dict[st
     names = [rule["alert"] for rule in alert_rules]
     assert len(names) == len(set(names))
     assert set(names) >= {"LeadscoreWorkerDown", "LeadscoreConsumerLagGrowing",
-                          "LeadscoreDeadLetters", "LeadscoreNoEvents", "LeadscoreOutboxPending"}
+                          "LeadscoreDeadLetters", "LeadscoreNoEvents", "LeadscoreOutboxPending",
+                          "LeadscorePartitionStalled"}
     for rule in alert_rules:
         parse_promql(rule["expr"])
         assert rule["labels"]["severity"] in {"critical", "warning"}, rule["alert"]
@@ -393,6 +395,8 @@ def test_alerts_watch_what_the_brief_promises(alert_rules: list[dict[str, Any]])
     assert "deriv(sum by (topic) (leadscore_consumer_lag)[10m:1m]) > 0" in exprs[
         "LeadscoreConsumerLagGrowing"]
     assert exprs["LeadscoreOutboxPending"] == "leadscore_outbox_pending > 0"
+    assert exprs["LeadscorePartitionStalled"] == (
+        "max by (topic, partition) (leadscore_partition_failing_seconds) > 60")
     fors = {rule["alert"]: rule.get("for") for rule in alert_rules}
     assert (fors["LeadscoreNoEvents"], fors["LeadscoreOutboxPending"]) == ("15m", "5m")
 

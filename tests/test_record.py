@@ -48,3 +48,18 @@ def test_a_record_of_an_unknown_format_is_refused_with_what_to_do() -> None:
     raw = record.encode(busy_lead(), {}, T0, 1).replace(b"[1,", b"[2,", 1)
     with pytest.raises(LeadscoreError, match="format 2, which this version cannot read"):
         record.decode(raw, {})
+
+
+@pytest.mark.parametrize("field, value", [("engagement", float("nan")),
+                                          ("engagement", float("inf")),
+                                          ("fit", float("-inf"))])
+def test_a_number_that_is_not_finite_is_never_stored(field: str, value: float) -> None:
+    """orjson writes NaN and infinities as null: such a record could not be read back."""
+    state = busy_lead()
+    setattr(state, field, value)
+    with pytest.raises(LeadscoreError, match="is not a finite number; not stored"):
+        record.encode(state, {}, T0, 1)
+    state = busy_lead()
+    state.contributions["pricing-page"] = float("nan")
+    with pytest.raises(LeadscoreError, match=f"lead {state.lead_id!r}: its engagement"):
+        record.encode(state, {}, T0, 1)

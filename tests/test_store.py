@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import re
 from collections.abc import Coroutine
 from typing import Any
 
@@ -15,8 +16,9 @@ from helpers import DAY, HOUR, T0, ev, live, rules
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from scoring import history
+from scoring import history, record
 from scoring.engine import (
     LeadState,
     Notification,
@@ -290,27 +292,32 @@ async def test_outbox_entries_stay_until_delivered(redis_url: str) -> None:
 async def test_a_shard_count_other_than_the_datas_is_refused(redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis:
         prefix = f"test-store-{next(_prefixes)}"
-        await LeadStore(redis, RULES, prefix, shards=4).check_layout()
+        await LeadStore(redis, RULES, prefix, shards=4).open()  # recorded on first use
         await LeadStore(redis, RULES, prefix, shards=4).check_layout()  # same count: fine
         with pytest.raises(LeadscoreError) as refused:
             await LeadStore(redis, RULES, prefix, shards=1).check_layout()
+        with pytest.raises(LeadscoreError):
+            await LeadStore(redis, RULES, prefix, shards=1).open()
         assert str(refused.value) == (
             f"Redis holds Leadscore data in 4 shards under the prefix {prefix!r}, not 1: set "
             "LEADSCORE_REDIS_SHARDS=4, or use another LEADSCORE_KEY_PREFIX for a fresh start")
 
 
 async def test_the_shard_count_is_the_datas_unless_set(redis_url: str) -> None:
-    """Unset LEADSCORE_REDIS_SHARDS: fresh data gets 4 shards on one Redis, and data
-    written with another count keeps it; a count set that differs is refused."""
+    """Unset LEADSCORE_REDIS_SHARDS: fresh data gets 4 shards on one Redis (recorded by
+    the first write, not by a reader), and data written with another count keeps it; a
+    count set that differs is refused."""
     from streams.connect import settle_layout
     from streams.settings import Settings
 
     async with Redis.from_url(redis_url) as redis:
         fresh, old = f"test-store-{next(_prefixes)}", f"test-store-{next(_prefixes)}"
-        await LeadStore(redis, RULES, old, shards=1).check_layout()
+        await LeadStore(redis, RULES, old, shards=1).open()
         unset = Settings(redis_url=redis_url)
         settled = await settle_layout(unset.model_copy(update={"key_prefix": fresh}), RULES)
-        assert (settled.redis_shards, await LeadStore.recorded_shards(redis, fresh)) == (4, 4)
+        assert (settled.redis_shards, await LeadStore.recorded_shards(redis, fresh)) == (4, None)
+        await LeadStore(redis, RULES, fresh, shards=settled.redis_shards).open()
+        assert await LeadStore.recorded_shards(redis, fresh) == 4
         settled = await settle_layout(unset.model_copy(update={"key_prefix": old}), RULES)
         assert settled.redis_shards == 1
         with pytest.raises(LeadscoreError, match="in 1 shards under the prefix"):
@@ -375,3 +382,119 @@ async def test_forget_starts_over_when_the_lead_changes_while_it_erases(
         assert [key for key in keys if await plain.type(key) == b"zset"
                 and await plain.zscore(key, "a") is not None] == []
         assert await writer.load("b") is not None  # another lead stays
+
+
+async def keys_under(redis: Redis, prefix: str) -> dict[str, Any]:
+    """Every key under ``prefix`` and its whole value, to compare before and after."""
+    found: dict[str, Any] = {}
+    async for raw in redis.scan_iter(f"{prefix}:*"):
+        key, kind = raw.decode(), (await redis.type(raw)).decode()
+        found[key] = (await redis.get(key) if kind == "string" else
+                      await redis.zrange(key, 0, -1, withscores=True) if kind == "zset" else
+                      sorted(await redis.smembers(key)) if kind == "set" else
+                      await redis.lrange(key, 0, -1))
+    return found
+
+
+async def test_a_commit_that_fails_in_redis_writes_nothing(redis_url: str) -> None:
+    """Redis keeps what a script wrote before an error. A shard key of the wrong type
+    (here the outbox, written by hand as a string) made COMMIT fail after it had written
+    the states: the lead turned hot in Redis while its lead.hot never reached the outbox.
+    Now the script checks before it writes, and the error leaves everything as it was."""
+    async with Redis.from_url(redis_url) as redis:
+        prefix = f"test-store-{next(_prefixes)}"
+        store = LeadStore(redis, RULES, prefix)
+        await store.apply([ev("d", "demo_request", T0, lead="a")], now_ms=T0)
+        shard = store.keys.of("a")
+        await redis.delete(shard.outbox)
+        await redis.set(shard.outbox, b"not a sorted set")
+        before = await keys_under(redis, prefix)
+        with pytest.raises(ResponseError, match=re.escape(
+                f"COMMIT refused, nothing written: {shard.outbox} is a string, not a zset")):
+            await store.apply([ev("e", "demo_request", T0 + HOUR, lead="a"),
+                               ev("f", "page_view", T0 + HOUR, lead="b")], now_ms=T0)
+        assert await keys_under(redis, prefix) == before
+
+
+@pytest.mark.parametrize("head_change, reason", [
+    ({"cool": [None, "a"]}, "the cooling index: a score that is not a finite number"),
+    ({"ranks": [[["x", "a"], []]]}, "a ranking: a score that is not a finite number"),
+    ({"now": None}, "a malformed head"),
+    ({"hist": [5]}, "a key count that does not add up"),
+])
+async def test_the_commit_script_checks_its_arguments_before_writing(
+        redis_url: str, head_change: dict[str, Any], reason: str) -> None:
+    """Arguments the Python side would never build (a NaN written by orjson as null, a
+    count that does not add up) are refused before the first write."""
+    from scoring.scripts import COMMIT
+
+    async with Redis.from_url(redis_url) as redis:
+        prefix = f"test-store-{next(_prefixes)}"
+        store = LeadStore(redis, RULES, prefix)
+        await store.open()
+        shard = store.keys.of("a")
+        state = LeadState("a", T0, 45.0, stage="mql")
+        stored_keys = [shard.state("a"), shard.rank("stage:mql", 0.0), shard.cooling,
+                       shard.outbox, shard.fits, shard.marker]
+        head = {"v": [-1], "ids": [], "cap": 50, "hist": [], "now": T0, "uncool": ["a"],
+                "cool": [], "fits": ["0.0"], "ranks": [[[-1.0, "a"], []]], **head_change}
+        before = await keys_under(redis, prefix)
+        with pytest.raises(ResponseError, match=f"COMMIT refused, nothing written: {reason}"):
+            await redis.eval(COMMIT, len(stored_keys), *stored_keys, orjson.dumps(head),
+                             record.encode(state, {}, T0, 1))
+        assert await keys_under(redis, prefix) == before
+
+
+async def test_redis_emptied_under_a_running_store_is_noticed_and_nothing_written(
+        redis_url: str) -> None:
+    """Redis restarted without persistence under a running worker: the next commit finds
+    its shard's marker gone, writes nothing, and says so (the worker then stops)."""
+    from scoring.errors import DataLost
+
+    async with Redis.from_url(redis_url) as redis:
+        prefix = f"test-store-{next(_prefixes)}"
+        store = LeadStore(redis, RULES, prefix, shards=2)
+        await store.apply([ev("d", "demo_request", T0, lead="a")], now_ms=T0)
+        await redis.delete(*[key async for key in redis.scan_iter(f"{prefix}:*")])
+        with pytest.raises(DataLost, match=f"Redis lost Leadscore's data under the prefix "
+                                           f"{prefix!r} \\(shard \\d's marker is gone\\)"):
+            await store.apply([ev("e", "page_view", T0 + HOUR, lead="a")], now_ms=T0)
+        assert await keys_under(redis, prefix) == {}
+
+
+async def test_a_start_on_empty_redis_after_events_were_consumed_is_refused(
+        redis_url: str) -> None:
+    """No data but committed offsets: Redis lost it. No data and no offsets: a first
+    start. Some shards' markers gone but not others': lost too (a cluster master
+    replaced empty). A layout and no marker at all: data of an earlier version."""
+    from scoring.errors import DataLost
+
+    async def yes() -> bool:
+        return True
+
+    async with Redis.from_url(redis_url) as redis:
+        prefix = f"test-store-{next(_prefixes)}"
+        with pytest.raises(DataLost, match="the layout key is gone, but the deployment's "
+                                           "consumer group has committed offsets"):
+            await LeadStore(redis, RULES, prefix, shards=2, consumed=yes).open()
+        assert await keys_under(redis, prefix) == {}
+        store = LeadStore(redis, RULES, prefix, shards=2)
+        await store.open()  # a first start
+        assert sorted(await keys_under(redis, prefix)) == [
+            f"{prefix}:layout", f"{prefix}:{{0}}:marker", f"{prefix}:{{1}}:marker"]
+        await redis.delete(f"{prefix}:{{1}}:marker")
+        with pytest.raises(DataLost, match="the markers of shards 1 are gone"):
+            await LeadStore(redis, RULES, prefix, shards=2, consumed=yes).open()
+        await redis.delete(f"{prefix}:{{0}}:marker")  # as versions before the markers left it
+        await LeadStore(redis, RULES, prefix, shards=2, consumed=yes).open()
+        assert len(await keys_under(redis, prefix)) == 3
+
+
+async def test_dead_letters_are_remembered(redis_url: str) -> None:
+    async with Redis.from_url(redis_url) as redis:
+        store = LeadStore(redis, RULES, f"test-store-{next(_prefixes)}")
+        assert await store.dead_lettered(["t:0:1", "t:0:2"]) == [False, False]
+        await store.record_dead_letters(["t:0:2"], T0)
+        assert await store.dead_lettered(["t:0:1", "t:0:2"]) == [False, True]
+        await store.record_dead_letters(["t:0:3"], T0 + 2 * DAY)  # a day later: 2 forgotten
+        assert await store.dead_lettered(["t:0:2", "t:0:3"]) == [False, True]

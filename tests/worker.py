@@ -69,12 +69,16 @@ class Deployment:
         for worker in self.workers:
             worker.kill()
 
-    async def produce(self, messages: list[tuple[bytes | None, bytes]]) -> None:
+    async def produce(self, messages: list[tuple[bytes | None, bytes]],
+                      partition: int | None = None) -> None:
+        """Send to the events topic, by key or all to one ``partition``."""
         producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, enable_idempotence=False,
-                                    acks="all", linger_ms=5, **self.kafka_options())
+                                    acks="all", linger_ms=5, max_request_size=4 * 1024 * 1024,
+                                    **self.kafka_options())
         await producer.start()
         try:
-            sends = [await producer.send(self.events, value, key=key) for key, value in messages]
+            sends = [await producer.send(self.events, value, key=key, partition=partition)
+                     for key, value in messages]
             await asyncio.gather(*sends)
         finally:
             await producer.stop()

@@ -1,0 +1,285 @@
+"""Poison input never stops the worker (issue "Poison input and hostile rules"): each
+bad message is dead-lettered once with its reason, the events around it are scored,
+the partition keeps moving; Redis failures are waited out, loudly; a Redis that lost
+its data stops the worker instead of scoring on from nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from helpers import live
+from test_worker import DEFAULT_RULES, START, offline
+from worker import LEADSCORE, Deployment, keyed, wait_for
+
+from scoring.keys import Layout
+from scoring.rules import load_rules
+from streams.agents import now_ms
+from streams.embedded import EmbeddedRedis
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A Redis of the test's own, to break (flush, starve of memory) without harming others."""
+    with EmbeddedRedis() as server:
+        yield server
+
+
+def event(event_id: str, lead: str, type_: str, ts: Any, **properties: Any) -> dict[str, Any]:
+    return {"event_id": event_id, "lead_id": lead, "type": type_, "ts": ts,
+            "properties": properties}
+
+
+def nested(event_id: str, lead: str, depth: int) -> bytes:
+    """A profile_update whose properties are ``depth`` levels deep (orjson.dumps itself
+    stops at 254, which is what made such an event impossible to store)."""
+    properties = b'{"x":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
+    return (b'{"event_id": "%s", "lead_id": "%s", "type": "profile_update", "ts": %d, '
+            b'"properties": %s}' % (event_id.encode(), lead.encode(), START, properties))
+
+
+def dead_letters(records: list[Any]) -> dict[int, dict[str, str]]:
+    """Source offset -> the dead letter's headers."""
+    out = {}
+    for record in records:
+        headers = {k: v.decode() for k, v in record.headers}
+        out[int(headers["leadscore.offset"])] = headers
+    return out
+
+
+async def test_poison_messages_are_dead_lettered_once_and_the_partition_moves_on(
+        bootstrap: str, redis_url: str, tmp_path: Path) -> None:
+    """Every message that once stalled a batch for ever, on one partition between good
+    events: each goes to the DLQ once, with its kind, and the good ones are scored."""
+    deployment = Deployment(bootstrap, redis_url, DEFAULT_RULES, tmp_path)
+    await deployment.create_topics()
+    # A lead whose id set someone overwrote with a string: reading it fails in Redis
+    # (WRONGTYPE) for that lead alone, which the worker cannot know in advance.
+    broken = redis.Redis.from_url(redis_url)
+    shard = Layout(deployment.prefix, 4).of("lead-x")
+    broken.set(shard.ids("lead-x"), b"not a sorted set")
+    good = [event("g0", "lead-p", "page_view", START, url="/pricing"),
+            event("g1", "lead-q", "demo_request", START + 1),
+            event("g2", "lead-p", "form_submit", START + 2),
+            event("g3", "lead-p", "page_view", START + 3, url="/pricing")]
+    huge = orjson.dumps(event("h", "lead-p", "page_view", START, blob="x" * 1_200_000))
+    poison: list[tuple[bytes, str]] = [
+        (nested("deep", "lead-p", 500), "too_deep"),
+        (huge, "too_large"),
+        (orjson.dumps(event("big-ts", "lead-p", "page_view", 10**15)), "bad_ts"),
+        (orjson.dumps(event("y10k", "lead-p", "page_view", "9999-12-31T23:59:59-01:00")),
+         "bad_ts"),
+        (orjson.dumps(event("future", "lead-p", "page_view", now_ms() + 86_400_000)),
+         "future_ts"),
+        (orjson.dumps(event("x", "lead-x", "page_view", START)), "apply_failed"),
+    ]
+    growing = [orjson.dumps(event(f"grow{i}", "lead-p", "profile_update", START + 10 + i,
+                                  **{f"k{i}": "v" * 12_000})) for i in range(3)]
+    # All on partition 0, good and bad interleaved: the partition must keep moving.
+    messages = [orjson.dumps(good[0]), *(raw for raw, _ in poison[:3]), orjson.dumps(good[1]),
+                *(raw for raw, _ in poison[3:]), *growing, orjson.dumps(good[2]),
+                orjson.dumps(good[3])]
+    kinds = {raw: kind for raw, kind in poison} | {growing[2]: "profile_too_large"}
+    worker = deployment.worker().start()
+    try:
+        await deployment.produce([(None, raw) for raw in messages], partition=0)
+        offsets = {raw: offset for offset, raw in enumerate(messages)}
+        records = await deployment.read_all(deployment.dlq, lambda rs: len(rs) >= len(kinds))
+        dead = dead_letters(records)
+        assert {offset: headers["leadscore.kind"] for offset, headers in dead.items()} == {
+            offsets[raw]: kind for raw, kind in kinds.items()}
+        assert dead[offsets[huge]]["leadscore.original_size"] == str(len(huge))
+        assert dead[offsets[huge]]["leadscore.original_sha256"] == hashlib.sha256(
+            huge).hexdigest()
+        value_of = {int(dict(r.headers)["leadscore.offset"]): r.value for r in records}
+        assert value_of[offsets[huge]] == huge[:1_000_000]
+        assert "WRONGTYPE" in dead[offsets[poison[5][0]]]["leadscore.reason"]
+        assert all("\n" not in headers["leadscore.reason"] for headers in dead.values())
+
+        rules = load_rules(DEFAULT_RULES)
+        applied = [*good, *(orjson.loads(raw) for raw in growing[:2])]
+        want_states = offline(sorted(applied, key=lambda e: offsets[orjson.dumps(e)]), rules)[0]
+        want = {lead: live(state, rules) for lead, state in want_states.items()}
+
+        async def scored() -> bool:
+            return await deployment.states(rules, ["lead-p", "lead-q"]) == want
+
+        await wait_for(scored, 60, "the good events around the poison ones were not scored")
+        assert worker.metric("leadscore_events_dead_lettered_total"
+                             '{reason="apply_failed"}') == 1
+
+        # A replay of the whole partition (offsets lost: a new consumer group on the same
+        # data) recognises every applied event and dead-letters nothing again.
+        worker.kill()
+        replay = deployment.worker()
+        replay.env["LEADSCORE_GROUP_ID"] = f"{deployment.prefix}-replay"
+        replay.start()
+        lag = f'leadscore_consumer_lag{{partition="0",topic="{deployment.events}"}}'
+        await wait_for(lambda: replay.get("/metrics")[0] == 200 and lag in replay.get(
+            "/metrics")[1].decode() and replay.metric(lag) == 0, 60,
+            f"the replay did not reach the end; log:\n{replay.log_tail()}")
+        # (the refused profile update counts too: its offset was applied, as a no-op)
+        assert replay.metric("leadscore_events_replayed_total") == len(applied) + 1
+        assert replay.metric("leadscore_events_dead_lettered_total"
+                             '{reason="apply_failed"}') == 0
+        again = await deployment.read_all(deployment.dlq, lambda rs: len(rs) >= len(kinds))
+        assert len(again) == len(kinds)
+        assert await deployment.states(rules, ["lead-p", "lead-q"]) == want
+    finally:
+        deployment.stop_all()
+        broken.close()
+
+
+async def test_redis_refusing_writes_is_waited_out_and_a_stalled_partition_is_named(
+        bootstrap: str, own_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    """Redis out of memory refuses every write: an outage, not a bad message. The
+    batch is retried (nothing dead-lettered); past LEADSCORE_STALL_SECONDS /readyz says
+    which partition is stuck and why; once Redis takes writes again it catches up."""
+    deployment = Deployment(bootstrap, own_redis.url, DEFAULT_RULES, tmp_path,
+                            stall_seconds="1")
+    await deployment.create_topics()
+    worker = deployment.worker().start()
+    server = redis.Redis.from_url(own_redis.url)
+    try:
+        await worker.wait_ready()
+        first = event("s0", "lead-s", "demo_request", START)
+        await deployment.produce(keyed([first]), partition=2)
+        rules = load_rules(DEFAULT_RULES)
+
+        async def has(events: list[dict[str, Any]]) -> bool:
+            want = {lead: live(s, rules) for lead, s in offline(events, rules)[0].items()}
+            return await deployment.states(rules, ["lead-s"]) == want
+
+        await wait_for(lambda: has([first]), 60, "the first event was not scored")
+        server.config_set("maxmemory-policy", "noeviction")
+        server.config_set("maxmemory", 1)
+        second = event("s1", "lead-s", "page_view", START + 1, url="/pricing")
+        await deployment.produce(keyed([second]), partition=2)
+
+        def stalled() -> bool:
+            status, body = worker.get("/readyz")
+            return status == 503 and any(
+                p.startswith(f"partition {deployment.events}[2] has not progressed for ")
+                and "(OutOfMemoryError: " in p
+                for p in orjson.loads(body)["problems"])
+
+        await wait_for(stalled, 30, "/readyz never named the partition")
+        failing = ('leadscore_partition_failing_seconds{partition="2",'
+                   f'topic="{deployment.events}"}}')
+        assert worker.metric(failing) >= 1
+        server.config_set("maxmemory", 0)
+        await wait_for(lambda: worker.get("/readyz")[0] == 200, 30, "never ready again")
+        await wait_for(lambda: has([first, second]), 30, "the retried batch was not applied")
+        assert worker.metric("leadscore_events_dead_lettered_total"
+                             '{reason="apply_failed"}') == 0
+        assert failing not in worker.get("/metrics")[1].decode()
+    finally:
+        server.config_set("maxmemory", 0)
+        server.close()
+        deployment.stop_all()
+
+
+async def test_redis_that_lost_its_data_stops_the_worker_until_it_is_restored(
+        bootstrap: str, own_redis: EmbeddedRedis, tmp_path: Path) -> None:
+    """Redis emptied under a running worker (a restart without persistence): scoring on
+    would restart every lead at nothing and reuse notification ids with other content.
+    The worker stops scoring and says so; a restart refuses too; a new consumer group
+    (the documented way to start over) replays the topic to exactly the offline states."""
+    deployment = Deployment(bootstrap, own_redis.url, DEFAULT_RULES, tmp_path)
+    await deployment.create_topics()
+    before = [event(f"a{i}", "lead-l", "demo_request" if i == 0 else "page_view",
+                    START + i, url="/pricing") for i in range(3)]
+    after = [event(f"b{i}", "lead-l", "page_view", START + 10 + i, url="/pricing")
+             for i in range(2)]
+    rules = load_rules(DEFAULT_RULES)
+    server = redis.Redis.from_url(own_redis.url)
+
+    async def holds(events: list[dict[str, Any]]) -> bool:
+        want = {lead: live(s, rules) for lead, s in offline(events, rules)[0].items()}
+        return await deployment.states(rules, ["lead-l"]) == want
+
+    def refusing(why: str, worker: Any) -> bool:
+        status, body = worker.get("/readyz")
+        return status == 503 and any(
+            re.match(re.escape(f"Redis lost Leadscore's data under the prefix "
+                               f"'{deployment.prefix}' (") + why + r"\): scoring on would", p)
+            for p in orjson.loads(body)["problems"])
+
+    try:
+        worker = deployment.worker().start()
+        await deployment.produce(keyed(before))
+        await wait_for(lambda: holds(before), 60, "the first events were not scored")
+        server.flushall()
+        await deployment.produce(keyed(after))
+        await wait_for(lambda: refusing("shard [0-3]'s marker is gone", worker), 60,
+                       f"the worker did not stop; log:\n{worker.log_tail()}")
+        assert server.keys(f"{deployment.prefix}:*") == []  # nothing written on the empty store
+        assert "Redis lost Leadscore's data" in worker.log_path.read_text()
+        worker.terminate()
+
+        restarted = deployment.worker().start()
+        await wait_for(lambda: refusing("the layout key is gone, but the deployment's "
+                                        "consumer group has committed offsets", restarted),
+                       60, f"the restart did not refuse; log:\n{restarted.log_tail()}")
+        assert server.keys(f"{deployment.prefix}:*") == []
+        restarted.terminate()
+
+        fresh = deployment.worker()
+        fresh.env["LEADSCORE_GROUP_ID"] = f"{deployment.prefix}-rebuilt"
+        fresh.start()
+        await wait_for(lambda: holds(before + after), 60, "the replay did not rebuild")
+    finally:
+        server.close()
+        deployment.stop_all()
+
+
+async def test_a_backtracking_pattern_cannot_freeze_the_worker(
+        bootstrap: str, redis_url: str, tmp_path: Path) -> None:
+    """``(a+)+$`` against a 29-character url froze the event loop for 17 s with Python's
+    re, doubling per character; RE2 matches in linear time."""
+    rules_path = tmp_path / "hostile.yaml"
+    rules_path.write_text("name: hostile\nhalf_life: 30d\nhot: {threshold: 70, rearm_below: 50}\n"
+                          "engagement:\n  - id: trap\n    event: page_view\n"
+                          "    if: {url: {matches: \"(a+)+$\"}}\n    points: 5\n"
+                          "  - {id: visit, event: page_view, points: 1}\n")
+    deployment = Deployment(bootstrap, redis_url, rules_path, tmp_path)
+    await deployment.create_topics()
+    worker = deployment.worker().start()
+    try:
+        events = [event("r0", "lead-r", "page_view", START, url="a" * 60 + "!"),
+                  event("r1", "lead-r", "page_view", START, url="/" + "a" * 60)]
+        await deployment.produce(keyed(events))
+        rules = load_rules(rules_path)
+        want = {lead: live(s, rules) for lead, s in offline(events, rules)[0].items()}
+
+        async def scored() -> bool:
+            return await deployment.states(rules, ["lead-r"]) == want
+
+        await wait_for(scored, 60, "the events were not scored")
+        assert want["lead-r"].contributions == {"visit": 2.0, "trap": 5.0}
+        assert worker.get("/healthz")[0] == 200
+    finally:
+        deployment.stop_all()
+
+
+def test_a_worker_refuses_a_hostile_rules_file_with_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nhalf_life: 30d\nhot: {threshold: .inf, rearm_below: .nan}\n"
+                   "engagement:\n  - {id: huge, event: page_view, points: 1e308}\n")
+    done = subprocess.run([LEADSCORE, "worker"], capture_output=True, text=True, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "LEADSCORE_RULES": str(bad)},
+                          check=False)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"leadscore: {bad}: ")
+    for location in ("hot.threshold: ", "hot.rearm_below: ", "engagement[0].points: "):
+        assert f"\n  {location}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
