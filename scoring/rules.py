@@ -4,12 +4,20 @@ Loading never stops at the first problem: YAML-level problems (duplicate keys),
 schema problems (pydantic), condition problems and cross-field checks are all
 collected and raised together as one ``RulesError``, each with its location,
 e.g. ``engagement[2].limit.per: "7x" is not a duration (use 30s, 15m, 12h, 7d or 2w)``.
+
+A hostile or careless file is refused the same way, never with a traceback, a hang or
+gigabytes of memory: the file's size, the YAML's nesting and its size with every alias
+expanded are bounded before anything is built from it (an "alias bomb" of a few hundred
+bytes expands to billions of nodes), every number is finite and bounded, and patterns
+are matched by RE2 (see ``scoring.conditions``).
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +27,26 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from scoring.conditions import Predicate, compile_if, show
+from scoring.conditions import Patterns, Predicate, compile_if, show
 from scoring.errors import RulesError
 from scoring.events import CONVERTED
+
+# ---------------------------------------------------------------- limits
+
+MAX_RULES_BYTES = 1024 * 1024  # refused unread beyond this; real rules take a few KiB
+MAX_YAML_DEPTH = 64  # a rule with nested any_of needs about 10 levels
+MAX_YAML_NODES = 100_000  # scalars, lists and mappings, every alias expanded
+
+# Points, limit points, the score range and the hot thresholds. A lead's engagement is a
+# sum of awards (less decay): at 10^6 each, overflowing a double takes some 10^302 of
+# them, and after 10^9 of the largest the sum is about 10^15, below 2^53, where a double
+# still holds every whole number, so sums of whole points stay exact.
+MAX_POINTS = 1_000_000
+MAX_AFTER = 1_000_000  # a count of matching events, kept per lead
+# Durations (half_life, limit.per, dedupe_window). Event times reach the year 9999,
+# 2.5 * 10^14 ms; a time plus or minus a duration, or a window's number times its length,
+# then stays below 2^53, exact as an integer and as a double (Redis scores, Lua numbers).
+MAX_DURATION_MS = 36_500 * 86_400_000  # 100 years; "never" turns decay off
 
 # ---------------------------------------------------------------- value types
 
@@ -37,9 +62,14 @@ def parse_duration(value: object) -> int:
         raise PydanticCustomError(
             "duration", "{shown} is not a duration ({hint})", {"shown": show(value),
                                                                "hint": DURATION_HINT})
-    ms = int(match.group(1)) * _UNITS_MS[match.group(2)]
+    digits = match.group(1).lstrip("0") or "0"
+    # More digits than any bound has are too long, unread: int() refuses past 4,300.
+    ms = MAX_DURATION_MS + 1 if len(digits) > 15 else int(digits) * _UNITS_MS[match.group(2)]
     if ms <= 0:
         raise PydanticCustomError("duration", "a duration must be longer than 0")
+    if ms > MAX_DURATION_MS:
+        raise PydanticCustomError("duration", "{shown} is longer than 36500d (100 years)",
+                                  {"shown": show(value)})
     return ms
 
 
@@ -51,6 +81,10 @@ def _number(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise PydanticCustomError("number", "expected a number, got {shown}",
                                   {"shown": show(value)})
+    if _num(value) is None:
+        raise PydanticCustomError(
+            "number", "expected a number from -{bound} to {bound}, got {shown}",
+            {"bound": f"{MAX_POINTS:,}", "shown": show(value)})
     return float(value)
 
 
@@ -66,6 +100,9 @@ def _count(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise PydanticCustomError("count", "expected a whole number of at least 1, got {shown}",
                                   {"shown": show(value)})
+    if value > MAX_AFTER:
+        raise PydanticCustomError("count", "expected a whole number up to {bound}, got {shown}",
+                                  {"bound": f"{MAX_AFTER:,}", "shown": show(value)})
     return value
 
 
@@ -186,7 +223,11 @@ def load_rules(path: str | Path) -> Ruleset:
     """Read and compile a rules file; raise ``RulesError`` listing every problem."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(MAX_RULES_BYTES + 1)  # never more: the file may be huge
+            if len(data) > MAX_RULES_BYTES:
+                size = os.fstat(file.fileno()).st_size
+                raise RulesError(str(path), [_too_big(size if size > MAX_RULES_BYTES else None)])
     except OSError as exc:
         raise RulesError(str(path), [f"cannot read the file ({exc.strerror})"]) from exc
     return parse_rules(data, str(path))
@@ -194,6 +235,8 @@ def load_rules(path: str | Path) -> Ruleset:
 
 def parse_rules(data: bytes, source: str = "<rules>") -> Ruleset:
     """Compile rules from the bytes of a YAML file; ``source`` names it in errors."""
+    if len(data) > MAX_RULES_BYTES:
+        raise RulesError(source, [_too_big(len(data))])
     problems: list[str] = []
     raw = _load_yaml(data, problems)
     if not isinstance(raw, dict):
@@ -201,7 +244,8 @@ def parse_rules(data: bytes, source: str = "<rules>") -> Ruleset:
             problems.append(f"(top): the rules file must be a mapping, got {show(raw)}")
         raise RulesError(source, problems)
 
-    tests = {(section, i): compile_if(rule["if"], f"{section}[{i}].if", problems)
+    patterns = Patterns()  # shared, so that a pattern used by several rules compiles once
+    tests = {(section, i): compile_if(rule["if"], f"{section}[{i}].if", problems, patterns)
              for section in ("fit", "engagement")
              for i, rule in enumerate(_as_list(raw.get(section)))
              if isinstance(rule, dict) and "if" in rule}
@@ -242,6 +286,12 @@ def _compile(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: 
 
 
 # ---------------------------------------------------------------- problems
+
+
+def _too_big(size: int | None) -> str:
+    shown = f"{size:,} bytes" if size is not None else f"more than {MAX_RULES_BYTES:,} bytes"
+    return (f"(top): the file is {shown}; a rules file may be at most "
+            f"{MAX_RULES_BYTES:,} bytes (1 MiB)")
 
 
 def _describe(err: Any) -> str:
@@ -296,6 +346,9 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
         if threshold is not None and high is not None and threshold > high:
             problems.append(f"hot.threshold: {threshold:g} is above score.max ({high:g}); "
                             "no lead could ever turn hot")
+        if threshold is not None and low is not None and threshold <= low:
+            problems.append(f"hot.threshold: {threshold:g} is not above score.min ({low:g}); "
+                            "every lead would be hot from its first event")
         if rearm is not None and low is not None and rearm <= low:
             problems.append(f"hot.rearm_below: {rearm:g} is not above score.min ({low:g}); "
                             "a hot lead could never re-arm")
@@ -305,8 +358,11 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
 
 
 def _num(value: object) -> float | None:
-    """The value as a number, or None when it is not one (the schema reports that)."""
+    """The value as a number, or None when it is not a finite one within MAX_POINTS
+    (the schema reports that)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if (isinstance(value, float) and not math.isfinite(value)) or abs(value) > MAX_POINTS:
         return None
     return float(value)
 
@@ -318,28 +374,84 @@ def _as_list(value: object) -> list[Any]:
 # ---------------------------------------------------------------- YAML without traps
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that is well formed but that we will not build: too deep, too large, recursive."""
+
+    def __init__(self, problem: str, mark: yaml.Mark | None) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+
+
 class _Loader(yaml.SafeLoader):
     """Safe YAML that reads ``on``/``yes``/``off`` and ``12:30`` as the strings the user wrote.
 
     PyYAML implements YAML 1.1, where ``on: x`` is the key True and ``1:30`` is the
     integer 90. We keep only the YAML 1.2 core forms of booleans and numbers, and
     report duplicate keys instead of silently keeping the last one.
+
+    PyYAML composes nodes recursively, so nesting is refused past MAX_YAML_DEPTH
+    levels (before Python's recursion limit), and the document past MAX_YAML_NODES
+    nodes as they are read; ``_check_expansion`` then bounds what aliases make of them.
     """
 
-    problems: list[str]
+    def __init__(self, text: str, problems: list[str]) -> None:
+        super().__init__(text)
+        self.problems = problems
+        self.anchors_of: dict[int, str] = {}  # id(node) -> its anchor's name
+        self._depth = 0
+        self._nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # (untyped in the stubs)
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise _Refused(f"more than {MAX_YAML_NODES:,} YAML nodes (values, lists and "
+                           f"mappings); a rules file may have at most {MAX_YAML_NODES:,}",
+                           event.start_mark)
+        if self._depth == MAX_YAML_DEPTH:
+            raise _Refused(_TOO_DEEP, event.start_mark)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None and node is not None and not isinstance(event, yaml.AliasEvent):
+            self.anchors_of[id(node)] = anchor
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
+            try:
+                repeated = key in seen
+            except TypeError:  # a list or a mapping as a key
+                raise _Refused("a key must be a single value, not a list or a mapping",
+                               key_node.start_mark) from None
+            if repeated:
                 mark = key_node.start_mark
                 self.problems.append(f"line {mark.line + 1}: duplicate key {show(key)}; "
                                      "each key may appear once per mapping")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        """Decimal digits only, as the implicit resolver reads them: PyYAML would also
+        read ``!!int 0x1f`` and ``!!int 1:30``, and a long ``1:2:3:...`` in time
+        quadratic in its length."""
+        value = self.construct_scalar(node)
+        if not _DECIMAL.fullmatch(value) or len(value) > _MAX_DIGITS:
+            raise _Refused(f"{show(value)} is not a whole number of at most {_MAX_DIGITS:,} "
+                           "decimal digits", node.start_mark)
+        return int(value)
 
+
+_TOO_DEEP = f"nested more than {MAX_YAML_DEPTH} levels deep; a rules file may nest at most " \
+            f"{MAX_YAML_DEPTH}"
+_DECIMAL = re.compile(r"[-+]?[0-9]+")
+_MAX_DIGITS = 4_300  # Python's own limit for int() of a string
+_SURROGATE = re.compile("[\ud800-\udfff]")  # "\ud800" in YAML: not a character, no UTF-8
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers
             if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
@@ -357,14 +469,98 @@ _Loader.add_implicit_resolver(
 
 
 def _load_yaml(data: bytes, problems: list[str]) -> Any:
-    loader = _Loader(data)
-    loader.problems = problems
     try:
-        return loader.get_single_data()
+        text = data.decode("utf-8")  # a UTF-8 byte order mark is skipped by the scanner
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        problems.append(f"line {line}: not UTF-8 at byte {exc.start} ({data[exc.start]:#04x}); "
+                        "save the file as UTF-8")
+        return None
+    loader: _Loader | None = None
+    try:
+        loader = _Loader(text, problems)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, loader)
+        return loader.construct_document(node)
+    except _Refused as exc:
+        problems.append(f"{_where(exc.problem_mark)}: {exc.problem}")
+    except yaml.reader.ReaderError as exc:  # a control character, say
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        problems.append(f"line {line}, column {column}: not valid YAML (character "
+                        f"#x{exc.character:04x}: {exc.reason})")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top)"
-        problems.append(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})")
-        return None
+        problems.append(f"{_where(mark)}: not valid YAML ({getattr(exc, 'problem', exc)})")
+    except RecursionError:  # not expected below MAX_YAML_DEPTH; never a traceback, though
+        problems.append(f"(top): {_TOO_DEEP}")
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
+    return None
+
+
+def _where(mark: yaml.Mark | None) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top)"
+
+
+def _check_expansion(root: yaml.Node, loader: _Loader) -> None:
+    """Refuse a document that aliases expand past MAX_YAML_NODES nodes or MAX_YAML_DEPTH
+    levels, or that contains itself; list strings that are not Unicode.
+
+    An alias shares its anchor's node, so building the document is cheap, but
+    everything after (the schema, the conditions) walks it expanded: the 10 nodes of
+    ``&a [*b, *b, ...]`` nested nine times are a billion. Each node is measured once
+    and its measure reused for every alias of it, so the check itself is linear.
+    """
+    measures: dict[int, tuple[int, int]] = {}  # id(node) -> nodes and levels, expanded
+    inside: set[int] = set()  # the nodes being measured: an alias of one is a cycle
+    largest: list[tuple[int, yaml.Node]] = []  # the largest node used more than once
+
+    def measure(node: yaml.Node, depth: int) -> tuple[int, int]:
+        key = id(node)
+        if key in inside:
+            raise _Refused(f"{_anchor(loader, node)} contains an alias of itself; a rules "
+                           "file cannot be recursive", node.start_mark)
+        known = measures.get(key)
+        if known is not None:
+            if not largest or known[0] > largest[0][0]:
+                largest[:] = [(known[0], node)]
+        elif isinstance(node, yaml.ScalarNode):
+            known = measures[key] = (1, 1)
+            bad = _SURROGATE.search(node.value)
+            if bad:
+                loader.problems.append(
+                    f"{_where(node.start_mark)}: \\u{ord(bad.group()):04x} is half of a "
+                    "UTF-16 pair, not a character (write the character itself)")
+                # Built as its escape, so that nothing after reports it again, or fails.
+                node.value = node.value.encode("utf-8", "backslashreplace").decode()
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else \
+                [part for pair in node.value for part in pair]
+            inside.add(key)
+            nodes, levels = 1, 0
+            for child in children:
+                child_nodes, child_levels = measure(child, depth + 1)
+                nodes, levels = nodes + child_nodes, max(levels, child_levels)
+            inside.discard(key)
+            known = measures[key] = (nodes, levels + 1)
+        if depth + known[1] - 1 > MAX_YAML_DEPTH:  # only through an alias: see compose_node
+            raise _Refused(f"the aliases of {_anchor(loader, node)} nest the file more than "
+                           f"{MAX_YAML_DEPTH} levels deep; a rules file may nest at most "
+                           f"{MAX_YAML_DEPTH}", node.start_mark)
+        return known
+
+    nodes, _ = measure(root, 1)
+    if nodes > MAX_YAML_NODES:
+        culprit = largest[0][1] if largest else root
+        raise _Refused(f"the aliases of {_anchor(loader, culprit)} expand the file to "
+                       f"{nodes:,} YAML nodes; a rules file may have at most "
+                       f"{MAX_YAML_NODES:,} with every alias expanded", culprit.start_mark)
+
+
+def _anchor(loader: _Loader, node: yaml.Node) -> str:
+    name = loader.anchors_of.get(id(node))
+    return f"&{name}" if name is not None else "an anchor"
