@@ -442,6 +442,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             with contextlib.suppress(Exception):  # a lost commit only means a harmless replay
                 await self.scorer.commit()
             self.scorer.assigned -= set(revoked)
+            for tp in revoked:  # another worker's to retry now, and to report
+                self.scorer.failing.pop(tp, None)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.scorer.assigned |= set(assigned)
