@@ -22,8 +22,8 @@ from redis.asyncio import Redis
 
 from scoring.events import parse_event
 from scoring.rules import load_rules
-from scoring.store import LeadStore
-from streams.agents import now_ms
+from scoring.store import RedisStore
+from streams.runtime import now_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ def main() -> None:
 
     @app.agent(topic)
     async def score(stream: faust.StreamT[bytes]) -> None:
-        store = LeadStore(Redis.from_url(redis_url), rules, prefix=f"bench-{mode}")
+        store = RedisStore(Redis.from_url(redis_url), rules, prefix=f"bench-{mode}")
         if mode == "naive":
             async for value in stream:
                 await store.apply([parse_event(value)], now_ms())

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.run import latency
-from streams.agents import bootstrap_servers
 from streams.embedded import EmbeddedBroker, EmbeddedRedis
+from streams.runtime import bootstrap_servers
 
 
 @dataclass(frozen=True)

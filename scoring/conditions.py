@@ -247,15 +247,36 @@ def _plain_text(pattern: str, start: int) -> tuple[str, int]:
 
 
 def _search(regex: re2._Regexp[str]) -> TextTest:
-    search = regex.search
+    """An RE2 search anywhere in the value: true when it matches.
 
-    def test(value: str) -> bool:
+    google-re2's ``search`` builds a match object with every span decoded back to
+    characters, several times the cost of the search itself; whether it matched is
+    all a condition needs, so the compiled program is asked directly when this
+    version of the wrapper exposes it (the same engine, the same answer), and through
+    ``search`` otherwise.
+    """
+    program = getattr(regex, "_regexp", None)
+    anchor = getattr(getattr(re2, "_Anchor", None), "UNANCHORED", None)
+    if program is None or anchor is None or not hasattr(program, "Match"):
+        search = regex.search
+
+        def test(value: str) -> bool:
+            try:
+                return search(value) is not None
+            except UnicodeEncodeError:  # a lone surrogate, which no event can hold
+                return False
+
+        return test
+    match = program.Match
+
+    def test_direct(value: str) -> bool:
         try:
-            return search(value) is not None
+            data = value.encode()
         except UnicodeEncodeError:  # a lone surrogate, which no event can hold (JSON has none)
             return False
+        return bool(match(anchor, data, 0, len(data))[0] != (-1, -1))
 
-    return test
+    return test_direct
 
 
 def compile_if(raw: object, loc: str, problems: list[str],

@@ -1,4 +1,4 @@
-"""The state transition of SPEC 3: one lead's state, one event, one ruleset.
+"""The state transition: one lead's state, one event, one ruleset (docs/semantics.md).
 
 ``apply`` is the single definition of the scoring semantics. The offline scorer
 calls it on states in a dict; the stream worker calls it on states loaded from
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -30,23 +30,22 @@ _RANK = {stage: rank for rank, stage in enumerate(STAGES)}
 MAX_REASONS = 5
 _KEEP_IDS = 8
 
-# The bound of a lead's merged profile (SPEC 1): every event of the lead reads and
-# rewrites its state, so a profile that grew without limit would slow every one of
-# them. Bytes are counted as orjson encodes the profile (compact JSON, UTF-8).
+# The bound of a lead's merged profile (README, "Bad input never stops the worker"):
+# every event of the lead reads and rewrites its state, so a profile that grew without
+# limit would slow every one of them. Bytes are counted as orjson encodes the profile
+# (compact JSON, UTF-8).
 MAX_PROFILE_KEYS = 256
 MAX_PROFILE_BYTES = 32 * 1024
 
 Notification = dict[str, Any]
 Award = tuple[str, float]  # (rule id, points as awarded at the event's own time)
 _INF = math.inf
-_SAFE_POINTS = 2.0 ** 970  # see _proven_finite
-_proven: dict[int, Ruleset] = {}  # id -> a ruleset _proven_finite vouched for
-_last_proven: Ruleset | None = None
 
 
 @dataclass(slots=True)
 class LeadState:
-    """Everything Leadscore knows about one lead (SPEC 3), as of event time ``t_ref``."""
+    """Everything Leadscore knows about one lead, as of event time ``t_ref``
+    (docs/semantics.md, "One lead's state")."""
 
     lead_id: str
     t_ref: int | None = None  # T: the largest event time applied, epoch ms
@@ -72,58 +71,41 @@ class LeadState:
             "seen": self.seen, "notified": self.notified,
         }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LeadState:
-        return cls(
-            lead_id=d["lead_id"], t_ref=d["t_ref"], engagement=d["engagement"], fit=d["fit"],
-            contributions=d["contributions"], profile=d["profile"], stage=d["stage"],
-            hot=d["hot"], counts=d["counts"],
-            windows={rule: {int(w): used for w, used in ws.items()}
-                     for rule, ws in d["windows"].items()},
-            seen=d["seen"], notified=d["notified"])
+
+class Applied(NamedTuple):
+    """What applying one event did."""
+
+    notifications: list[Notification]  # in order: a cooling by decay first, then the event's
+    # Each rule that awarded points, as awarded at the event's own time; a fit rule that
+    # starts or stops holding counts as an award of +/- its points.
+    awards: list[Award]
+    duplicate: bool  # a repeat of an applied event_id: nothing changed
 
 
-def is_duplicate(state: LeadState, event: Event, rules: Ruleset) -> bool:
-    """Whether ``apply`` would ignore this event as a repeat of one already applied."""
-    first_seen = state.seen.get(event.event_id)
-    if first_seen is None:
-        return False
-    t_ref = state.t_ref
-    latest = event.ts if t_ref is None or event.ts > t_ref else t_ref
-    return first_seen >= latest - rules.dedupe_window_ms
-
-
-def apply(state: LeadState, event: Event, rules: Ruleset,
-          awards: list[Award] | None = None) -> list[Notification]:
-    """Apply one event to its lead's state; return the notifications it causes.
-
-    With ``awards``, every rule that awarded points is appended to it (fit rules
-    that start or stop holding count as awards of +/- their points), for the
-    score history and the per-rule metrics.
+def apply(state: LeadState, event: Event, rules: Ruleset) -> Applied:
+    """Apply one event to its lead's state; say what it did (``Applied``).
 
     Raises ``EventError`` with kind ``profile_too_large`` (a profile_update that
     would grow the profile past MAX_PROFILE_KEYS or MAX_PROFILE_BYTES) or
     ``not_finite`` (an award that would make the engagement, a rule's share of it
-    or the fit score infinite or NaN) before changing anything in the state or in
-    ``awards``: all that can fail is computed first, then applied in steps that
-    cannot fail.
+    or the fit score infinite or NaN) before changing anything in the state: all
+    that can fail is computed first, then applied in steps that cannot fail.
     """
     t, t_ref = event.ts, state.t_ref
     first_seen = state.seen.get(event.event_id)
     latest = t if t_ref is None or t > t_ref else t_ref
     if first_seen is not None and first_seen >= latest - rules.dedupe_window_ms:
-        return []  # a duplicate changes nothing and emits nothing
+        return Applied([], [], True)  # a duplicate changes nothing and emits nothing
     in_order = t_ref is None or t >= t_ref
     # What one point is worth after moving from T to t (in order) or from t to T (late).
     f = 1.0 if t_ref is None else factor(abs(t - t_ref), rules.half_life_ms)
 
     # Plan: everything that can refuse the event, with the state untouched.
     if event.type == PROFILE_UPDATE:
-        profile, fit, fit_awards = _merged_profile(state, event.properties, rules,
-                                                   awards is not None)
+        profile, fit, awards = _merged_profile(state, event.properties, rules)
     else:
-        profile = None
-    if rules is not _last_proven and not _proven_finite(rules):
+        profile, awards = None, []
+    if not rules.awards_stay_finite:
         _refuse_if_not_finite(state, event, rules, in_order, f)
 
     # Apply: from here on nothing raises.
@@ -138,8 +120,6 @@ def apply(state: LeadState, event: Event, rules: Ruleset,
     if profile is not None:
         state.profile = profile
         state.fit = fit  # F
-        if awards is not None:
-            awards.extend(fit_awards)
 
     if in_order:
         # Rebase E and every contribution to t; the awards then arrive at full value.
@@ -183,12 +163,13 @@ def apply(state: LeadState, event: Event, rules: Ruleset,
     elif state.hot and score < rules.rearm_below:
         state.hot = False
         out.append(_notification(state, rules, "lead.cooled", now, event.event_id, t))
-    return out
+    return Applied(out, awards, False)
 
 
 def cool(state: LeadState, at: int, rules: Ruleset) -> Notification | None:
-    """Step 1 of SPEC 3 at instant ``at``: re-arm a disarmed lead whose score decayed below
-    rearm_below by then, and return its lead.cooled as of the exact crossing time."""
+    """Cooling by decay at instant ``at`` (docs/semantics.md, "Hot, cooled, and the crossing
+    time"): re-arm a disarmed lead whose score decayed below rearm_below by then, and
+    return its lead.cooled as of the exact crossing time."""
     t_ref = state.t_ref
     if not state.hot or t_ref is None or at < t_ref:
         return None
@@ -230,11 +211,6 @@ def reasons(state: LeadState, rules: Ruleset, at: float) -> list[dict[str, Any]]
     parts = [(rule_id, round(points, 2)) for rule_id, points in parts if round(points, 2) != 0]
     parts.sort(key=lambda p: (-abs(p[1]), p[0]))
     return [{"rule": rule_id, "points": points} for rule_id, points in parts[:MAX_REASONS]]
-
-
-def fit_score(profile: dict[str, Any], rules: Ruleset) -> float:
-    """F: the sum of the points of the fit rules that hold on the profile."""
-    return math.fsum(r.points for r in rules.fit if r.test(profile))
 
 
 def stamp(notification: Notification, emitted_at: int) -> Notification:
@@ -287,8 +263,9 @@ def _refuse_if_not_finite(state: LeadState, event: Event, rules: Ruleset, in_ord
     """Raise ``EventError`` (``not_finite``) if the event's awards would make E or a
     rule's share infinite or NaN; the state is left untouched.
 
-    Only for rules that ``_proven_finite`` cannot vouch for: the awards are tried on a
-    copy of the parts of the state they change, by the code that then applies them.
+    Only for rules whose ``awards_stay_finite`` is false (see scoring.rules.SAFE_POINTS):
+    the awards are tried on a copy of the parts of the state they change, by the code
+    that then applies them.
     """
     trial = LeadState(state.lead_id, state.t_ref, state.engagement,
                       contributions=dict(state.contributions), counts=dict(state.counts),
@@ -310,33 +287,8 @@ def _refuse_if_not_finite(state: LeadState, event: Event, rules: Ruleset, in_ord
                          "stays finite", "not_finite")
 
 
-def _proven_finite(rules: Ruleset) -> bool:
-    """Whether no event can make E, a share or F non-finite under these rules: true when
-    every rule's points are finite and below _SAFE_POINTS in magnitude.
-
-    Why that suffices: the state's numbers are finite (JSON holds no others, and
-    apply keeps them so), a rebase multiplies them by a factor in [0, 1], and an
-    award is at most its rule's points times such a factor (a `limit` only cuts it).
-    The largest float is 2**1024 - 2**971; a finite number plus a term below 2**970
-    in magnitude lies less than half a float's spacing beyond it and rounds back to
-    a finite float, however many such terms are added. F is the correctly rounded
-    sum of fewer than 2**53 such points, so it is finite too. Decided once per
-    ruleset; the rulesets proven are kept (a few: one per generation of rules).
-    """
-    global _last_proven
-    if _proven.get(id(rules)) is not rules:
-        if not (all(-_SAFE_POINTS < r.points < _SAFE_POINTS for r in rules.fit)
-                and all(-_SAFE_POINTS < r.points < _SAFE_POINTS for r in rules.engagement)):
-            return False
-        if len(_proven) >= 64:
-            _proven.clear()
-        _proven[id(rules)] = rules  # kept alive, so that its id is not reused meanwhile
-    _last_proven = rules
-    return True
-
-
-def _merged_profile(state: LeadState, changes: dict[str, Any], rules: Ruleset,
-                    with_awards: bool) -> tuple[dict[str, Any], float, list[Award]]:
+def _merged_profile(state: LeadState, changes: dict[str, Any], rules: Ruleset
+                    ) -> tuple[dict[str, Any], float, list[Award]]:
     """The profile after a profile_update, its F and the fit rules it turns on or off,
     without changing the state.
 
@@ -375,11 +327,10 @@ def _merged_profile(state: LeadState, changes: dict[str, Any], rules: Ruleset,
         raise EventError(f"the fit rules would make the fit score {fit}; the event is refused "
                          "so that the lead's state stays finite", "not_finite")
     changed: list[Award] = []
-    if with_awards:
-        for rule, after in zip(rules.fit, holds, strict=True):
-            before = rule.test(current)
-            if after != before:
-                changed.append((rule.id, rule.points if not before else -rule.points))
+    for rule, after in zip(rules.fit, holds, strict=True):
+        before = rule.test(current)
+        if after != before:
+            changed.append((rule.id, rule.points if not before else -rule.points))
     return profile, fit, changed
 
 
@@ -434,21 +385,3 @@ def plain(number: float) -> float | int:
     """A whole number as an int, so that JSON shows 70 as the rules file wrote it, not
     70.0."""
     return int(number) if number.is_integer() else number
-
-
-def summary(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
-    """One lead's numbers at ``at``, as ``leadscore score`` prints them (SPEC 5)."""
-    return {
-        "lead_id": state.lead_id,
-        "score": round(score_at(state, at, rules), 2),
-        "fit": round(state.fit, 2),
-        "engagement": round(engagement_at(state, at, rules), 2),
-        "stage": state.stage,
-        "hot": state.hot,
-    }
-
-
-def describe(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
-    """One lead as people see it (API, ``leadscore lead``): the summary and the why."""
-    return {**summary(state, rules, at), "reasons": reasons(state, rules, at),
-            "profile": state.profile, "rules_version": rules.version}

@@ -1,4 +1,5 @@
-"""Input events (SPEC 1): parsing and validation of one message, and time formatting.
+"""Input events (the README's "Command line" shows one): parsing and validation of
+one message, and time formatting.
 
 ``parse_event`` turns the raw bytes of a message into an ``Event`` or raises
 ``EventError`` whose ``reason`` is the one line that goes to the dead-letter topic.

@@ -10,14 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scoring.engine import (
-    STAGES,
-    Award,
-    LeadState,
-    Notification,
-    apply,
-    score_at,
-)
+from scoring.engine import STAGES, Applied, LeadState, Notification, score_at
 from scoring.events import Event, format_ts
 from scoring.rules import Ruleset
 
@@ -25,29 +18,29 @@ from scoring.rules import Ruleset
 #  [[rule, points], ...], score after, stage index, hot (0/1), notification type|None]
 Entry = list[Any]
 _STAGE_INDEX = {stage: i for i, stage in enumerate(STAGES)}
+SIZE = 50  # changes kept per lead unless LEADSCORE_HISTORY_SIZE says otherwise
 
 
-def apply_recorded(state: LeadState, event: Event, rules: Ruleset
-                   ) -> tuple[list[Notification], list[Entry], list[Award]]:
-    """``engine.apply``, plus the history entries and the awards of the change."""
-    awards: list[Award] = []
-    stage, fit = state.stage, state.fit
-    notes = apply(state, event, rules, awards)
-    entries: list[Entry] = []
+def entries(state: LeadState, event: Event, applied: Applied, stage: str, fit: float,
+            rules: Ruleset) -> list[Entry]:
+    """The history entries of one applied event: a cooling by decay that came first, and
+    the event itself if it changed something a person cares about. ``stage`` and ``fit``
+    are the lead's before the event."""
+    found: list[Entry] = []
     caused: list[str] = []
-    for note in notes:  # (most events emit none)
+    for note in applied.notifications:  # (most events emit none)
         if note["event_id"] is None:
-            entries.append(cooling(note))  # cooled before it
+            found.append(cooling(note))  # cooled before it
         else:
             caused.append(note["type"])
-    if awards or caused or state.stage != stage or state.fit != fit:
+    if applied.awards or caused or state.stage != stage or state.fit != fit:
         assert state.t_ref is not None
-        entries.append([
+        found.append([
             state.t_ref, event.ts, event.event_id, event.type,
-            [[rule, round(points, 2)] for rule, points in awards],
+            [[rule, round(points, 2)] for rule, points in applied.awards],
             round(score_at(state, state.t_ref, rules), 2), _STAGE_INDEX[state.stage],
             int(state.hot), caused[-1] if caused else None])
-    return notes, entries, awards
+    return found
 
 
 def cooling(note: Notification) -> Entry:

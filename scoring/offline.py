@@ -1,7 +1,8 @@
 """Offline scoring (``leadscore score``): replay a file of events through the engine.
 
-The stream worker must reach the same states and notifications as this replay on
-the same per-lead order of events; the integration tests compare the two.
+The events go through the same ``apply_batch`` as the worker's (scoring.store), into
+a store in memory: the stream worker must reach the same states and notifications on
+the same per-lead order of events, and the integration tests compare the two.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from scoring.engine import LeadState, Notification, apply, cool
+from scoring.engine import LeadState, Notification
 from scoring.errors import EventError
-from scoring.events import MAX_EVENT_BYTES, parse_event
+from scoring.events import MAX_EVENT_BYTES, Event, parse_event
 from scoring.rules import Ruleset
+from scoring.store.in_memory import MemoryStore
 
 
 @dataclass
@@ -27,6 +29,9 @@ class Replay:
     at: int | None = None  # the instant scores are reported at
 
 
+CHUNK = 10_000  # events applied to the store at a time
+
+
 def replay(lines: Iterable[bytes], rules: Ruleset, at: int | None = None,
            max_event_bytes: int = MAX_EVENT_BYTES, *, latest_ms: int | None = None) -> Replay:
     """Apply events in file order; with ``at``, events after it have not happened yet.
@@ -37,14 +42,31 @@ def replay(lines: Iterable[bytes], rules: Ruleset, at: int | None = None,
     limit) or that ``apply`` refuses (a profile grown past its bound), which leaves
     the lead as it was. A lead none of whose lines was applied is not reported.
 
-    Then, as SPEC 3 step 3 says, every disarmed lead that has cooled by ``at``
-    (default: the largest event time seen) is re-armed with its lead.cooled.
-    Notifications are stamped ``emitted_at`` = ``event_ts``, the moment a live
-    worker would have sent them, so that offline output is deterministic.
+    Then, as the sweep does live (docs/semantics.md, "Hot, cooled, and the crossing
+    time"), every disarmed lead that has cooled by ``at`` (default: the largest event
+    time applied) is re-armed with its lead.cooled. Notifications are stamped
+    ``emitted_at`` = ``event_ts``, the moment a live worker would have sent them, so
+    that offline output is deterministic.
     """
     out = Replay()
-    states = out.states
+    store = MemoryStore(rules, history_size=0)
     latest: int | None = None
+    events: list[Event] = []
+    numbers: list[int] = []
+
+    def flush() -> None:
+        nonlocal latest
+        outcome = store.apply_now(events)
+        refused = {index for index, _ in outcome.rejected}
+        out.bad_lines += [(numbers[index], exc.reason) for index, exc in outcome.rejected]
+        out.notifications += outcome.notifications
+        out.applied += len(events) - len(refused)
+        for index, event in enumerate(events):
+            if index not in refused and (latest is None or event.ts > latest):
+                latest = event.ts
+        events.clear()
+        numbers.clear()
+
     for number, line in enumerate(lines, start=1):
         line = line.strip()
         if not line:
@@ -57,27 +79,16 @@ def replay(lines: Iterable[bytes], rules: Ruleset, at: int | None = None,
         if at is not None and event.ts > at:
             out.after_at += 1
             continue
-        state = states.get(event.lead_id)
-        try:
-            if state is None:
-                state = LeadState(event.lead_id)
-                notes = apply(state, event, rules)
-                states[event.lead_id] = state
-            else:
-                notes = apply(state, event, rules)
-        except EventError as exc:  # the state is as it was: apply refuses before any change
-            out.bad_lines.append((number, exc.reason))
-            continue
-        if notes:
-            out.notifications.extend(notes)
-        out.applied += 1
-        if latest is None or event.ts > latest:
-            latest = event.ts
+        events.append(event)
+        numbers.append(number)
+        if len(events) >= CHUNK:
+            flush()
+    flush()
+    out.bad_lines.sort()
     out.at = at if at is not None else latest
     if out.at is not None:
-        cooled = [n for state in states.values() if (n := cool(state, out.at, rules))]
-        cooled.sort(key=lambda n: (n["event_ts"], n["lead_id"]))
-        out.notifications.extend(cooled)
+        out.notifications += store.sweep_now(out.at)
     for n in out.notifications:
         n["emitted_at"] = n["event_ts"]
+    out.states = store.states()
     return out

@@ -1,4 +1,5 @@
-"""The rules file (SPEC 2): a pydantic schema for its shape, compiled into a ``Ruleset``.
+"""The rules file (the README's "The rules file"): a pydantic schema for its shape,
+compiled into a ``Ruleset``.
 
 Loading never stops at the first problem: YAML-level problems (duplicate keys),
 schema problems (pydantic), condition problems and cross-field checks are all
@@ -19,7 +20,7 @@ import hashlib
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -198,6 +199,15 @@ class EngagementRule:
     after: int | None
 
 
+# Points below this in magnitude can never make a finite score infinite, however many
+# are awarded: the state's numbers are finite, a rebase multiplies them by a factor in
+# [0, 1], an award is at most its rule's points times such a factor, and the largest
+# float is 2**1024 - 2**971, so a finite number plus a term below 2**970 lies less than
+# half a float's spacing beyond it and rounds back to a finite float. F is the correctly
+# rounded sum of fewer than 2**53 such points. A rules file's points are far below it.
+SAFE_POINTS = 2.0 ** 970
+
+
 @dataclass(frozen=True, slots=True)
 class Ruleset:
     """Everything the engine needs, validated and compiled; immutable."""
@@ -217,6 +227,14 @@ class Ruleset:
     window_ms: dict[str, int]  # `limit` rule id -> window length
     prune_step_ms: int  # how often, in event time, a lead's expired ids are dropped
     stage_after: dict[str, str]  # event type -> the stage it moves a lead to (at least)
+    # Whether no event can make E, a rule's share or F non-finite (scoring.engine):
+    # decided once, here, also for a ruleset built in code with dataclasses.replace.
+    awards_stay_finite: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        bounded = all(-SAFE_POINTS < r.points < SAFE_POINTS for r in self.fit) and all(
+            -SAFE_POINTS < r.points < SAFE_POINTS for r in self.engagement)
+        object.__setattr__(self, "awards_stay_finite", bounded)
 
 
 def load_rules(path: str | Path) -> Ruleset:

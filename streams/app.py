@@ -1,7 +1,18 @@
-"""The Faust application: wires settings, rules, Redis, the scoring agent and the web."""
+"""The worker process: one Faust app over the runtime, run until a signal stops it.
+
+    run_worker(settings, rules)    connected(...) on the loop Faust will run, then:
+      create_app(runtime)          the consume loop (a task), the jobs (timers), the API
+      _Worker                      Faust's worker: logging held back, a bounded stop
+
+Faust owns the event loop, the web server, the timers and the process lifecycle; the
+runtime (Redis, the store) is opened before the app starts and closed after it stopped.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import logging
 import os
 import sys
@@ -12,21 +23,26 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-from faust.web.base import BlueprintManager
 
-from scoring.rules import Ruleset, load_rules
-from streams import metrics, web
-from streams.agents import Scorer
-from streams.connect import lead_store
+from scoring.rules import Ruleset
+from streams import erasure, jobs, metrics, web
+from streams.consume import EventsConsumer
+from streams.delivery import Delivery
+from streams.feed import Feed
+from streams.health import Health
+from streams.runtime import Runtime, connected
 from streams.settings import Settings
 
+__all__ = ["Repeats", "create_app", "run_worker", "use_uvloop"]
 
-def create_app(settings: Settings, rules: Ruleset | None = None) -> tuple[faust.App, Scorer]:
-    """A ready-to-run Faust app and its scorer; the rules file is validated here."""
-    rules = rules if rules is not None else load_rules(settings.rules_path())
-    store = lead_store(settings, rules, observe=metrics.observe_redis)
-    scorer = Scorer(settings, store)
-    metrics.watch(scorer.lags, scorer.stalls)
+
+def create_app(runtime: Runtime) -> faust.App:
+    """The worker's Faust app over a connected runtime, ready to run."""
+    settings, store = runtime.settings, runtime.store
+    health = Health(settings.stall_seconds)
+    delivery = Delivery(settings, store, health)
+    consumer = EventsConsumer(settings, store, delivery, health)
+    metrics.watch(consumer.lags, health.stalls)
     app = faust.App(
         f"{settings.group_id}-worker",
         broker=settings.broker,
@@ -36,38 +52,56 @@ def create_app(settings: Settings, rules: Ruleset | None = None) -> tuple[faust.
         web_host=settings.web_host,
         topic_replication_factor=1,
         broker_session_timeout=settings.broker_session_timeout,
-        broker_heartbeat_interval=max(settings.broker_session_timeout / 10, 0.1),
+        broker_heartbeat_interval=settings.broker_heartbeat_interval,
         datadir=tempfile.mkdtemp(prefix="leadscore-faust-"),
         broker_credentials=_credentials(settings),
     )
-    # Faust's web server has views of its own besides ours: /router/ (which worker owns
-    # a table key, with every worker's URL), /table/ (table contents), and the index,
-    # statistics, /assignment/ and /graph/ pages its settings switch on. None is part
-    # of Leadscore's API (no Faust tables, nothing routed between workers), and all of
-    # them would answer anyone, token or not. So the web server applies no blueprint
-    # at all: unlike the web_*_enabled settings (which Faust's APP_WEB_*_ENABLED
-    # variables override), this also keeps out any view a later Faust adds.
-    app.web.blueprints = BlueprintManager()
 
     @app.task
     async def score_events() -> None:
-        await scorer.run()
+        await consumer.run()
 
-    @app.timer(interval=settings.sweep_interval)
-    async def cooling_sweep() -> None:
-        await scorer.safely("cooling sweep", scorer.sweep)
-
-    @app.timer(interval=settings.outbox_interval)
-    async def outbox_resend() -> None:
-        await scorer.safely("outbox re-send", scorer.resend_pending)
-
-    feed = web.install(app, scorer)
+    jobs.schedule(app, settings, store, delivery, health)
+    feed = Feed(runtime.redis, store.channel)
+    web.install(app, web.Api(settings, runtime.rules, runtime.redis, store, consumer.problems,
+                             functools.partial(erasure.forget, store, delivery.tombstone),
+                             feed))
 
     @app.on_before_shutdown.connect
     async def close_feed(sender: Any, /, *args: Any, **kwargs: Any) -> None:
         await feed.close()  # open dashboards end their streams so the web server can stop
 
-    return app, scorer
+    return app
+
+
+def run_worker(settings: Settings, rules: Ruleset | None = None, loglevel: str = "warning",
+               before: Callable[[faust.App, Settings], None] | None = None) -> None:
+    """Run the worker in this process until SIGINT/SIGTERM; Faust owns the event loop.
+    The rules are loaded from the settings unless given. ``before`` sees the app and the
+    settled settings before the app starts (``leadscore dev`` prints its banner and adds
+    its demo there). A stop that takes longer than ``stop_timeout`` seconds ends the
+    process (exit code 1)."""
+    loop = asyncio.new_event_loop()  # of the policy in force: see use_uvloop
+    asyncio.set_event_loop(loop)
+    resources = contextlib.AsyncExitStack()
+    try:  # Redis unreachable, or a shard count other than the data's: stop here
+        runtime = loop.run_until_complete(resources.enter_async_context(
+            connected(settings, rules, observe=metrics.observe_redis)))
+    except BaseException:
+        loop.close()
+        raise
+    app = create_app(runtime)
+    if before is not None:
+        before(app, runtime.settings)
+    worker = _Worker(app, loop=loop, loglevel=loglevel, redirect_stdouts=False,
+                     quiet=not sys.stdout.isatty())
+    worker.stop_timeout, worker.resources = settings.stop_timeout, resources
+    # Faust's start-up spinner sets the root logger to DEBUG so that it turns on every
+    # record: aiokafka, mode and Faust then build a log record (caller lookup and all)
+    # for each fetch and timer tick, only for the handler to drop it (docs/performance.md,
+    # "What changed, each measured on its own").
+    worker.spinner = None
+    worker.execute_from_commandline()
 
 
 def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -85,7 +119,7 @@ def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
 
 def use_uvloop() -> None:
     """uvloop makes the asyncio machinery around each batch cheaper; call before
-    ``create_app``, which binds the app to the loop policy in force."""
+    ``run_worker``, whose event loop is of the policy in force."""
     import mode.loop
 
     mode.loop.use("uvloop")
@@ -94,8 +128,9 @@ def use_uvloop() -> None:
 class Repeats(logging.Filter):
     """Lets through at most one warning or error of each kind (logger and message
     template) every ``every`` seconds, and says how many it held back. With the broker
-    unreachable, aiokafka logs every failed retry of each of the worker's clients:
-    ~60 lines a second, for as long as the outage lasts."""
+    unreachable, aiokafka logs every failed retry of each of the worker's clients, for
+    as long as the outage lasts (docs/operations.md, "Reading the dashboards and
+    alerts")."""
 
     def __init__(self, every: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -125,10 +160,16 @@ class _Worker(faust.Worker):
     shutdown wait for it forever, and neither Ctrl-C nor a SIGTERM would end the
     process. Leaving anyway loses nothing: uncommitted events are replayed and
     recognised by offset, and notifications recorded but not sent are re-sent from the
-    outbox at the next start."""
+    outbox at the next start. What ``run_worker`` opened (``resources``) is closed once
+    the app has stopped."""
 
     stop_timeout: float  # seconds; set by run_worker from the settings
+    resources: contextlib.AsyncExitStack  # set by run_worker
     _deadline: threading.Timer | None = None
+
+    async def on_shutdown(self) -> None:
+        await super().on_shutdown()
+        await self.resources.aclose()
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         super().on_setup_root_logger(logger, level)
@@ -158,17 +199,3 @@ class _Worker(faust.Worker):
             "be replayed and notifications not yet sent re-sent at the next start.\n")
         sys.stderr.flush()
         os._exit(1)
-
-
-def run_worker(app: faust.App, stop_timeout: float, loglevel: str = "warning") -> None:
-    """Run the app in this process until SIGINT/SIGTERM; Faust owns the event loop. A
-    stop that takes longer than ``stop_timeout`` seconds ends the process (exit code 1)."""
-    worker = _Worker(app, loglevel=loglevel, redirect_stdouts=False,
-                     quiet=not sys.stdout.isatty())
-    worker.stop_timeout = stop_timeout
-    # Faust's start-up spinner sets the root logger to DEBUG so that it turns on every
-    # record: aiokafka, mode and Faust then build a log record (caller lookup and
-    # all) for each fetch and timer tick, ~10% of an idle worker's CPU, only for the
-    # handler to drop it.
-    worker.spinner = None
-    worker.execute_from_commandline()

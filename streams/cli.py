@@ -1,11 +1,10 @@
-"""The ``leadscore`` command line (SPEC 5)."""
+"""The ``leadscore`` command line (README.md, "Command line")."""
 
 from __future__ import annotations
 
 import argparse
 import gc
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,12 +13,15 @@ from aiokafka.errors import KafkaError
 from pydantic_core import PydanticCustomError
 from redis.exceptions import RedisError
 
-from scoring.engine import summary
 from scoring.errors import EventError, LeadscoreError
 from scoring.events import parse_ts
 from scoring.offline import replay
 from scoring.rules import Ruleset, load_rules, parse_duration
+from scoring.views import summary
+from streams.runtime import now_ms
 from streams.settings import load_settings
+
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,19 +103,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from streams.app import create_app, run_worker, use_uvloop
-    from streams.connect import settle_layout
+    from streams.app import run_worker, use_uvloop
 
     settings = load_settings()
     rules = load_rules(settings.rules_path())  # a bad rules file stops here, every problem listed
     print(f"leadscore worker: rules {settings.rules_path()} ({rules.name}, "
           f"rules_version {rules.version})\n{settings.describe()}", file=sys.stderr)
-    settings = asyncio.run(settle_layout(settings, rules))  # the data's shard count
     use_uvloop()
-    app, _ = create_app(settings, rules)
-    run_worker(app, settings.stop_timeout, args.loglevel)
+    run_worker(settings, rules, args.loglevel)
     return 0
 
 
@@ -182,7 +179,7 @@ def _score(args: argparse.Namespace) -> int:
     # The replay keeps every lead's state alive and creates no reference cycles:
     # collecting less often saves ~10% with no growth in memory.
     gc.set_threshold(100_000, 50, 100)
-    now = args.now if args.now is not None else time.time_ns() // 1_000_000
+    now = args.now if args.now is not None else now_ms()
     try:
         with args.events.open("rb") as lines:
             result = replay(lines, rules, at=args.at, latest_ms=now + args.max_clock_skew)

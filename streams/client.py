@@ -6,16 +6,16 @@ import asyncio
 from pathlib import Path
 
 import orjson
-from aiokafka import AIOKafkaProducer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from scoring.engine import describe
 from scoring.errors import LeadscoreError
 from scoring.events import format_ts
-from scoring.rules import load_rules
-from streams.agents import bootstrap_servers, now_ms
-from streams.connect import lead_store, redis_client, settle_layout
+from scoring.views import lead_now
+from streams.erasure import forget_once
+from streams.runtime import connected, now_ms, producing
 from streams.settings import Settings
+
+__all__ = ["forget_lead", "produce_file", "show_lead"]
 
 FLUSH_EVERY = 5_000
 
@@ -29,11 +29,7 @@ async def produce_file(settings: Settings, path: Path) -> int:
         lines = [line for line in path.read_bytes().splitlines() if line.strip()]
     except OSError as exc:
         raise LeadscoreError(f"{path}: cannot read ({exc.strerror})") from None
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker),
-                                enable_idempotence=False, linger_ms=5, acks="all",
-                                **settings.kafka_options())
-    try:
-        await producer.start()  # inside: a producer that fails to start is stopped too
+    async with producing(settings, linger_ms=5) as producer:
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn()) as progress:
             task = progress.add_task(f"{path.name} -> {settings.topic_events}", total=len(lines))
@@ -47,8 +43,6 @@ async def produce_file(settings: Settings, path: Path) -> int:
                     pending.clear()
             await asyncio.gather(*pending)
             progress.advance(task, len(pending))
-    finally:
-        await producer.stop()
     return 0
 
 
@@ -61,14 +55,12 @@ def _lead_key(line: bytes) -> bytes | None:
 
 
 async def show_lead(settings: Settings, lead_id: str) -> int:
-    rules = load_rules(settings.rules_path())
-    async with redis_client(settings) as redis:
-        settings = await settle_layout(settings, rules, redis)
-        loaded = await lead_store(settings, rules, redis).load(lead_id)
+    async with connected(settings) as runtime:
+        loaded = await runtime.store.load(lead_id)
     if loaded is None:
         raise LeadscoreError(f"no lead {lead_id!r} in Redis")
     state, updated_at = loaded
-    view = describe(state, rules, now_ms())
+    view = lead_now(state, runtime.rules, now_ms())  # cooled first if due, as the API shows it
     print(orjson.dumps({**view, "updated_at": format_ts(updated_at)},
                        option=orjson.OPT_INDENT_2).decode())
     return 0
@@ -77,19 +69,8 @@ async def show_lead(settings: Settings, lead_id: str) -> int:
 async def forget_lead(settings: Settings, lead_id: str) -> int:
     """Erase every key of a lead, then tombstone it on the notifications topic, as
     ``DELETE /leads/{id}`` does."""
-    rules = load_rules(settings.rules_path())
-    async with redis_client(settings) as redis:
-        settings = await settle_layout(settings, rules, redis)
-        known = await lead_store(settings, rules, redis).forget(lead_id)
-    if not known:
-        raise LeadscoreError(f"no lead {lead_id!r} in Redis (nothing to forget)")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker),
-                                enable_idempotence=False, acks="all",
-                                **settings.kafka_options())
-    try:
-        await producer.start()
-        await producer.send_and_wait(settings.topic_hot, value=None, key=lead_id.encode())
-    finally:
-        await producer.stop()
+    async with connected(settings) as runtime:
+        if not await forget_once(runtime, lead_id):
+            raise LeadscoreError(f"no lead {lead_id!r} in Redis (nothing to forget)")
     print(f"forgot {lead_id}: its keys are erased and a tombstone is on {settings.topic_hot}")
     return 0

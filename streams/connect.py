@@ -1,4 +1,9 @@
-"""Connections built from the settings: Redis (one server or a cluster) and the store."""
+"""Redis from the settings: one server or a cluster, and the store over the data in it.
+
+The store is built in one place, ``settled_store``, and only once the shard count is
+settled: the data's own when LEADSCORE_REDIS_SHARDS is unset, and refused when set to
+another (every lead would be looked for in the wrong shard).
+"""
 
 from __future__ import annotations
 
@@ -10,20 +15,16 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 
 from scoring.rules import Ruleset
-from scoring.store import LeadStore
-from streams.settings import Settings
+from scoring.store import RedisStore
+from streams.settings import CLUSTER_SCHEMES, Settings
 
-CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-CLUSTER_SHARDS = 32  # a few per master, so that the shards spread over them
-# On one Redis, a few shards let the worker apply one shard's events while Redis runs
-# another's commit: ~15% more events/s than one (docs/performance.md).
-SINGLE_SHARDS = 4
+__all__ = ["redis_client", "settle_layout", "settled_store"]
 
 
 class _HiredisPacking:
     """Commands packed by hiredis, in C. redis-py's asyncio connections pack them in
-    Python at ~1 us per argument, and a batch's MGET, MSET and script calls carry a few
-    arguments per event: that was a tenth of the worker's time per event."""
+    Python, argument by argument, and a batch's MGET, MSET and script calls carry a few
+    arguments per event (docs/performance.md, "What changed, each measured on its own")."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
         name = args[0]
@@ -49,10 +50,6 @@ class _FastUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
 _FAST = {"redis": _FastConnection, "rediss": _FastSSLConnection, "unix": _FastUnixConnection}
 
 
-def is_cluster(url: str) -> bool:
-    return url.split("://", 1)[0] in CLUSTER_SCHEMES
-
-
 def redis_client(settings: Settings) -> Any:
     """``redis://`` / ``rediss://``: one server; ``redis+cluster://`` /
     ``rediss+cluster://``: a Redis Cluster, found from that one node."""
@@ -61,34 +58,32 @@ def redis_client(settings: Settings) -> Any:
     if scheme in CLUSTER_SCHEMES:
         # (A cluster's node connections keep redis-py's packing: RedisCluster has no
         # public way to choose their class.)
-        return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}")
+        return RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}")
     return Redis.from_url(url, connection_class=_FAST.get(scheme, Connection))
 
 
-def shard_count(settings: Settings) -> int:
-    """LEADSCORE_REDIS_SHARDS, or the default; ``settle_layout`` adopts the data's."""
-    if settings.redis_shards is not None:
-        return settings.redis_shards
-    return CLUSTER_SHARDS if is_cluster(settings.redis_url.get_secret_value()) else SINGLE_SHARDS
-
-
-def lead_store(settings: Settings, rules: Ruleset, redis: Any = None,
-               **options: Any) -> LeadStore:
-    """The store as every part of Leadscore must see it: same prefix, same shards."""
-    return LeadStore(redis if redis is not None else redis_client(settings), rules,
-                     prefix=settings.key_prefix, history_size=settings.history_size,
-                     shards=shard_count(settings), **options)
+async def settled_store(settings: Settings, rules: Ruleset, redis: Any,
+                        **options: Any) -> tuple[Settings, RedisStore]:
+    """The settings with the shard count of the data already in Redis when
+    LEADSCORE_REDIS_SHARDS is unset (else the default, recorded by the first write), and
+    the store as every part of Leadscore must see it: same prefix, same shards. A count
+    set that differs from the data's is refused (see RedisStore.check_layout)."""
+    shards = settings.redis_shards
+    if shards is None:
+        shards = (await RedisStore.recorded_shards(redis, settings.key_prefix)
+                  or settings.default_shards())
+        settings = settings.model_copy(update={"redis_shards": shards})
+    store = RedisStore(redis, rules, prefix=settings.key_prefix,
+                       history_size=settings.history_size, shards=shards, **options)
+    await store.check_layout()
+    return settings, store
 
 
 async def settle_layout(settings: Settings, rules: Ruleset, redis: Any = None) -> Settings:
-    """The settings with the shard count of the data already in Redis when
-    LEADSCORE_REDIS_SHARDS is unset (else the default, recorded now); a count set
-    that differs from the data's is refused (see LeadStore.check_layout)."""
+    """Only the settings of ``settled_store``, on a Redis client of its own unless given
+    one."""
     async with contextlib.AsyncExitStack() as stack:
         if redis is None:
             redis = await stack.enter_async_context(redis_client(settings))
-        if settings.redis_shards is None:
-            found = await LeadStore.recorded_shards(redis, settings.key_prefix)
-            settings = settings.model_copy(update={"redis_shards": found or shard_count(settings)})
-        await lead_store(settings, rules, redis).check_layout()
+        settings, _ = await settled_store(settings, rules, redis)
     return settings

@@ -1,11 +1,13 @@
 """The dead-letter topic: every bad message once, with why and where it came from.
 
-A message the worker cannot use (SPEC 1) goes to ``LEADSCORE_TOPIC_DLQ`` with its
-original bytes as the value and headers saying why (``leadscore.reason``, one line;
-``leadscore.kind``) and where it came from (``leadscore.topic``, ``.partition``,
-``.offset``). A value larger than ``LEADSCORE_DLQ_MAX_BYTES`` is cut to that size,
-with ``leadscore.original_size`` and ``leadscore.original_sha256`` of the whole, so
-that dead-lettering itself can never fail on a message the topic would refuse.
+A message the worker cannot use (one refused at the door, docs/semantics.md,
+"Decisions where the spec is silent", or one that fails to apply on its own) goes to
+``LEADSCORE_TOPIC_DLQ`` with its original bytes as the value and headers saying why
+(``leadscore.reason``, one line; ``leadscore.kind``) and where it came from
+(``leadscore.topic``, ``.partition``, ``.offset``). A value larger than
+``LEADSCORE_DLQ_MAX_BYTES`` is cut to that size, with ``leadscore.original_size`` and
+``leadscore.original_sha256`` of the whole, so that dead-lettering itself can never
+fail on a message the topic would refuse.
 
 Each message is dead-lettered once: the batch's offsets are committed only after
 its dead letters are acknowledged, and the store remembers which messages were
@@ -25,8 +27,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
 from scoring.errors import EventError
-from scoring.store import LeadStore
+from scoring.store import RedisStore
 from streams import metrics
+
+__all__ = ["DeadLetters", "dead_letter"]
 
 MAX_REASON = 1_000  # characters of the reason header
 MAX_KEY = 1_024  # bytes of the key kept; a longer one is cut too
@@ -56,7 +60,7 @@ def dead_letter(record: ConsumerRecord[Any, Any], error: EventError, max_bytes: 
 class DeadLetters:
     """Sends bad messages to the dead-letter topic, each once."""
 
-    def __init__(self, producer: AIOKafkaProducer, store: LeadStore, topic: str,
+    def __init__(self, producer: AIOKafkaProducer, store: RedisStore, topic: str,
                  max_bytes: int) -> None:
         self.producer, self.store, self.topic, self.max_bytes = producer, store, topic, max_bytes
 

@@ -12,6 +12,8 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+__all__ = ["LiveDemo", "Traffic"]
+
 PERSONAS: dict[str, dict[str, Any]] = {
     "buyer": {
         "share": 0.15,

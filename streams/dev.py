@@ -21,13 +21,13 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 
-from scoring.rules import load_rules
-from streams.agents import now_ms
-from streams.app import create_app, run_worker
-from streams.connect import settle_layout
+from streams.app import run_worker
 from streams.demo import LiveDemo
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, create_topics
+from streams.runtime import now_ms
 from streams.settings import Settings
+
+__all__ = ["run_dev"]
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -45,21 +45,22 @@ def run_dev(settings: Settings, demo: bool) -> None:
         asyncio.run(create_topics(broker.bootstrap, {
             settings.topic_events: settings.partitions, settings.topic_hot: settings.partitions,
             settings.topic_dlq: 1}))
-        rules = load_rules(settings.rules_path())
-        app, _ = create_app(asyncio.run(settle_layout(settings, rules)), rules)
-        listening, url = map(escape, _web_address(app))  # an IPv6 host is in [brackets]
-        console.print(f"[bold]Leadscore dev[/]  broker {broker.url}  redis {redis.url}\n"
-                      f"  listening  {listening}\n"
-                      f"  dashboard  {url}/\n"
-                      f"  API        {url}/leads?hot=true\n"
-                      f"  metrics    {url}/metrics\n"
-                      f"  events in  {settings.topic_events}   notifications out "
-                      f"{settings.topic_hot}   dead letters {settings.topic_dlq}\n"
-                      "  Ctrl-C stops everything.")
-        if demo:
-            _add_demo(app, settings, broker.bootstrap)
+
+        def before(app: faust.App, settled: Settings) -> None:
+            listening, url = map(escape, _web_address(app))  # an IPv6 host is in [brackets]
+            console.print(f"[bold]Leadscore dev[/]  broker {broker.url}  redis {redis.url}\n"
+                          f"  listening  {listening}\n"
+                          f"  dashboard  {url}/\n"
+                          f"  API        {url}/leads?hot=true\n"
+                          f"  metrics    {url}/metrics\n"
+                          f"  events in  {settled.topic_events}   notifications out "
+                          f"{settled.topic_hot}   dead letters {settled.topic_dlq}\n"
+                          "  Ctrl-C stops everything.")
+            if demo:
+                _add_demo(app, settled, broker.bootstrap)
+
         with contextlib.suppress(SystemExit):
-            run_worker(app, settings.stop_timeout)
+            run_worker(settings, before=before)
 
 
 def _web_address(app: faust.App) -> tuple[str, str]:

@@ -31,6 +31,8 @@ from typing import Any, NoReturn, Self
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from scoring.errors import LeadscoreError
+
 __all__ = [
     "EmbeddedBroker",
     "EmbeddedRedis",
@@ -44,7 +46,7 @@ _PR_SET_PDEATHSIG = 1
 _LOG_TAIL_LINES = 20
 
 
-class EmbeddedServerError(RuntimeError):
+class EmbeddedServerError(LeadscoreError):
     """An embedded server could not be found, started or used."""
 
 

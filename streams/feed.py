@@ -1,6 +1,6 @@
 """The live feed behind the dashboard: notifications from Redis pub/sub to browsers.
 
-Every worker publishes each notification it has sent (``LeadStore.delivered``), so
+Every worker publishes each notification it has sent (``RedisStore.delivered``), so
 a dashboard served by any one worker sees the leads of all partitions. One
 subscription per process fans out to every open page; a page that cannot keep up
 loses its oldest messages, never blocks the others.
@@ -14,6 +14,8 @@ import logging
 from collections.abc import Iterator
 
 from redis.asyncio import Redis
+
+__all__ = ["Feed"]
 
 log = logging.getLogger("leadscore")
 QUEUE_SIZE = 256

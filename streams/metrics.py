@@ -18,6 +18,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+__all__ = ["REGISTRY", "observe_redis", "watch"]
+
 # The *_created series would double what every scrape returns, for nothing we use.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry()
@@ -32,8 +34,8 @@ EVENTS_APPLIED = Counter("leadscore_events_applied_total",
                          "Events applied to a lead's state (duplicates and replays excluded)",
                          registry=REGISTRY)
 EVENTS_DUPLICATE = Counter("leadscore_events_duplicate_total",
-                           "Events ignored because their event_id was seen (SPEC 3)",
-                           registry=REGISTRY)
+                           "Events ignored as repeats of an event_id within the dedupe "
+                           "window", registry=REGISTRY)
 EVENTS_REPLAYED = Counter("leadscore_events_replayed_total",
                           "Messages skipped because their offset was applied before "
                           "(a replay after a crash or a rebalance)", registry=REGISTRY)
@@ -67,7 +69,7 @@ OUTBOX_PENDING = Gauge("leadscore_outbox_pending", "Notifications recorded but n
 
 
 def observe_redis(op: str, seconds: float) -> None:
-    """The store's round-trip observer (see scoring.store.Observe)."""
+    """The store's round-trip observer (RedisStore's ``observe``)."""
     REDIS_ROUNDTRIP.labels(op).observe(seconds)
 
 

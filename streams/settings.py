@@ -1,16 +1,23 @@
-"""All configuration, in one object read from LEADSCORE_* variables and validated at start."""
+"""All configuration, in one object read from LEADSCORE_* variables and validated at start.
+
+Every default is stated here once; the rest of Leadscore reads it from ``Settings``.
+"""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scoring import history
 from scoring.errors import SettingsError
+from scoring.events import MAX_EVENT_BYTES
 from scoring.rules import parse_duration
+from scoring.store import keys
+
+__all__ = ["CLUSTER_SCHEMES", "Settings", "load_settings"]
 
 
 def _seconds(value: object) -> object:
@@ -24,30 +31,47 @@ def _seconds(value: object) -> object:
 Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_RULES = ROOT / "config" / "rules.yaml"
+DEFAULT_RULES = Path("config/rules.yaml")  # relative to the working directory
+BUNDLED_RULES = ROOT / DEFAULT_RULES  # what it falls back to when there is none there
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")  # a Redis Cluster, found from one node
+# Transaction shards for new data when LEADSCORE_REDIS_SHARDS is unset: on a cluster, a
+# few per master, so that the shards spread over the masters; on one Redis, a few let
+# the worker apply one shard's events while Redis commits another's (docs/performance.md,
+# "What changed, each measured on its own").
+CLUSTER_SHARDS = 32
+SINGLE_SHARDS = 4
 
 
-class Settings(BaseSettings):
-    """Leadscore's settings; every field is ``LEADSCORE_<NAME>`` in the environment."""
+class _Secrets(BaseSettings):
+    """Where setting files are mounted: read first, since it says where the rest are."""
 
-    # Any setting may also come from a file named like its variable (lower case) in
-    # LEADSCORE_SECRETS_DIR (default /run/secrets): how Kubernetes and Docker mount secrets.
     model_config = SettingsConfigDict(env_prefix="LEADSCORE_", extra="ignore")
+
+    secrets_dir: Path = Field(Path("/run/secrets"), description="any setting may also be a "
+                              "file here named like its variable in lower case "
+                              "(leadscore_admin_token): how Kubernetes and Docker mount secrets")
+
+
+class Settings(_Secrets):
+    """Leadscore's settings; every field is ``LEADSCORE_<NAME>`` in the environment, or a
+    file in ``secrets_dir``."""
 
     broker: str = Field("kafka://localhost:9092", description="Kafka bootstrap URL(s)")
     redis_url: SecretStr = Field(SecretStr("redis://localhost:6379/0"),
                                  description="Redis URL (redis+cluster:// for a cluster); may "
                                  "carry a password, so kept secret")
     redis_shards: int | None = Field(None, ge=1, le=16384, description="transaction shards "
-                                     "(scoring.keys); default: the data's, or 4 (32 on a "
-                                     "cluster) for new data")
-    rules: Path = Field(Path("config/rules.yaml"), description="the rules file")
+                                     "(scoring.store.keys); default: the data's, or "
+                                     f"{SINGLE_SHARDS} ({CLUSTER_SHARDS} on a cluster) for "
+                                     "new data")
+    rules: Path = Field(DEFAULT_RULES, description="the rules file")
     topic_events: str = "lead-events"
     topic_hot: str = "lead-hot"
     topic_dlq: str = "lead-events-dlq"
     web_port: int = Field(6066, ge=1, le=65535)
     web_host: str = "0.0.0.0"
-    max_event_bytes: int = Field(64 * 1024, ge=256, description="larger events are dead-lettered")
+    max_event_bytes: int = Field(MAX_EVENT_BYTES, ge=256,
+                                 description="larger events are dead-lettered")
     max_clock_skew: Seconds = Field(3600.0, ge=0, description="events dated further ahead "
                                     "of the worker's clock are dead-lettered (future_ts)")
     dlq_max_bytes: int = Field(1_000_000, ge=1024, le=100 * 1024 * 1024,
@@ -59,11 +83,12 @@ class Settings(BaseSettings):
     outbox_interval: float = Field(5.0, gt=0, description="seconds between outbox re-sends")
     batch_size: int = Field(1000, ge=1, le=100_000, description="events per Redis round trip")
     partitions: int = Field(8, ge=1, description="partitions when Leadscore creates topics")
-    key_prefix: str = Field("ls", description="prefix of every Redis key")
-    history_size: int = Field(50, ge=0, le=10_000,
+    key_prefix: str = Field(keys.PREFIX, description="prefix of every Redis key")
+    history_size: int = Field(history.SIZE, ge=0, le=10_000,
                               description="changes kept per lead for its history (0 = none)")
     group_id: str = "leadscore"
-    broker_session_timeout: float = Field(10.0, gt=0)
+    broker_session_timeout: float = Field(10.0, gt=0, description="seconds; shorter means "
+                                          "faster fail-over")
     stop_timeout: float = Field(30.0, gt=0, le=3600, description="seconds a stop may take "
                                 "before the worker exits anyway (exit code 1)")
     # Kafka security (aiokafka's names). SASL needs a username and a password.
@@ -98,9 +123,24 @@ class Settings(BaseSettings):
                 keyfile=self.kafka_ssl_keyfile)
         return options
 
+    @property
+    def broker_heartbeat_interval(self) -> float:
+        """Seconds between a consumer's heartbeats: a tenth of the session timeout, at
+        least 0.1."""
+        return max(self.broker_session_timeout / 10, 0.1)
+
+    @property
+    def redis_cluster(self) -> bool:
+        """Whether ``redis_url`` names a Redis Cluster."""
+        return self.redis_url.get_secret_value().split("://", 1)[0] in CLUSTER_SCHEMES
+
+    def default_shards(self) -> int:
+        """The shard count of data not yet in Redis, when ``redis_shards`` is unset."""
+        return CLUSTER_SHARDS if self.redis_cluster else SINGLE_SHARDS
+
     def rules_path(self) -> Path:
         """The rules file; the bundled default when the default path is not here."""
-        if self.rules == Path("config/rules.yaml") and not self.rules.exists():
+        if self.rules == DEFAULT_RULES and not self.rules.exists():
             return BUNDLED_RULES
         return self.rules
 
@@ -111,8 +151,8 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     """Read the environment once; a bad value stops start-up with a message per problem."""
-    secrets = Path(os.environ.get("LEADSCORE_SECRETS_DIR", "/run/secrets"))
     try:
+        secrets = _Secrets().secrets_dir
         settings = Settings(_secrets_dir=secrets if secrets.is_dir() else None)
     except ValidationError as exc:
         lines = [f"  LEADSCORE_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"

@@ -1,4 +1,4 @@
-"""The worker's HTTP endpoints (SPEC 7), served by Faust's web server.
+"""The worker's HTTP endpoints (README.md, "HTTP"), served by Faust's web server.
 
     GET /                         the live dashboard (one self-contained page)
     GET /stream                   Server-Sent Events: every notification as it is sent
@@ -7,6 +7,9 @@
     DELETE /leads/{id}            erase the lead (admin token) and tombstone it downstream
     GET /leads/{id}/history       its last changes, newest first
     GET /healthz /readyz /metrics
+
+Each endpoint is a function of the ``Api`` (what the answers come from) and the
+request, so that it can be called on its own; ``install`` puts them on the app.
 
 A lead id is any string of 1 to 200 characters (as the events accept it), sent
 percent-encoded as one path segment: ``/`` as ``%2F``, ``%`` as ``%25``.
@@ -23,209 +26,38 @@ import contextlib
 import hmac
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 import faust
+import orjson
 from aiohttp import web as aiohttp_web
-from faust.web import Request, Response, View
+from faust.web import View
+from faust.web.base import BlueprintManager
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from scoring.engine import STAGES, cool, describe, plain
+from scoring.engine import STAGES, plain
 from scoring.events import MAX_ID_LENGTH, format_ts
+from scoring.rules import Ruleset
+from scoring.store import RedisStore
+from scoring.views import lead_now
 from streams import metrics
-from streams.agents import Scorer, now_ms
 from streams.feed import Feed
+from streams.runtime import now_ms
+from streams.settings import Settings
+
+__all__ = ["ROUTES", "Api", "RateLimiter", "dashboard", "erase", "healthz", "history_of",
+           "install", "lead_path", "leads", "prometheus", "readyz", "show", "stream"]
 
 DASHBOARD = Path(__file__).resolve().parent / "static" / "dashboard.html"
 MAX_LIMIT = 1000
 KEEP_ALIVE_SECONDS = 15.0
 
-LeadHandler = Callable[[View, Request, str], Awaitable[Response]]
-
-
-class BadRequest(ValueError):
-    """A query parameter that cannot be used; the message says which and why."""
-
-
-def install(app: faust.App, scorer: Scorer) -> Feed:
-    """Register the endpoints on the app; returns the live feed (closed on shutdown)."""
-    store = scorer.store
-    rules = store.rules
-    feed = Feed(store.redis, store.channel)
-    page = DASHBOARD.read_bytes()
-
-    settings = scorer.settings
-    limiter = RateLimiter(settings.api_rate_limit)
-
-    def error(web: View, status: int, message: str, **headers: str) -> Response:
-        response = web.json({"error": message}, status=status)
-        response.headers.update(headers)
-        return response
-
-    def refused(web: View, request: Request, scope: str) -> Response | None:
-        """Why this request may not go on, or None: rate first, then the token."""
-        if not limiter.allow(getattr(request, "remote", None) or ""):  # aiohttp's request
-            return error(web, 429, "too many requests: slow down (LEADSCORE_API_RATE_LIMIT)",
-                         **{"Retry-After": "1"})
-        given = _token(request)
-        admin = settings.admin_token.get_secret_value() if settings.admin_token else None
-        if scope == "admin":
-            if admin is None:
-                return error(web, 403, "erasing leads is disabled: set LEADSCORE_ADMIN_TOKEN")
-            if given is None or not _same(given, admin):
-                return error(web, 401, "an admin bearer token is needed",
-                             **{"WWW-Authenticate": 'Bearer realm="leadscore"'})
-            return None
-        read = settings.api_token.get_secret_value() if settings.api_token else None
-        if read is None or (given is not None and any(
-                _same(given, token) for token in (read, admin) if token)):
-            return None
-        return error(web, 401, "a bearer token is needed (LEADSCORE_API_TOKEN)",
-                     **{"WWW-Authenticate": 'Bearer realm="leadscore"'})
-
-    @app.page("/")
-    async def dashboard(web: View, request: Request) -> Response:
-        return web.bytes(page, content_type="text/html")
-
-    @app.page("/healthz")
-    async def healthz(web: View, request: Request) -> Response:
-        return web.json({"status": "ok"})
-
-    @app.page("/readyz")
-    async def readyz(web: View, request: Request) -> Response:
-        problems = []
-        try:
-            await store.redis.ping()
-        except Exception as exc:  # any failure means "not ready", with its reason
-            problems.append(f"redis: {type(exc).__name__}")
-        problems += scorer.problems()
-        if scorer.lost is None and (scorer.consumer is None or not scorer.assigned):
-            problems.append("no partitions assigned yet")
-        status = 503 if problems else 200
-        return web.json({"ready": not problems, "problems": problems}, status=status)
-
-    @app.page("/metrics")
-    async def prometheus(web: View, request: Request) -> Response:
-        # aiohttp wants the charset apart from the content type.
-        return web.bytes(generate_latest(metrics.REGISTRY),
-                         content_type=CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4")
-
-    @app.page("/leads")
-    async def leads(web: View, request: Request) -> Response:
-        if (no := refused(web, request, "read")) is not None:
-            return no
-        try:
-            limit = _limit(request, 20)
-            hot, stage = _hot(request), _stage(request)
-        except BadRequest as exc:
-            return error(web, 400, str(exc))
-        # Read the smallest ranking that holds every match; filter the rest as we go.
-        group = "hot" if hot else f"stage:{stage}" if stage else "all"
-
-        def keep(view: dict[str, Any]) -> bool:
-            return (hot is None or view["hot"] == hot) and (stage is None
-                                                            or view["stage"] == stage)
-
-        now = now_ms()
-        found = await store.top(now, limit, group, keep)
-        return web.json({"at": format_ts(now), "threshold": plain(rules.threshold),
-                         "rearm_below": plain(rules.rearm_below), "leads": found})
-
-    async def show(web: View, request: Request, lead_id: str) -> Response:
-        """GET /leads/{id}: the lead now (a cooling that is due shows, swept or not)."""
-        if (no := refused(web, request, "read") or _bad_id(web, lead_id)) is not None:
-            return no
-        loaded = await store.load(lead_id)
-        if loaded is None:
-            return error(web, 404, f"no lead {lead_id!r}")
-        state, updated_at = loaded
-        now = now_ms()
-        cool(state, now, rules)  # as of now: a cooling not yet swept already shows
-        return web.json({**describe(state, rules, now),
-                         "updated_at": format_ts(updated_at), "at": format_ts(now)})
-
-    async def erase(web: View, request: Request, lead_id: str) -> Response:
-        """DELETE /leads/{id}: erase the lead (GDPR) and tombstone it downstream."""
-        if (no := refused(web, request, "admin") or _bad_id(web, lead_id)) is not None:
-            return no
-        if not await scorer.forget(lead_id):
-            return error(web, 404, f"no lead {lead_id!r}")
-        return web.json({"forgotten": lead_id})
-
-    async def history_of(web: View, request: Request, lead_id: str) -> Response:
-        """GET /leads/{id}/history: the lead's last changes, newest first."""
-        if (no := refused(web, request, "read") or _bad_id(web, lead_id)) is not None:
-            return no
-        try:
-            limit = _limit(request, store.history_size or 1)
-        except BadRequest as exc:
-            return error(web, 400, str(exc))
-        entries = await store.history(lead_id, limit)
-        if not entries and not await store.exists(lead_id):
-            return error(web, 404, f"no lead {lead_id!r}")
-        return web.json({
-            "lead_id": lead_id, "threshold": plain(rules.threshold),
-            "rearm_below": plain(rules.rearm_below),
-            "half_life_seconds": None if rules.half_life_ms is None
-            else rules.half_life_ms / 1000,
-            "history": entries})
-
-    async def under_leads(web: View, request: Request, handlers: dict[str, LeadHandler]
-                          ) -> Response:
-        """Answer a path under /leads/ with the handler for what follows the lead id
-        ("" for the lead itself, "history"); any other path is a JSON 404."""
-        try:
-            found = _lead_path(request)
-        except BadRequest as exc:
-            return error(web, 400, str(exc))
-        handler = handlers.get(found[1]) if found else None
-        if found is None or handler is None:
-            return error(web, 404, f"no such endpoint: {request.method} "
-                                   f"{request.rel_url.raw_path} (a lead id is one path "
-                                   "segment, percent-encoded: / as %2F)")
-        return await handler(web, request, found[0])
-
-    @app.page("/leads/{path:(?s:.*)}")
-    class LeadPaths(View):
-        """Every path under /leads/, in one route that reads the raw path itself.
-
-        aiohttp matches routes on a path it has already percent-decoded (all but %2F
-        and %25), and its ``{lead_id}`` pattern stops at ``{``, ``}`` and ``/``: ids
-        holding them could not be routed, and ``a%2Fb`` would be split like ``a/b``.
-        ``_lead_path`` splits the still-encoded path and decodes each segment once.
-        """
-
-        async def get(self, request: Request, path: str) -> Response:
-            return await under_leads(self, request, {"": show, "history": history_of})
-
-        async def delete(self, request: Request, path: str) -> Response:
-            return await under_leads(self, request, {"": erase})
-
-    @app.page("/stream")
-    async def stream(web: View, request: Request) -> Any:
-        if (no := refused(web, request, "read")) is not None:
-            return no
-        response = aiohttp_web.StreamResponse(headers={
-            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-            "X-Accel-Buffering": "no"})
-        await response.prepare(request)  # type: ignore[arg-type]  # faust passes aiohttp's
-        with feed.subscription() as queue, contextlib.suppress(ConnectionError):
-            await response.write(b": connected\n\n")
-            while True:
-                try:
-                    data = await asyncio.wait_for(queue.get(), KEEP_ALIVE_SECONDS)
-                except TimeoutError:
-                    await response.write(b": keep-alive\n\n")  # proxies drop idle streams
-                    continue
-                if data is None:
-                    break  # the worker is stopping
-                await response.write(b"event: notification\ndata: " + data + b"\n\n")
-        return response
-
-    return feed
+Request = aiohttp_web.Request
+Response = aiohttp_web.StreamResponse
 
 
 class RateLimiter:
@@ -243,6 +75,242 @@ class RateLimiter:
             self.buckets.clear()
         self.buckets[client] = (tokens - 1, now) if tokens >= 1 else (tokens, now)
         return tokens >= 1
+
+
+@dataclass
+class Api:
+    """What the endpoints answer from."""
+
+    settings: Settings
+    rules: Ruleset
+    redis: Any  # the store's client, for /readyz
+    store: RedisStore
+    problems: Callable[[], list[str]]  # why the worker is not ready, beyond Redis
+    forget: Callable[[str], Awaitable[bool]]  # erase a lead and tombstone it; False if unknown
+    feed: Feed  # the live notifications, for /stream
+    limiter: RateLimiter = field(init=False)
+    page: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = RateLimiter(self.settings.api_rate_limit)
+        self.page = DASHBOARD.read_bytes()
+
+
+class BadRequest(ValueError):
+    """A query parameter that cannot be used; the message says which and why."""
+
+
+Handler = Callable[[Api, Request], Awaitable[Response]]
+
+
+def install(app: faust.App, api: Api) -> None:
+    """Serve the endpoints on the app's web server, and nothing else.
+
+    Faust's web server has views of its own besides ours: /router/ (which worker owns
+    a table key, with every worker's URL), /table/ (table contents), and the index,
+    statistics, /assignment/ and /graph/ pages its settings switch on. None is part of
+    Leadscore's API (no Faust tables, nothing routed between workers), and all of them
+    would answer anyone, token or not. So the web server applies no blueprint at all:
+    unlike the web_*_enabled settings (which Faust's APP_WEB_*_ENABLED variables
+    override), this also keeps out any view a later Faust adds.
+    """
+    app.web.blueprints = BlueprintManager()
+    for path, methods in ROUTES.items():
+        app.page(path)(_view(api, methods))
+
+
+def _view(api: Api, methods: Mapping[str, Handler]) -> type[View]:
+    """A Faust view answering each of ``methods`` (``"get"``, ``"delete"``) by its handler."""
+
+    def method(handler: Handler) -> Callable[..., Awaitable[Response]]:
+        async def answer(view: View, request: Any, **match_info: str) -> Response:
+            return await handler(api, cast(Request, request))  # faust passes aiohttp's
+        return answer
+
+    name = "_".join(dict.fromkeys(handler.__name__ for handler in methods.values()))
+    return type(name, (View,), {verb: method(handler) for verb, handler in methods.items()})
+
+
+def _json(value: Any, status: int = 200, **headers: str) -> aiohttp_web.Response:
+    """A JSON answer, written as Faust's web server writes one."""
+    return aiohttp_web.Response(body=orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS),
+                                content_type="application/json", charset="utf-8",
+                                status=status, headers=headers or None)
+
+
+def _error(status: int, message: str, **headers: str) -> aiohttp_web.Response:
+    return _json({"error": message}, status, **headers)
+
+
+async def dashboard(api: Api, request: Request) -> Response:
+    return aiohttp_web.Response(body=api.page, content_type="text/html")
+
+
+async def healthz(api: Api, request: Request) -> Response:
+    return _json({"status": "ok"})
+
+
+async def readyz(api: Api, request: Request) -> Response:
+    problems = []
+    try:
+        await api.redis.ping()
+    except Exception as exc:  # any failure means "not ready", with its reason
+        problems.append(f"redis: {type(exc).__name__}")
+    problems += api.problems()
+    return _json({"ready": not problems, "problems": problems}, 503 if problems else 200)
+
+
+async def prometheus(api: Api, request: Request) -> Response:
+    # aiohttp wants the charset apart from the content type.
+    return aiohttp_web.Response(body=generate_latest(metrics.REGISTRY),
+                                content_type=CONTENT_TYPE_LATEST.split(";")[0]
+                                + "; version=0.0.4")
+
+
+async def leads(api: Api, request: Request) -> Response:
+    """GET /leads: the highest scores now, from the lead index."""
+    if (no := _refused(api, request, "read")) is not None:
+        return no
+    try:
+        limit = _limit(request, 20)
+        hot, stage = _hot(request), _stage(request)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    # Read the smallest ranking that holds every match; filter the rest as we go.
+    group = "hot" if hot else f"stage:{stage}" if stage else "all"
+
+    def keep(view: dict[str, Any]) -> bool:
+        return (hot is None or view["hot"] == hot) and (stage is None or view["stage"] == stage)
+
+    now = now_ms()
+    found = await api.store.top(now, limit, group, keep)
+    return _json({"at": format_ts(now), "threshold": plain(api.rules.threshold),
+                  "rearm_below": plain(api.rules.rearm_below), "leads": found})
+
+
+async def show(api: Api, request: Request, lead_id: str) -> Response:
+    """GET /leads/{id}: the lead now (a cooling that is due shows, swept or not)."""
+    if (no := _refused(api, request, "read") or _bad_id(lead_id)) is not None:
+        return no
+    loaded = await api.store.load(lead_id)
+    if loaded is None:
+        return _error(404, f"no lead {lead_id!r}")
+    state, updated_at = loaded
+    now = now_ms()
+    return _json({**lead_now(state, api.rules, now), "updated_at": format_ts(updated_at),
+                  "at": format_ts(now)})
+
+
+async def erase(api: Api, request: Request, lead_id: str) -> Response:
+    """DELETE /leads/{id}: erase the lead (GDPR) and tombstone it downstream."""
+    if (no := _refused(api, request, "admin") or _bad_id(lead_id)) is not None:
+        return no
+    if not await api.forget(lead_id):
+        return _error(404, f"no lead {lead_id!r}")
+    return _json({"forgotten": lead_id})
+
+
+async def history_of(api: Api, request: Request, lead_id: str) -> Response:
+    """GET /leads/{id}/history: the lead's last changes, newest first."""
+    if (no := _refused(api, request, "read") or _bad_id(lead_id)) is not None:
+        return no
+    try:
+        limit = _limit(request, api.store.history_size or 1)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    entries = await api.store.history(lead_id, limit)
+    if not entries and not await api.store.exists(lead_id):
+        return _error(404, f"no lead {lead_id!r}")
+    rules = api.rules
+    return _json({"lead_id": lead_id, "threshold": plain(rules.threshold),
+                  "rearm_below": plain(rules.rearm_below),
+                  "half_life_seconds": None if rules.half_life_ms is None
+                  else rules.half_life_ms / 1000,
+                  "history": entries})
+
+
+LeadHandler = Callable[[Api, Request, str], Awaitable[Response]]
+_UNDER_LEAD: dict[str, dict[str, LeadHandler]] = {  # method -> what follows the id -> handler
+    "get": {"": show, "history": history_of},
+    "delete": {"": erase},
+}
+
+
+async def lead_path(api: Api, request: Request) -> Response:
+    """Every path under /leads/, in one route that reads the raw path itself.
+
+    aiohttp matches routes on a path it has already percent-decoded (all but %2F and
+    %25), and its ``{lead_id}`` pattern stops at ``{``, ``}`` and ``/``: ids holding them
+    could not be routed, and ``a%2Fb`` would be split like ``a/b``. ``_lead_path`` splits
+    the still-encoded path and decodes each segment once; the handler is the one for
+    what follows the lead id ("" for the lead itself, "history"), and any other path is
+    a JSON 404.
+    """
+    try:
+        found = _lead_path(request)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    verb = "get" if request.method == "HEAD" else request.method.lower()
+    handler = _UNDER_LEAD[verb].get(found[1]) if found else None
+    if found is None or handler is None:
+        return _error(404, f"no such endpoint: {request.method} {request.rel_url.raw_path} "
+                           "(a lead id is one path segment, percent-encoded: / as %2F)")
+    return await handler(api, request, found[0])
+
+
+async def stream(api: Api, request: Request) -> Response:
+    """GET /stream: every notification as it is sent, as Server-Sent Events."""
+    if (no := _refused(api, request, "read")) is not None:
+        return no
+    response = aiohttp_web.StreamResponse(headers={
+        "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    with api.feed.subscription() as queue, contextlib.suppress(ConnectionError):
+        await response.write(b": connected\n\n")
+        while True:
+            try:
+                data = await asyncio.wait_for(queue.get(), KEEP_ALIVE_SECONDS)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")  # proxies drop idle streams
+                continue
+            if data is None:
+                break  # the worker is stopping
+            await response.write(b"event: notification\ndata: " + data + b"\n\n")
+    return response
+
+
+ROUTES: dict[str, dict[str, Handler]] = {
+    "/": {"get": dashboard},
+    "/healthz": {"get": healthz},
+    "/readyz": {"get": readyz},
+    "/metrics": {"get": prometheus},
+    "/leads": {"get": leads},
+    "/leads/{path:(?s:.*)}": {"get": lead_path, "delete": lead_path},
+    "/stream": {"get": stream},
+}
+
+
+def _refused(api: Api, request: Request, scope: str) -> Response | None:
+    """Why this request may not go on, or None: rate first, then the token."""
+    if not api.limiter.allow(request.remote or ""):
+        return _error(429, "too many requests: slow down (LEADSCORE_API_RATE_LIMIT)",
+                      **{"Retry-After": "1"})
+    settings, given = api.settings, _token(request)
+    admin = settings.admin_token.get_secret_value() if settings.admin_token else None
+    if scope == "admin":
+        if admin is None:
+            return _error(403, "erasing leads is disabled: set LEADSCORE_ADMIN_TOKEN")
+        if given is None or not _same(given, admin):
+            return _error(401, "an admin bearer token is needed",
+                          **{"WWW-Authenticate": 'Bearer realm="leadscore"'})
+        return None
+    read = settings.api_token.get_secret_value() if settings.api_token else None
+    if read is None or (given is not None and any(
+            _same(given, token) for token in (read, admin) if token)):
+        return None
+    return _error(401, "a bearer token is needed (LEADSCORE_API_TOKEN)",
+                  **{"WWW-Authenticate": 'Bearer realm="leadscore"'})
 
 
 def _same(given: str, token: str) -> bool:
@@ -286,10 +354,9 @@ def _decoded(segment: str) -> str:
     return text
 
 
-def _bad_id(web: View, lead_id: str) -> Response | None:
+def _bad_id(lead_id: str) -> Response | None:
     if len(lead_id) > MAX_ID_LENGTH:
-        return web.json({"error": f"lead_id is {len(lead_id)} characters, more than "
-                                  f"{MAX_ID_LENGTH}"}, status=400)
+        return _error(400, f"lead_id is {len(lead_id)} characters, more than {MAX_ID_LENGTH}")
     return None
 
 

@@ -36,7 +36,7 @@ def run(events: list[Event], ruleset: Ruleset, lead: str = "lead-1"
     state = LeadState(lead)
     notes: list[Notification] = []
     for event in events:
-        notes.extend(apply(state, event, ruleset))
+        notes.extend(apply(state, event, ruleset).notifications)
     return state, notes
 
 

@@ -258,3 +258,37 @@ def test_a_bad_max_clock_skew_is_refused(tmp_path: Path,
     assert exit_.value.code == 2
     assert ('argument --max-clock-skew: "1x" is not a duration (use 30s, 15m, 12h, 7d or 2w)'
             in capsys.readouterr().err)
+
+
+@pytest.mark.integration
+async def test_leadscore_lead_shows_a_due_cooling_as_the_api_does(redis_url: str,
+                                                               tmp_path: Path) -> None:
+    """A hot lead whose cooling by decay is due but not yet swept: the API showed it
+    cooled, ``leadscore lead`` still said hot. Both now show the lead as of now."""
+    from redis.asyncio import Redis
+    from worker import LEADSCORE
+
+    from scoring.events import Event
+    from scoring.rules import load_rules
+    from scoring.store import RedisStore
+    from scoring.views import lead_now
+    from streams.runtime import now_ms
+
+    rules_path = tmp_path / "hourly.yaml"
+    rules_path.write_text("name: hourly\nhalf_life: 1h\nhot: {threshold: 70, rearm_below: 50}\n"
+                          "engagement:\n  - {id: demo, event: demo_request, points: 80}\n")
+    rules, prefix = load_rules(rules_path), f"cli-{time.time_ns()}"
+    async with Redis.from_url(redis_url) as redis:
+        store = RedisStore(redis, rules, prefix, shards=4)
+        a_day_ago = now_ms() - 86_400_000
+        await store.apply([Event("d", "lead-c", "demo_request", a_day_ago, {})], a_day_ago)
+        loaded = await store.load("lead-c")
+    assert loaded is not None and loaded[0].hot  # as stored: nothing swept it
+    shown = subprocess.run([LEADSCORE, "lead", "lead-c"], capture_output=True, check=False,
+                           env={"PATH": "/usr/bin:/bin", "LEADSCORE_REDIS_URL": redis_url,
+                                "LEADSCORE_KEY_PREFIX": prefix,
+                                "LEADSCORE_RULES": str(rules_path)})
+    assert shown.returncode == 0, shown.stderr
+    lead = orjson.loads(shown.stdout)
+    expected = lead_now(loaded[0], rules, now_ms())
+    assert (lead["hot"], lead["score"], lead["stage"]) == (False, expected["score"], "sql")

@@ -19,7 +19,7 @@ from test_worker import DEFAULT_RULES, assert_same_outcome, traffic
 from worker import Deployment, keyed
 
 from scoring.events import Event
-from scoring.store import LeadStore
+from scoring.store import RedisStore
 
 pytestmark = pytest.mark.integration
 _prefixes = itertools.count()
@@ -35,7 +35,7 @@ def test_the_store_on_a_cluster_agrees_with_the_offline_engine(
         redis_cluster_url: str, events: list[Event], cuts: list[int]) -> None:
     async def scenario() -> None:
         async with cluster(redis_cluster_url) as redis:
-            store = LeadStore(redis, RULES, prefix=f"cluster-{next(_prefixes)}", shards=8)
+            store = RedisStore(redis, RULES, prefix=f"cluster-{next(_prefixes)}", shards=8)
             for batch in batches(events, cuts):
                 await store.apply(batch, now_ms=T0)
             await assert_matches_offline(store, redis, events)
@@ -45,7 +45,7 @@ def test_the_store_on_a_cluster_agrees_with_the_offline_engine(
 
 async def test_shards_spread_over_every_master(redis_cluster_url: str) -> None:
     async with cluster(redis_cluster_url) as redis:
-        store = LeadStore(redis, RULES, prefix="spread", shards=32)
+        store = RedisStore(redis, RULES, prefix="spread", shards=32)
         masters = {redis.get_node_from_key(shard.outbox).name for shard in store.keys.shards}
         assert len(masters) == 3
 

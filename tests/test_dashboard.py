@@ -18,10 +18,10 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from worker import Deployment, Worker, keyed
 
 from scoring import history
-from scoring.engine import LeadState
+from scoring.engine import LeadState, apply
 from scoring.events import event_from_dict
 from scoring.rules import load_rules
-from streams.agents import now_ms
+from streams.runtime import now_ms
 
 pytestmark = pytest.mark.integration
 
@@ -102,9 +102,10 @@ async def test_a_lead_turning_hot_appears_live_and_its_history_says_why(
     await deployment.produce(keyed(dee))
     state, changes, notes = LeadState("dee@hooli.example"), [], []
     for doc in dee:
-        emitted, entries, _ = history.apply_recorded(state, event_from_dict(doc), RULES)
-        notes.extend(emitted)
-        changes.extend(entries)
+        event, stage, fit = event_from_dict(doc), state.stage, state.fit
+        applied = apply(state, event, RULES)
+        notes.extend(applied.notifications)
+        changes.extend(history.entries(state, event, applied, stage, fit, RULES))
     changes.reverse()  # the page shows the newest first
     (turned_hot,) = notes
 

@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaConnectionError
 from kafka_secure import Listener, ScramCredential, ScramServer, SecureKafka, secure_kafka
 from worker import LEADSCORE, Deployment, keyed, wait_for
 
-from streams.agents import now_ms
+from streams.runtime import now_ms
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -104,7 +104,7 @@ async def test_a_worker_scores_and_notifies_over_a_secure_listener(
         deployment.stop_all()
     log = worker.log_path.read_text(errors="replace")
     assert PASSWORD not in log, f"the Kafka password is in the worker log {worker.log_path}"
-    if mechanism:  # Faust's clients and the scorer's all went through SASL
+    if mechanism:  # Faust's clients and the worker's own all went through SASL
         assert f"Authenticated as {USER} via {mechanism}" in log
     assert kafka.failures[failures:] == []  # every client authenticated at the first try
 

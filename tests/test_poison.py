@@ -19,10 +19,10 @@ from helpers import live
 from test_worker import DEFAULT_RULES, START, offline
 from worker import LEADSCORE, Deployment, keyed, wait_for
 
-from scoring.keys import Layout
 from scoring.rules import load_rules
-from streams.agents import now_ms
+from scoring.store.keys import Layout
 from streams.embedded import EmbeddedRedis
+from streams.runtime import now_ms
 
 pytestmark = pytest.mark.integration
 

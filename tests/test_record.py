@@ -1,18 +1,17 @@
-"""The stored form of a lead's state (scoring.record): exact round trips, old data
+"""The stored form of a lead's state (scoring.store.record): exact round trips, old data
 still readable, unknown formats refused."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 import pytest
 from helpers import DAY, T0, ev, run
 
-from scoring import record
 from scoring.engine import LeadState
 from scoring.errors import LeadscoreError
 from scoring.rules import load_rules
+from scoring.store import record
 
 DEFAULT = load_rules(Path(__file__).resolve().parent.parent / "config" / "rules.yaml")
 
@@ -34,14 +33,6 @@ def test_a_state_round_trips_exactly_with_its_offsets_write_time_and_version() -
     raw = record.encode(state, {"3": 1_234_567}, T0 + 2 * DAY, 17)
     assert record.decode(raw, seen) == (state, {"3": 1_234_567}, T0 + 2 * DAY, 17)
     assert raw.startswith(b"[1,17,") and b"seen" not in raw
-
-
-def test_a_state_written_as_an_object_by_an_earlier_version_is_still_read() -> None:
-    state = busy_lead()
-    old = state.to_dict()
-    old.pop("seen")
-    raw = orjson.dumps({**old, "offsets": {"0": 9}, "updated_at": T0})
-    assert record.decode(raw, dict(state.seen)) == (state, {"0": 9}, T0, 0)
 
 
 def test_a_record_of_an_unknown_format_is_refused_with_what_to_do() -> None:

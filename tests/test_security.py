@@ -15,8 +15,8 @@ import pytest
 from redis.asyncio import Redis
 from worker import LEADSCORE, Deployment, Worker, keyed, wait_for
 
-from streams.agents import now_ms
 from streams.embedded import EmbeddedRedis, free_port
+from streams.runtime import now_ms
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,11 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from scoring import history, record
+from scoring import history
 from scoring.engine import (
     LeadState,
     Notification,
+    apply,
     cool,
     cooling_due,
     engagement_at,
@@ -29,7 +30,7 @@ from scoring.engine import (
 )
 from scoring.errors import LeadscoreError
 from scoring.events import Event
-from scoring.store import LeadStore
+from scoring.store import RedisStore, record
 
 pytestmark = pytest.mark.integration
 
@@ -81,10 +82,12 @@ def offline(events: list[Event], entries: dict[str, list[Any]] | None = None
     notes: dict[str, list[Notification]] = {}
     for event in events:
         state = states.setdefault(event.lead_id, LeadState(event.lead_id))
-        emitted, changes, _ = history.apply_recorded(state, event, RULES)
-        notes.setdefault(event.lead_id, []).extend(emitted)
-        if entries is not None:
-            entries.setdefault(event.lead_id, []).extend(changes)
+        stage, fit = state.stage, state.fit
+        applied = apply(state, event, RULES)
+        notes.setdefault(event.lead_id, []).extend(applied.notifications)
+        if entries is not None and not applied.duplicate:
+            entries.setdefault(event.lead_id, []).extend(
+                history.entries(state, event, applied, stage, fit, RULES))
     return states, notes
 
 
@@ -107,7 +110,7 @@ def batches(events: list[Event], cuts: list[int]) -> list[list[Event]]:
     return [events[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-async def outbox_by_lead(redis: Redis, store: LeadStore) -> dict[str, list[Notification]]:
+async def outbox_by_lead(redis: Redis, store: RedisStore) -> dict[str, list[Notification]]:
     found: dict[str, list[Notification]] = {}
     for raw in await store.pending():
         note = orjson.loads(raw)
@@ -118,7 +121,7 @@ async def outbox_by_lead(redis: Redis, store: LeadStore) -> dict[str, list[Notif
     return found
 
 
-async def stored_states(store: LeadStore, leads: list[str]) -> dict[str, LeadState]:
+async def stored_states(store: RedisStore, leads: list[str]) -> dict[str, LeadState]:
     out = {}
     for lead in leads:
         loaded = await store.load(lead)
@@ -132,7 +135,7 @@ def expected_outbox(notes: dict[str, list[Notification]]) -> dict[str, list[Noti
             for lead, ns in notes.items() if ns}
 
 
-async def assert_matches_offline(store: LeadStore, redis: Any, events: list[Event],
+async def assert_matches_offline(store: RedisStore, redis: Any, events: list[Event],
                                  entries: dict[str, list[Any]] | None = None
                                  ) -> dict[str, LeadState]:
     """Redis holds exactly the offline engine's states and outbox; returns the states."""
@@ -150,7 +153,7 @@ def test_the_store_agrees_with_the_offline_engine(redis_url: str, events: list[E
                                                   cuts: list[int], shards: int) -> None:
     async def scenario() -> None:
         async with Redis.from_url(redis_url) as redis:
-            store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}",
+            store = RedisStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}",
                               history_size=4, shards=shards)
             for batch in batches(events, cuts):
                 await store.apply(batch, now_ms=T0)
@@ -180,7 +183,7 @@ def test_two_workers_applying_the_same_batches_at_once_apply_each_event_once(
     async def scenario() -> None:
         async with Redis.from_url(redis_url) as one, Redis.from_url(redis_url) as two:
             prefix = f"test-store-{next(_prefixes)}"
-            first, second = LeadStore(one, RULES, prefix), LeadStore(two, RULES, prefix)
+            first, second = RedisStore(one, RULES, prefix), RedisStore(two, RULES, prefix)
             # Both read the same records of one partition, as during a rebalance.
             positions = [(0, offset) for offset in range(len(events))]
             start = 0
@@ -197,7 +200,7 @@ async def test_writers_racing_on_the_same_leads_lose_no_update(redis_url: str) -
     """Four stores apply different events to the same leads at once: each reads the
     leads before any writes, so all but one commit on stale states. Those must be
     refused and re-applied, not written over each other."""
-    stores = [LeadStore(Redis.from_url(redis_url), RULES, prefix) for prefix in
+    stores = [RedisStore(Redis.from_url(redis_url), RULES, prefix) for prefix in
               [f"test-store-{next(_prefixes)}"] * 4]
     try:
         for round_ in range(3):
@@ -221,7 +224,7 @@ async def test_a_batch_of_more_leads_than_lua_can_unpack_at_once_is_written(
     Lua unpack() takes (~8,000); the commit slices them (LEADSCORE_BATCH_SIZE allows
     100,000)."""
     async with Redis.from_url(redis_url) as redis:
-        store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+        store = RedisStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
         leads = [f"l{n:05}" for n in range(9000)]
         outcome = await store.apply([ev(f"d-{lead}", "demo_request", T0, lead=lead)
                                      for lead in leads], now_ms=T0)
@@ -237,7 +240,7 @@ async def test_a_leads_event_ids_are_dropped_from_redis_once_out_of_the_window(
     """dedupe_window 2d: ids are pruned when T crosses a mark every 6 h; then those more
     than 2 days behind T go (the rest, and the one exactly at the horizon, stay)."""
     async with Redis.from_url(redis_url) as redis:
-        store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+        store = RedisStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
         ids = store.keys.of("a").ids("a")
         for event in [ev("e1", "page_view", T0, lead="a"),
                       ev("e2", "page_view", T0 + DAY, lead="a"),
@@ -251,7 +254,7 @@ async def test_a_leads_event_ids_are_dropped_from_redis_once_out_of_the_window(
 
 async def test_the_sweep_cools_a_lead_at_its_exact_crossing_time(redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis:
-        store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+        store = RedisStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
         await store.apply([ev("p", "profile_update", T0, lead="a", title="CEO"),
                            ev("d", "demo_request", T0, lead="a")], now_ms=T0)
         loaded = await store.load("a")
@@ -275,7 +278,7 @@ async def test_the_sweep_cools_a_lead_at_its_exact_crossing_time(redis_url: str)
 
 async def test_outbox_entries_stay_until_delivered(redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis:
-        store = LeadStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+        store = RedisStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
         recorded = (await store.apply([ev("d1", "demo_request", T0, lead="a"),
                                        ev("d2", "demo_request", T0 + HOUR, lead="a")],
                                       now_ms=T0)).entries
@@ -292,12 +295,12 @@ async def test_outbox_entries_stay_until_delivered(redis_url: str) -> None:
 async def test_a_shard_count_other_than_the_datas_is_refused(redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis:
         prefix = f"test-store-{next(_prefixes)}"
-        await LeadStore(redis, RULES, prefix, shards=4).open()  # recorded on first use
-        await LeadStore(redis, RULES, prefix, shards=4).check_layout()  # same count: fine
+        await RedisStore(redis, RULES, prefix, shards=4).open()  # recorded on first use
+        await RedisStore(redis, RULES, prefix, shards=4).check_layout()  # same count: fine
         with pytest.raises(LeadscoreError) as refused:
-            await LeadStore(redis, RULES, prefix, shards=1).check_layout()
+            await RedisStore(redis, RULES, prefix, shards=1).check_layout()
         with pytest.raises(LeadscoreError):
-            await LeadStore(redis, RULES, prefix, shards=1).open()
+            await RedisStore(redis, RULES, prefix, shards=1).open()
         assert str(refused.value) == (
             f"Redis holds Leadscore data in 4 shards under the prefix {prefix!r}, not 1: set "
             "LEADSCORE_REDIS_SHARDS=4, or use another LEADSCORE_KEY_PREFIX for a fresh start")
@@ -312,43 +315,17 @@ async def test_the_shard_count_is_the_datas_unless_set(redis_url: str) -> None:
 
     async with Redis.from_url(redis_url) as redis:
         fresh, old = f"test-store-{next(_prefixes)}", f"test-store-{next(_prefixes)}"
-        await LeadStore(redis, RULES, old, shards=1).open()
+        await RedisStore(redis, RULES, old, shards=1).open()
         unset = Settings(redis_url=redis_url)
         settled = await settle_layout(unset.model_copy(update={"key_prefix": fresh}), RULES)
-        assert (settled.redis_shards, await LeadStore.recorded_shards(redis, fresh)) == (4, None)
-        await LeadStore(redis, RULES, fresh, shards=settled.redis_shards).open()
-        assert await LeadStore.recorded_shards(redis, fresh) == 4
+        assert (settled.redis_shards, await RedisStore.recorded_shards(redis, fresh)) == (4, None)
+        await RedisStore(redis, RULES, fresh, shards=settled.redis_shards).open()
+        assert await RedisStore.recorded_shards(redis, fresh) == 4
         settled = await settle_layout(unset.model_copy(update={"key_prefix": old}), RULES)
         assert settled.redis_shards == 1
         with pytest.raises(LeadscoreError, match="in 1 shards under the prefix"):
             await settle_layout(unset.model_copy(update={"key_prefix": old,
                                                          "redis_shards": 4}), RULES)
-
-
-async def test_forgetting_a_lead_written_by_an_earlier_version_leaves_no_trace(
-        redis_url: str) -> None:
-    """An object record and a place in the old ranking of all leads, as versions before
-    the compact record and the stage rankings left them: erasure removes both."""
-    async with Redis.from_url(redis_url) as redis:
-        prefix = f"test-store-{next(_prefixes)}"
-        store = LeadStore(redis, RULES, prefix)
-        await store.apply([ev("d", "demo_request", T0, lead="a"),
-                           ev("v", "page_view", T0, lead="b")], now_ms=T0)
-        shard = store.keys.of("a")
-        loaded = await store.load("a")
-        assert loaded is not None
-        old = loaded[0].to_dict()
-        old.pop("seen")
-        await redis.set(shard.state("a"), orjson.dumps({**old, "offsets": {}, "updated_at": T0}))
-        await redis.zadd(shard.rank("all", 0.0), {"a": -1.0, "b": -2.0})
-
-        assert await store.forget("a")
-        keys = [key.decode() async for key in redis.scan_iter(f"{prefix}:*")]
-        assert [key for key in keys if key.endswith(":a")] == []
-        holding = [key for key in keys if await redis.type(key) == b"zset"
-                   and await redis.zscore(key, "a") is not None]
-        assert holding == []
-        assert await redis.zscore(shard.rank("all", 0.0), "b") == -2.0  # others stay
 
 
 async def test_forget_starts_over_when_the_lead_changes_while_it_erases(
@@ -369,10 +346,10 @@ async def test_forget_starts_over_when_the_lead_changes_while_it_erases(
             return raw
 
     async with Redis.from_url(redis_url) as plain, Meddling.from_url(redis_url) as meddling:
-        writer = LeadStore(plain, RULES, prefix)
+        writer = RedisStore(plain, RULES, prefix)
         await writer.apply([ev("v", "page_view", T0, lead="a"),
                             ev("w", "page_view", T0, lead="b")], now_ms=T0)
-        forgetting = LeadStore(meddling, RULES, prefix)
+        forgetting = RedisStore(meddling, RULES, prefix)
 
         assert await forgetting.forget("a")
         assert meddling.reads == 2  # read, refused at EXEC, read again
@@ -403,7 +380,7 @@ async def test_a_commit_that_fails_in_redis_writes_nothing(redis_url: str) -> No
     Now the script checks before it writes, and the error leaves everything as it was."""
     async with Redis.from_url(redis_url) as redis:
         prefix = f"test-store-{next(_prefixes)}"
-        store = LeadStore(redis, RULES, prefix)
+        store = RedisStore(redis, RULES, prefix)
         await store.apply([ev("d", "demo_request", T0, lead="a")], now_ms=T0)
         shard = store.keys.of("a")
         await redis.delete(shard.outbox)
@@ -426,11 +403,11 @@ async def test_the_commit_script_checks_its_arguments_before_writing(
         redis_url: str, head_change: dict[str, Any], reason: str) -> None:
     """Arguments the Python side would never build (a NaN written by orjson as null, a
     count that does not add up) are refused before the first write."""
-    from scoring.scripts import COMMIT
+    from scoring.store.commit import COMMIT
 
     async with Redis.from_url(redis_url) as redis:
         prefix = f"test-store-{next(_prefixes)}"
-        store = LeadStore(redis, RULES, prefix)
+        store = RedisStore(redis, RULES, prefix)
         await store.open()
         shard = store.keys.of("a")
         state = LeadState("a", T0, 45.0, stage="mql")
@@ -453,7 +430,7 @@ async def test_redis_emptied_under_a_running_store_is_noticed_and_nothing_writte
 
     async with Redis.from_url(redis_url) as redis:
         prefix = f"test-store-{next(_prefixes)}"
-        store = LeadStore(redis, RULES, prefix, shards=2)
+        store = RedisStore(redis, RULES, prefix, shards=2)
         await store.apply([ev("d", "demo_request", T0, lead="a")], now_ms=T0)
         await redis.delete(*[key async for key in redis.scan_iter(f"{prefix}:*")])
         with pytest.raises(DataLost, match=f"Redis lost Leadscore's data under the prefix "
@@ -476,23 +453,23 @@ async def test_a_start_on_empty_redis_after_events_were_consumed_is_refused(
         prefix = f"test-store-{next(_prefixes)}"
         with pytest.raises(DataLost, match="the layout key is gone, but the deployment's "
                                            "consumer group has committed offsets"):
-            await LeadStore(redis, RULES, prefix, shards=2, consumed=yes).open()
+            await RedisStore(redis, RULES, prefix, shards=2, consumed=yes).open()
         assert await keys_under(redis, prefix) == {}
-        store = LeadStore(redis, RULES, prefix, shards=2)
+        store = RedisStore(redis, RULES, prefix, shards=2)
         await store.open()  # a first start
         assert sorted(await keys_under(redis, prefix)) == [
             f"{prefix}:layout", f"{prefix}:{{0}}:marker", f"{prefix}:{{1}}:marker"]
         await redis.delete(f"{prefix}:{{1}}:marker")
         with pytest.raises(DataLost, match="the markers of shards 1 are gone"):
-            await LeadStore(redis, RULES, prefix, shards=2, consumed=yes).open()
+            await RedisStore(redis, RULES, prefix, shards=2, consumed=yes).open()
         await redis.delete(f"{prefix}:{{0}}:marker")  # as versions before the markers left it
-        await LeadStore(redis, RULES, prefix, shards=2, consumed=yes).open()
+        await RedisStore(redis, RULES, prefix, shards=2, consumed=yes).open()
         assert len(await keys_under(redis, prefix)) == 3
 
 
 async def test_dead_letters_are_remembered(redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis:
-        store = LeadStore(redis, RULES, f"test-store-{next(_prefixes)}")
+        store = RedisStore(redis, RULES, f"test-store-{next(_prefixes)}")
         assert await store.dead_lettered(["t:0:1", "t:0:2"]) == [False, False]
         await store.record_dead_letters(["t:0:2"], T0)
         assert await store.dead_lettered(["t:0:1", "t:0:2"]) == [False, True]

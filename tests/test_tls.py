@@ -14,8 +14,8 @@ import pytest
 import redis
 from worker import LEADSCORE, Deployment, keyed, wait_for
 
-from streams.agents import now_ms
 from streams.embedded import free_port
+from streams.runtime import now_ms
 
 pytestmark = pytest.mark.integration
 

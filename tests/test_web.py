@@ -19,11 +19,13 @@ import pytest
 from worker import Deployment, Worker, keyed, wait_for
 
 from scoring import history
-from scoring.engine import LeadState, cool, describe, engagement_at, is_duplicate, score_at
+from scoring.engine import LeadState, cool, engagement_at, score_at
 from scoring.events import event_from_dict, parse_ts
 from scoring.rules import Ruleset, load_rules
-from streams.agents import now_ms
+from scoring.store import MemoryStore
+from scoring.views import describe
 from streams.demo import Traffic
+from streams.runtime import now_ms
 
 pytestmark = pytest.mark.integration
 
@@ -43,19 +45,12 @@ class Offline:
 
     def __init__(self, events: list[dict[str, Any]], rules: Ruleset) -> None:
         self.rules = rules
-        self.states: dict[str, LeadState] = {}
-        self.entries: dict[str, list[Any]] = {}
-        self.awards: Counter[str] = Counter()
-        self.duplicates = 0
-        for doc in events:
-            event = event_from_dict(doc)
-            state = self.states.setdefault(event.lead_id, LeadState(event.lead_id))
-            if is_duplicate(state, event, rules):
-                self.duplicates += 1
-                continue
-            _, entries, awards = history.apply_recorded(state, event, rules)
-            self.entries.setdefault(event.lead_id, []).extend(entries)
-            self.awards.update(rule for rule, _ in awards)
+        store = MemoryStore(rules, history_size=len(events))
+        outcome = store.apply_now([event_from_dict(doc) for doc in events])
+        self.states = store.states()
+        self.entries = {lead_id: lead.history for lead_id, lead in store.leads.items()}
+        self.awards = Counter({rule: int(times) for rule, (times, _) in outcome.awards.items()})
+        self.duplicates = outcome.duplicates
 
     def at(self, lead: str, at: int) -> LeadState:
         """The lead's state as of ``at``: cooled if its cooling is due, as the API shows it."""

@@ -17,9 +17,9 @@ from worker import LEADSCORE, Deployment, keyed, wait_for
 from scoring.engine import LeadState, Notification, apply
 from scoring.events import event_from_dict, format_ts
 from scoring.rules import Ruleset, load_rules
-from streams.agents import now_ms
 from streams.demo import Traffic
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, free_port
+from streams.runtime import now_ms
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ def offline(events: list[dict[str, Any]], rules: Ruleset
     for doc in events:
         event = event_from_dict(doc)
         state = states.setdefault(event.lead_id, LeadState(event.lead_id))
-        notes.extend(apply(state, event, rules))
+        notes.extend(apply(state, event, rules).notifications)
     return states, notes
 
 

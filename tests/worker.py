@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from scoring.engine import LeadState
 from scoring.rules import Ruleset
-from streams.connect import lead_store, redis_client
 from streams.embedded import create_topics, free_port
+from streams.runtime import connected
 from streams.settings import Settings
 
 LEADSCORE = str(Path(sys.executable).parent / "leadscore")
@@ -89,10 +89,8 @@ class Deployment:
                            for name, value in self.env.items() if name.startswith("LEADSCORE_")})
 
     async def states(self, rules: Ruleset, leads: list[str]) -> dict[str, LeadState | None]:
-        settings = self.settings()
-        async with redis_client(settings) as redis:
-            store = lead_store(settings, rules, redis)
-            loaded = {lead: await store.load(lead) for lead in leads}
+        async with connected(self.settings(), rules) as runtime:
+            loaded = {lead: await runtime.store.load(lead) for lead in leads}
         return {lead: (found[0] if found else None) for lead, found in loaded.items()}
 
     async def read_all(self, topic: str, until: Callable[[list[Any]], bool],

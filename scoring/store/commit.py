@@ -1,10 +1,25 @@
-"""The Redis Lua scripts of the store: plumbing that moves many keys in one call.
+"""What one commit of a shard writes: the Lua scripts, and the arguments built for them.
 
-Each Redis command costs ~15 us of redis-py overhead, more than applying an event,
-so per-lead work is packed into one script call per batch and shard. The scripts
-hold no scoring semantics (those live only in scoring.engine); each touches only
-the keys it is given.
+Each Redis command costs more in client overhead than applying an event does
+(docs/performance.md), so per-lead work is packed into one script call per batch
+and shard. The scripts hold no scoring semantics (those live only in
+scoring.engine); each touches only the keys it is given. ``commit_arguments``
+builds exactly the layout COMMIT's comment describes.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from scoring.engine import LeadState, Notification, cooling_due, stamp
+from scoring.rules import Ruleset
+from scoring.store import record
+from scoring.store.batch import Lead
+from scoring.store.keys import Shard
+from scoring.store.ranking import groups, rank_key
 
 # Each script takes its keys as KEYS (so that Redis Cluster can check they share a
 # slot) and its other arguments as ONE JSON document, decoded by Redis's bundled
@@ -45,7 +60,7 @@ return out
 #          [new entries per history], "ranks": [[[key, lead, ...], [lead to remove,
 #          ...]] per ranking], "cool": [due, lead, ...], "uncool": [lead, ...],
 #          "fits": [fit, ...], "now": ms}
-#          then the new state records (n; scoring.record), the new history entries
+#          then the new state records (n; scoring.store.record), the new history entries
 #          (per history, oldest first), the outbox entries: raw, as JSON would escape them
 #   ->     0 when written; -1 when the shard's marker is gone (Redis lost the data:
 #          scoring.errors.DataLost); else how many leads changed since they were read
@@ -136,7 +151,7 @@ end
 local stale = 0
 for i, current in ipairs(mget(1, n)) do
   local found = -1
-  if current then  -- '[1,<version>,...'; an object record of the earlier format is 0
+  if current then  -- '[1,<version>,...'
     found = tonumber(string.match(current, '^%[1,(%d+),')) or 0
   end
   if found ~= versions[i] then stale = stale + 1 end
@@ -173,3 +188,110 @@ if #head.fits > 0 then sliced('SADD', fits, head.fits, 1, #head.fits) end
 for i = a, #ARGV do redis.call('ZADD', outbox, head.now, ARGV[i]) end
 return 0
 """
+
+
+@dataclass(slots=True)
+class Stored(Lead):
+    """One lead as read from Redis: a ``Lead``, and what the commit compares and moves."""
+
+    ids_before: dict[str, int] = field(default_factory=dict)  # the batch's known ids, as read
+    t_ref_before: int | None = None
+    ranked_before: tuple[float, tuple[str, ...]] | None = None  # (F, groups) as read
+    version: int = -1  # as read; -1: not in Redis
+
+    @classmethod
+    def decode(cls, lead_id: str, raw: bytes | str | None, ids: dict[str, int]) -> Stored:
+        """``ids``: those of the batch's event ids this lead has applied before (their T)."""
+        if raw is None:
+            return cls(LeadState(lead_id, seen=dict(ids)), ids_before=ids)
+        state, offsets, _, version = record.decode(raw, dict(ids))
+        return cls(state, offsets, [], ids, state.t_ref,
+                   (state.fit, groups(state.stage, state.hot)), version)
+
+    def encode(self, now_ms: int) -> bytes:
+        return record.encode(self.state, self.offsets, now_ms, max(self.version, 0) + 1)
+
+
+def commit_arguments(shard: Shard, leads: dict[str, Stored], notes: list[Notification],
+                     now_ms: int, rules: Ruleset, history_size: int
+                     ) -> tuple[list[bytes], list[Any]]:
+    """The outbox entries of ``notes``, and the arguments of the COMMIT call that
+    writes the shard's leads (their layout is above, beside the script)."""
+    window, step = rules.dedupe_window_ms, rules.prune_step_ms
+    versions: list[int] = []
+    records: list[bytes] = []
+    cool: list[float | str] = []
+    uncool: list[str] = []
+    id_keys: list[str] = []
+    id_sets: list[tuple[int | str, list[int | str]]] = []
+    for lead_id, stored in leads.items():
+        state = stored.state
+        versions.append(stored.version)
+        records.append(stored.encode(now_ms))
+        before = stored.ids_before
+        added = [part for event_id, t in state.seen.items() if before.get(event_id) != t
+                 for part in (t, event_id)]
+        # Expired ids are dropped when T crosses a mark every eighth of the window, as
+        # the engine prunes its own (a check compares times with the horizon itself, so
+        # an expired id never counts): one ZREMRANGEBYSCORE per lead and event would
+        # be a tenth of Redis's work.
+        t_ref, before_t = state.t_ref, stored.t_ref_before
+        prune = t_ref is not None and before_t is not None and \
+            t_ref // step != before_t // step
+        if added or prune:
+            id_keys.append(shard.ids(lead_id))
+            id_sets.append((t_ref - window if prune and t_ref is not None else "", added))
+        due = cooling_due(state, rules)
+        if due is None:
+            uncool.append(lead_id)
+        else:
+            cool += (due, lead_id)
+    history_keys, histories = _histories(shard, leads, history_size)
+    rank_keys, ranks, fits = _rankings(shard, leads, rules.half_life_ms)
+    entries = [orjson.dumps(stamp(n, now_ms)) for n in notes]
+    head = orjson.dumps({"v": versions, "ids": id_sets, "cap": history_size,
+                         "hist": [len(some) for some in histories], "ranks": ranks,
+                         "cool": cool, "uncool": uncool, "fits": fits, "now": now_ms})
+    keys = [*(shard.state(lead_id) for lead_id in leads), *id_keys, *history_keys,
+            *rank_keys, shard.cooling, shard.outbox, shard.fits, shard.marker]
+    return entries, [len(keys), *keys, head, *records,
+                     *(entry for some in histories for entry in some), *entries]
+
+def _rankings(shard: Shard, leads: dict[str, Stored], half_life: int | None
+              ) -> tuple[list[str], list[tuple[list[float | str], list[str]]], list[str]]:
+    """Move each lead to its place in the rankings of its fit score and groups:
+    (ranking keys, (adds, removes) per key, new fit scores)."""
+    adds: dict[str, list[float | str]] = {}
+    removes: dict[str, list[str]] = {}
+    fits: set[float] = set()
+    for lead_id, stored in leads.items():
+        state = stored.state
+        fit, now_in = state.fit, groups(state.stage, state.hot)
+        if stored.ranked_before is not None:
+            fit_before, was_in = stored.ranked_before
+            for group in was_in:
+                if fit_before != fit or group not in now_in:
+                    removes.setdefault(shard.rank(group, fit_before), []).append(lead_id)
+        if stored.ranked_before is None or stored.ranked_before[0] != fit:
+            fits.add(fit)
+        # Stored negated and read lowest first: leads that tie then come in lead_id
+        # order, as the final sort of ``top`` orders them (ZREVRANGE would reverse it).
+        key = -rank_key(state, half_life)
+        for group in now_in:
+            adds.setdefault(shard.rank(group, fit), []).extend((key, lead_id))
+    keys = list(adds.keys() | removes.keys())
+    return (keys, [(adds.get(rank, []), removes.get(rank, [])) for rank in keys],
+            list(map(repr, fits)))
+
+def _histories(shard: Shard, leads: dict[str, Stored], history_size: int
+               ) -> tuple[list[str], list[list[bytes]]]:
+    """(history keys, the new entries of each as JSON, oldest first)."""
+    keys: list[str] = []
+    lists: list[list[bytes]] = []
+    if history_size > 0:
+        for lead_id, stored in leads.items():
+            if stored.history:
+                keys.append(shard.history(lead_id))
+                lists.append([orjson.dumps(entry)
+                              for entry in stored.history[-history_size:]])
+    return keys, lists

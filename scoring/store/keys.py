@@ -14,13 +14,13 @@ the load, spread over the masters. The count is fixed for the life of the data
 (``<prefix>:layout`` records it): changing it would move every lead.
 
     <prefix>:{n}:state:<lead_id>    the lead's state but its ids, + offsets applied, updated_at:
-                                    a compact JSON array (scoring.record)
+                                    a compact JSON array (scoring.store.record)
     <prefix>:{n}:ids:<lead_id>      ZSET event id -> T when applied (dedupe_window of them)
     <prefix>:{n}:history:<lead_id>  LIST of the last changes, newest first (scoring.history)
     <prefix>:{n}:outbox             ZSET notification JSON -> ms it was recorded
     <prefix>:{n}:cooling            ZSET lead_id -> event time (ms) it cools by decay
     <prefix>:{n}:rank:<group>:<F>   ZSET lead_id -> -(rank key), per group (stage:<s>, hot)
-                                    and fit score F (see scoring.ranking)
+                                    and fit score F (see scoring.store.ranking)
     <prefix>:{n}:rank:fits          SET of the fit scores F that have rankings in the shard
     <prefix>:{n}:marker             "1": the shard's data exists; every COMMIT checks it, so
                                     a Redis emptied under a running worker is noticed
@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+
+PREFIX = "ls"  # of every key, unless LEADSCORE_KEY_PREFIX says otherwise
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,18 +1,17 @@
-"""The scoring agent: events topic -> Redis (atomically) -> notifications topic.
+"""The consume loop: events topic -> Redis (atomically) -> notifications topic.
 
 The events topic is read with aiokafka's group consumer in batches rather than
-through a Faust agent: Faust's per-event stream machinery costs ~90 us of CPU
-per event, and with our own consumer offsets are committed only after a batch's
-state and outbox are in Redis. Faust runs this loop as an app task and keeps the
-web server, the timers and the process lifecycle.
+through a Faust agent (docs/performance.md, "Why the worker is not a Faust agent"),
+so that offsets are committed only after a batch's state and outbox are in Redis.
+Faust runs this loop as an app task and keeps the web server, the timers and the
+process lifecycle.
 
-Per batch:  getmany -> parse -> LeadStore.apply (state + outbox in one
+Per batch:  getmany -> parse -> RedisStore.apply (state + outbox in one
 transaction) -> bad messages to the DLQ, acknowledged -> hand notifications to
-the producer -> commit offsets (at most every 200 ms) -> next batch; the broker's
-acks of the notifications are awaited beside the next batch, then they are
-cleared from the outbox. A crash anywhere replays the uncommitted tail, which the
-store recognises by offset; a notification recorded but not acknowledged is
-re-sent from the outbox at start and every ``outbox_interval``.
+the producer -> commit offsets (at most every COMMIT_SECONDS) -> next batch; the
+broker's acks of the notifications are awaited beside the next batch
+(``Delivery.deliver_behind``). A crash anywhere replays the uncommitted tail, which
+the store recognises by offset.
 
 A batch that fails is retried whole only for an outage (Redis or the broker out of
 reach, which is waited out). Any other failure is a message's own: the batch is
@@ -29,11 +28,9 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from redis.exceptions import (
@@ -48,28 +45,23 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from scoring.engine import Notification
 from scoring.errors import DataLost, EventError
-from scoring.events import Event, parse_event, parse_ts
-from scoring.store import LeadStore, Outcome, PartlyApplied
+from scoring.events import Event, parse_event
+from scoring.store import Outcome, PartlyApplied, RedisStore
 from streams import metrics
-from streams.deadletters import DeadLetters
+from streams.delivery import Delivery
+from streams.health import Health
+from streams.runtime import bootstrap_servers, now_ms
 from streams.settings import Settings
+
+__all__ = ["EventsConsumer", "is_outage"]
 
 log = logging.getLogger("leadscore")
 RETRY_SECONDS = 1.0
 COMMIT_SECONDS = 0.2
 
-
-def bootstrap_servers(broker: str) -> list[str]:
-    """``kafka://a:9092;kafka://b:9092`` (Faust style) -> ``["a:9092", "b:9092"]``."""
-    return [url.split("://", 1)[-1].strip("/") for url in broker.replace(",", ";").split(";")
-            if url.strip()]
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
+Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+Dead = list[tuple[ConsumerRecord[Any, Any], EventError]]  # messages to dead-letter, and why
 
 _OUTAGES = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ClusterDownError,
             MasterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError, KafkaError,
@@ -87,65 +79,31 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith(_REDIS_OUTAGE_REPLIES)
 
 
-class Scorer:
-    """Owns the events consumer and the producer; one per worker process."""
+class EventsConsumer:
+    """Reads the events topic into the store, batch by batch; one per worker process."""
 
-    def __init__(self, settings: Settings, store: LeadStore) -> None:
+    def __init__(self, settings: Settings, store: RedisStore, delivery: Delivery,
+                 health: Health) -> None:
         self.settings = settings
         self.store = store
+        self.delivery = delivery
+        self.health = health
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
         self.assigned: set[TopicPartition] = set()
+        self.positions: dict[TopicPartition, int] = {}  # next offset to apply, per partition
         self._batch_lock = asyncio.Lock()  # a rebalance waits for the batch in flight
         self._uncommitted: dict[TopicPartition, int] = {}
-        self.positions: dict[TopicPartition, int] = {}  # next offset to apply, per partition
-        self._in_flight: set[asyncio.Future[None]] = set()  # deliveries awaiting acks
         self._committed_at = 0.0
-        self.dead_letters: DeadLetters | None = None
         # Refused by shards that committed in a batch that failed elsewhere (an outage):
         # their events are replays on the retry, so they are dead-lettered from here.
-        self._owed: list[tuple[ConsumerRecord[Any, Any], EventError]] = []
-        # partition -> (monotonic time its batches started failing, the last failure)
-        self.failing: dict[TopicPartition, tuple[float, str]] = {}
-        self.lost: str | None = None  # why this worker stopped scoring (DataLost)
-        store.consumed = self.has_consumed
+        self._owed: Dead = []
 
     def problems(self) -> list[str]:
         """Why this worker is not ready to score, beyond Redis answering (/readyz)."""
-        problems = [] if self.lost is None else [self.lost]
-        now, stall = time.monotonic(), self.settings.stall_seconds
-        for tp, (since, error) in sorted(self.failing.items()):
-            if now - since >= stall:
-                problems.append(f"partition {tp.topic}[{tp.partition}] has not progressed "
-                                f"for {now - since:.0f} s ({error})")
+        problems = self.health.problems()
+        if self.health.lost is None and (self.consumer is None or not self.assigned):
+            problems.append("no partitions assigned yet")
         return problems
-
-    def stalls(self) -> list[tuple[str, int, float]]:
-        """(topic, partition, seconds) of each partition whose batches keep failing."""
-        now = time.monotonic()
-        return [(tp.topic, tp.partition, now - since)
-                for tp, (since, _) in sorted(self.failing.items())]
-
-    async def has_consumed(self) -> bool:
-        """Whether this consumer group has committed offsets on the events topic (asked
-        by the store when Redis holds no data: a first start, or lost data?)."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers(self.settings.broker),
-            group_id=self.settings.group_id, enable_auto_commit=False,
-            **self.settings.kafka_options())
-        await consumer.start()
-        try:
-            topic = self.settings.topic_events
-            partitions = consumer.partitions_for_topic(topic)
-            if partitions is None:
-                await consumer.topics()  # metadata, once
-                partitions = consumer.partitions_for_topic(topic) or set()
-            for partition in sorted(partitions):
-                if await consumer.committed(TopicPartition(topic, partition)) is not None:
-                    return True
-            return False
-        finally:
-            await consumer.stop()
 
     def lags(self) -> list[tuple[str, int, int]]:
         """(topic, partition, messages not yet applied) for each assigned partition this
@@ -161,40 +119,30 @@ class Scorer:
         return out
 
     async def start(self) -> None:
-        servers = bootstrap_servers(self.settings.broker)
-        # Plain producer: Tansu (the embedded broker) rejects idempotent producers, and
-        # notifications carry their own ids for consumers to drop repeats.
-        security = self.settings.kafka_options()
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=servers, acks="all", linger_ms=0, enable_idempotence=False,
-            max_request_size=max(1_048_576, self.settings.dlq_max_bytes + 65_536), **security)
-        await self.producer.start()
-        self.dead_letters = DeadLetters(self.producer, self.store, self.settings.topic_dlq,
-                                        self.settings.dlq_max_bytes)
+        await self.delivery.start()
         await self.store.open()  # DataLost stops here: see run()
-        await self.resend_pending()
-        timeout_ms = int(self.settings.broker_session_timeout * 1000)
+        await self.delivery.resend_pending()
+        settings = self.settings
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers, group_id=self.settings.group_id,
+            bootstrap_servers=bootstrap_servers(settings.broker), group_id=settings.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
-            session_timeout_ms=timeout_ms, heartbeat_interval_ms=max(timeout_ms // 10, 100),
+            session_timeout_ms=int(settings.broker_session_timeout * 1000),
+            heartbeat_interval_ms=int(settings.broker_heartbeat_interval * 1000),
             max_partition_fetch_bytes=4 * 1024 * 1024,
             # A fetch returns as soon as data is there, but a broker may hold an empty
             # one this long; short waits keep the hot path to milliseconds at the cost
             # of a few idle fetches per second.
-            fetch_max_wait_ms=10, **security)
-        self.consumer.subscribe([self.settings.topic_events], listener=_Rebalance(self))
+            fetch_max_wait_ms=10, **settings.kafka_options())
+        self.consumer.subscribe([settings.topic_events], listener=_Rebalance(self))
         await self.consumer.start()
 
     async def stop(self) -> None:
-        if self._in_flight:  # let sent notifications be acknowledged (else: re-sent)
-            await asyncio.wait(self._in_flight, timeout=5)
+        await self.delivery.drain()
         if self.consumer is not None:
             with contextlib.suppress(Exception):  # best effort: a replay is harmless
                 await self.commit()
             await self.consumer.stop()
-        if self.producer is not None:
-            await self.producer.stop()
+        await self.delivery.stop()
 
     async def run(self) -> None:
         """Consume until cancelled; an outage of Redis or the broker is waited out."""
@@ -203,16 +151,16 @@ class Scorer:
                 await self.start()
                 break
             except DataLost as exc:
-                await self._stop_scoring(exc)
+                self.health.stop_scoring(exc)
                 await self.stop()
                 return
             except Exception as exc:  # unreachable broker or Redis at start: retry
                 log.error("leadscore: cannot start (%s); retrying in %ss", exc, RETRY_SECONDS)
                 await self.stop()
                 await asyncio.sleep(RETRY_SECONDS)  # back-off before reconnecting
-        # What start-up built (modules, the Faust app: ~10^5 objects) lives as long as
-        # the process: out of the collector's sight, a full collection takes 2 ms, not
-        # the ~80 ms pause in the event loop it took every few seconds.
+        # What start-up built (modules, the Faust app) lives as long as the process: out
+        # of the collector's sight, full collections no longer pause the event loop
+        # (docs/performance.md, "What changed, each measured on its own").
         gc.freeze()
         try:
             assert self.consumer is not None
@@ -223,44 +171,35 @@ class Scorer:
                     async with self._batch_lock:
                         await self._handle_or_rewind(batch)
         except DataLost as exc:
-            await self._stop_scoring(exc)
+            self.health.stop_scoring(exc)
         finally:
             await self.stop()
 
-    async def _stop_scoring(self, exc: DataLost) -> None:
-        """Stop for good, loudly: /readyz says why until someone restores Redis."""
-        self.lost = str(exc)
-        log.error("leadscore: %s", exc)
-
-    async def _handle_or_rewind(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
-                                ) -> None:
+    async def _handle_or_rewind(self, batch: Batch) -> None:
         """A batch that fails (Redis down, broker down) is read again, never skipped."""
         try:
             await self.handle(batch)
-            for tp in batch:
-                self.failing.pop(tp, None)
+            self.health.progressed(batch)
         except (asyncio.CancelledError, DataLost):
             raise
         except Exception as exc:
             log.error("leadscore: batch of %d failed (%s: %s); retrying in %ss",
                       sum(map(len, batch.values())), type(exc).__name__, exc, RETRY_SECONDS)
-            failed_at, error = time.monotonic(), f"{type(exc).__name__}: {exc}"
-            for tp in batch:
-                self.failing[tp] = (self.failing.get(tp, (failed_at, ""))[0], error)
+            self.health.failed(batch, exc)
             assert self.consumer is not None
             for tp, records in batch.items():
                 if tp in self.consumer.assignment():
                     self.consumer.seek(tp, records[0].offset)
             await asyncio.sleep(RETRY_SECONDS)  # back-off before the retry
 
-    async def handle(self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]) -> None:
+    async def handle(self, batch: Batch) -> None:
         started = time.perf_counter()
         now = now_ms()
         latest = now + int(self.settings.max_clock_skew * 1000)
         events: list[Event] = []
         positions: list[tuple[int, int]] = []
         sources: list[ConsumerRecord[Any, Any]] = []
-        dead: list[tuple[ConsumerRecord[Any, Any], EventError]] = []
+        dead: Dead = []
         max_bytes = self.settings.max_event_bytes
         for records in batch.values():
             for record in records:
@@ -293,12 +232,12 @@ class Scorer:
                 metrics.RULE_AWARDS.labels(rule_id).inc(times)
                 metrics.RULE_POINTS.labels(rule_id).inc(points)
             if outcome.entries:
-                await self._deliver_behind(outcome.entries)
+                await self.delivery.deliver_behind(outcome.entries, outcome.notifications)
         if self._owed:
             dead += self._owed
         if dead:
-            assert self.dead_letters is not None
-            await self.dead_letters.send(dead, now)
+            assert self.delivery.dead_letters is not None
+            await self.delivery.dead_letters.send(dead, now)
             self._owed.clear()
         # Offsets of applied batches are committed at most every COMMIT_SECONDS: a commit
         # is a broker round trip, and a replay of uncommitted batches is harmless (the
@@ -320,8 +259,7 @@ class Scorer:
 
     async def _apply_isolated(self, events: list[Event], positions: list[tuple[int, int]],
                               sources: list[ConsumerRecord[Any, Any]], now: int
-                              ) -> tuple[Outcome, list[tuple[ConsumerRecord[Any, Any],
-                                                             EventError]]]:
+                              ) -> tuple[Outcome, Dead]:
         """``store.apply``, with a failure that is not an outage narrowed down to the
         message that causes it: halves are applied (and committed) in order, so each
         lead's events keep their order, and a message that fails alone is dead-lettered
@@ -353,97 +291,18 @@ class Scorer:
             return committed, dead
         return outcome, [(sources[index], error) for index, error in outcome.rejected]
 
-    async def deliver(self, entries: Iterable[bytes]) -> None:
-        """Send outbox entries to the notifications topic; clear them once acknowledged."""
-        entries = list(entries)
-        await self._acknowledged(*await self._enqueue(entries), entries)
-
-    async def _enqueue(self, entries: list[bytes]
-                       ) -> tuple[list[asyncio.Future[Any]], list[Notification]]:
-        """Hand entries to the producer, in order (so a lead's notifications keep their
-        order on its partition); returns the futures of their acknowledgements and the
-        notifications, decoded."""
-        assert self.producer is not None
-        topic = self.settings.topic_hot
-        notes: list[Notification] = [orjson.loads(entry) for entry in entries]
-        sends = [await self.producer.send(topic, value=entry, key=note["lead_id"].encode())
-                 for entry, note in zip(entries, notes, strict=True)]
-        return sends, notes
-
-    async def _acknowledged(self, sends: list[asyncio.Future[Any]], notes: list[Notification],
-                            entries: list[bytes]) -> None:
-        await asyncio.gather(*sends)
-        sent = now_ms()
-        for note in notes:
-            metrics.NOTIFICATIONS.labels(note["type"]).inc()
-            if note["event_id"] is not None:  # caused by an event: its end-to-end latency
-                metrics.END_TO_END_LATENCY.observe(max(sent - parse_ts(note["event_ts"]), 0)
-                                                   / 1000)
-        await self.store.delivered(entries)
-
-    async def _deliver_behind(self, entries: list[bytes]) -> None:
-        """Send a batch's notifications without waiting for the broker's acks: the
-        next batch need not wait. Safe because the outbox already holds them (so the
-        offsets may be committed first): a send that fails stays in the outbox and is
-        re-sent within ``outbox_interval``."""
-        sends, notes = await self._enqueue(entries)
-        task = asyncio.ensure_future(self.safely(
-            "notification delivery", lambda: self._acknowledged(sends, notes, entries)))
-        self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-
-    async def forget(self, lead_id: str) -> bool:
-        """Erase a lead (GDPR) and tell downstream systems to forget it too: a tombstone
-        (key = lead_id, no value) on the notifications topic. False if unknown."""
-        assert self.producer is not None
-        known = await self.store.forget(lead_id)
-        if known:
-            await self.producer.send_and_wait(self.settings.topic_hot, value=None,
-                                              key=lead_id.encode())
-        return known
-
-    async def resend_pending(self) -> None:
-        """Re-send what was recorded but not sent: by a crashed run, or a failed send."""
-        if self.lost is not None:
-            return
-        horizon = now_ms() - self.settings.outbox_interval * 1000
-        pending = await self.store.pending(recorded_before_ms=horizon)
-        if pending:
-            await self.deliver(pending)
-        metrics.OUTBOX_PENDING.set(await self.store.outbox_size())
-
-    async def sweep(self) -> None:
-        """Cool the disarmed leads whose crossing time has passed (SPEC 3 step 3)."""
-        if self.lost is not None or self.producer is None:
-            return
-        while entries := await self.store.sweep(now_ms()):
-            await self.deliver(entries)
-
-    async def safely(self, name: str, job: Callable[[], Awaitable[None]]) -> None:
-        """Run a timer job; a failure is logged and the next tick tries again."""
-        try:
-            await job()
-        except asyncio.CancelledError:
-            raise
-        except DataLost as exc:
-            await self._stop_scoring(exc)
-        except Exception as exc:
-            log.error("leadscore: %s failed (%s: %s); next try in one interval",
-                      name, type(exc).__name__, exc)
-
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, scorer: Scorer) -> None:
-        self.scorer = scorer
+    def __init__(self, consumer: EventsConsumer) -> None:
+        self.consumer = consumer
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Let the batch in flight finish and commit before the partitions move on.
-        async with self.scorer._batch_lock:
+        async with self.consumer._batch_lock:
             with contextlib.suppress(Exception):  # a lost commit only means a harmless replay
-                await self.scorer.commit()
-            self.scorer.assigned -= set(revoked)
-            for tp in revoked:  # another worker's to retry now, and to report
-                self.scorer.failing.pop(tp, None)
+                await self.consumer.commit()
+            self.consumer.assigned -= set(revoked)
+            self.consumer.health.progressed(revoked)  # another worker's to retry and report
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.scorer.assigned |= set(assigned)
+        self.consumer.assigned |= set(assigned)

@@ -1,8 +1,9 @@
 """A lead's state key in Redis: one compact JSON array.
 
 Positional rather than an object: it is decoded and encoded once per lead per batch
-on the hot path, and an array is ~40% fewer bytes in Redis and ~2 us cheaper per lead
-than the same data with field names. It stays JSON, so ``redis-cli GET`` is readable:
+on the hot path, and an array is much smaller and cheaper to handle than the same
+data with field names (docs/performance.md). It stays JSON, so ``redis-cli GET`` is
+readable:
 
     [1, version, lead_id, T, E, F, contributions, profile, stage index, hot (0/1),
      counts, windows {rule: {window: used}}, notified, offsets {partition: offset},
@@ -10,10 +11,8 @@ than the same data with field names. It stays JSON, so ``redis-cli GET`` is read
 
 The leading 1 is the format. The version counts the lead's writes: the store's
 COMMIT script reads it from the front (``[1,<version>,``) to refuse a write based on
-a state that has changed since (scoring.scripts). The event ids a lead has applied
-are not here but in their own sorted set (scoring.keys). An object (the format
-before this one) is still read, as version 0, so that data written by an earlier
-version needs no migration.
+a state that has changed since (scoring.store.commit). The event ids a lead has applied
+are not here but in their own sorted set (scoring.store.keys).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ class Record(NamedTuple):
     state: LeadState
     offsets: dict[str, int]  # partition -> last offset applied to the lead
     updated_at: int  # wall ms of the last write
-    version: int  # writes so far; 0 for a record of the earlier format
+    version: int  # writes so far
 
 
 def encode(state: LeadState, offsets: dict[str, int], updated_at: int, version: int) -> bytes:
@@ -55,13 +54,11 @@ def encode(state: LeadState, offsets: dict[str, int], updated_at: int, version: 
 def decode(raw: bytes | str, seen: dict[str, int]) -> Record:
     """A record read back; ``seen`` becomes the state's ids."""
     doc = orjson.loads(raw)
-    if isinstance(doc, dict):  # written before this format
-        doc["seen"] = seen
-        return Record(LeadState.from_dict(doc), doc["offsets"], doc["updated_at"], 0)
-    if doc[0] != FORMAT:
-        raise StoreError(f"lead state in format {doc[0]!r}, which this version cannot "
-                             f"read (it reads format {FORMAT}): was it written by a newer "
-                             "Leadscore?")
+    if not isinstance(doc, list) or doc[0] != FORMAT:
+        found = doc[0] if isinstance(doc, list) else "object"
+        raise StoreError(f"lead state in format {found!r}, which this version cannot "
+                         f"read (it reads format {FORMAT}): was it written by a newer "
+                         "Leadscore?")
     (_, version, lead_id, t_ref, engagement, fit, contributions, profile, stage, hot, counts,
      windows, notified, offsets, updated_at) = doc
     if windows:

@@ -10,21 +10,24 @@ from typing import Any, cast
 
 import orjson
 
-from scoring import history, record
-from scoring.engine import LeadState, cool, describe, engagement_at, score_at
-from scoring.keys import Layout, Shard
-from scoring.ranking import members
+from scoring import history
+from scoring.engine import LeadState, engagement_at, score_at
 from scoring.rules import Ruleset
+from scoring.store import record
+from scoring.store.keys import Layout, Shard
+from scoring.store.ranking import members
+from scoring.views import as_of, describe
 
 MAX_PAGE = 1000
 
 
 class Queries:
-    """Mixed into ``LeadStore``, which sets these three."""
+    """The reads of one ``RedisStore``'s data (it offers them as its own)."""
 
-    redis: Any  # redis.asyncio.Redis or RedisCluster
-    rules: Ruleset
-    keys: Layout
+    def __init__(self, redis: Any, rules: Ruleset, keys: Layout) -> None:
+        self.redis = redis  # redis.asyncio.Redis or RedisCluster
+        self.rules = rules
+        self.keys = keys
 
     async def load(self, lead_id: str) -> tuple[LeadState, int] | None:
         """A lead's state (with the ids that still count as duplicates) and when it was
@@ -55,9 +58,9 @@ class Queries:
         hot, stage:<stage>) that ``keep`` accepts, as ``describe`` shows them.
 
         Each ranking (one per shard, fit score and group; ``all`` is the four stage
-        groups, see scoring.ranking) is read from the top in pages until it
+        groups, see scoring.store.ranking) is read from the top in pages until it
         has yielded ``limit`` leads (or runs out); the best of those are the answer (see
-        scoring.ranking for why that is exact). A lead is shown as of now: one whose
+        scoring.store.ranking for why that is exact). A lead is shown as of now: one whose
         cooling by decay is due but not yet swept is shown cooled.
         """
         rules = self.rules
@@ -116,8 +119,7 @@ class Queries:
         for raws in await reads.execute():
             for raw in raws:
                 if raw is not None:
-                    state = record.decode(raw, {}).state
-                    cool(state, now_ms, self.rules)
+                    state = as_of(record.decode(raw, {}).state, now_ms, self.rules)
                     states[state.lead_id] = state
         return states
 

@@ -2,10 +2,11 @@
 
 There is one definition of the scoring semantics (``scoring.engine``); this store
 runs it under optimistic concurrency instead of re-implementing it in Lua. Per
-shard of the batch (``scoring.keys``):
+shard of the batch (``scoring.store.keys``):
 
-    MGET states + READ_IDS (the batch's event ids)  ->  apply() in Python  ->
-    COMMIT (states, ids, cooling index, lead index, history, outbox; one script)
+    MGET states + READ_IDS (the batch's event ids)  ->  apply_batch (scoring.store.batch)
+    ->  COMMIT (states, ids, cooling index, lead index, history, outbox; one script,
+        scoring.store.commit)
 
 COMMIT first checks that no lead changed since it was read (each state record
 carries a version), and writes nothing if one did (a second worker during a
@@ -25,28 +26,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
 from redis.exceptions import WatchError
 
-from scoring import history, record
-from scoring.engine import (
-    LeadState,
-    Notification,
-    cool,
-    cooling_due,
-    is_duplicate,
-    stamp,
-)
-from scoring.errors import DataLost, EventError, StoreError
+from scoring import history
+from scoring.engine import cool
+from scoring.errors import DataLost, StoreError
 from scoring.events import Event
-from scoring.keys import Layout, Shard, layout_key
-from scoring.queries import Queries, as_text
-from scoring.ranking import groups, rank_key
 from scoring.rules import Ruleset
-from scoring.scripts import COMMIT, READ_IDS
+from scoring.store import record
+from scoring.store.batch import Batch, Outcome, PartlyApplied, apply_batch, numbered
+from scoring.store.commit import COMMIT, READ_IDS, Stored, commit_arguments
+from scoring.store.keys import PREFIX, Layout, Shard, layout_key
+from scoring.store.queries import Queries, as_text
+from scoring.store.ranking import groups
 
 MAX_RETRIES = 50
 # Dead-lettered messages are remembered so that a retry or a replay after a crash does
@@ -71,83 +66,17 @@ def _ignore(op: str, seconds: float) -> None:
     pass
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What one batch did: the outbox entries it recorded and what to count."""
-
-    entries: list[bytes] = field(default_factory=list)
-    applied: int = 0
-    duplicates: int = 0
-    replayed: int = 0
-    awards: dict[str, list[float]] = field(default_factory=dict)  # rule -> [count, |points|]
-    # Events the engine refused (their index in the batch, why): applied as no-ops, so
-    # that their offsets count as applied, and the caller dead-letters them.
-    rejected: list[tuple[int, EventError]] = field(default_factory=list)
-
-    def award(self, rule_id: str, times: float, points: float) -> None:
-        tally = self.awards.get(rule_id)
-        if tally is None:
-            self.awards[rule_id] = [times, points]
-        else:
-            tally[0] += times
-            tally[1] += points
-
-    def add(self, other: Outcome) -> None:
-        """Count another shard's part of the batch in."""
-        self.entries += other.entries
-        self.applied += other.applied
-        self.duplicates += other.duplicates
-        self.replayed += other.replayed
-        self.rejected += other.rejected
-        for rule_id, (times, points) in other.awards.items():
-            self.award(rule_id, times, points)
+# A change of the leads of one shard: what it did, its notifications included.
+Change = Callable[[dict[str, Stored]], Outcome]
 
 
-class PartlyApplied(Exception):
-    """Some shards of a batch committed, another failed (``cause``). ``outcome`` is what
-    the committed shards did: their events are replays from now on, so whoever retries
-    the batch must act on it (deliver, dead-letter) or lose it."""
-
-    def __init__(self, outcome: Outcome, cause: BaseException) -> None:
-        super().__init__(f"{type(cause).__name__}: {cause}")
-        self.outcome, self.cause = outcome, cause
-
-
-@dataclass(slots=True)
-class Stored:
-    """One lead as stored: its engine state, plus what the store itself keeps."""
-
-    state: LeadState
-    offsets: dict[str, int] = field(default_factory=dict)  # partition -> last offset applied
-    ids_before: dict[str, int] = field(default_factory=dict)  # the batch's known ids, as read
-    t_ref_before: int | None = None
-    ranked_before: tuple[float, tuple[str, ...]] | None = None  # (F, groups) as read
-    version: int = -1  # as read; -1: not in Redis
-    history: list[history.Entry] = field(default_factory=list)  # new entries, oldest first
-
-    @classmethod
-    def decode(cls, lead_id: str, raw: bytes | str | None, ids: dict[str, int]) -> Stored:
-        """``ids``: those of the batch's event ids this lead has applied before (their T)."""
-        if raw is None:
-            return cls(LeadState(lead_id, seen=dict(ids)), {}, ids)
-        state, offsets, _, version = record.decode(raw, dict(ids))
-        return cls(state, offsets, ids, state.t_ref, (state.fit, groups(state.stage, state.hot)),
-                   version)
-
-    def encode(self, now_ms: int) -> bytes:
-        return record.encode(self.state, self.offsets, now_ms, max(self.version, 0) + 1)
-
-
-# A change of the leads of one shard: the notifications it causes, and what to count.
-Change = Callable[[dict[str, Stored]], tuple[list[Notification], "Outcome"]]
-
-
-class LeadStore(Queries):
+class RedisStore:
     """Lead states, their histories, the lead index, the notification outbox and the
-    cooling index, in one Redis or a Redis Cluster. The reads are in ``Queries``."""
+    cooling index, in one Redis or a Redis Cluster. Its reads are those of
+    ``scoring.store.queries.Queries``, offered as its own."""
 
-    def __init__(self, redis: Any, rules: Ruleset, prefix: str = "ls",
-                 history_size: int = 50, observe: Observe = _ignore, shards: int = 1,
+    def __init__(self, redis: Any, rules: Ruleset, prefix: str = PREFIX,
+                 history_size: int = history.SIZE, observe: Observe = _ignore, shards: int = 1,
                  consumed: Consumed = _never) -> None:
         self.redis = redis  # redis.asyncio.Redis or RedisCluster
         self.rules = rules
@@ -156,6 +85,9 @@ class LeadStore(Queries):
         self.observe = observe
         self.consumed = consumed
         self._opened = False
+        reads = Queries(redis, rules, self.keys)
+        self.load, self.exists, self.history = reads.load, reads.exists, reads.history
+        self.top, self.pending, self.outbox_size = reads.top, reads.pending, reads.outbox_size
 
     @property
     def channel(self) -> str:
@@ -230,84 +162,57 @@ class LeadStore(Queries):
         offset applied to its lead is a replay (a crash, a rebalance) and is skipped:
         replays are exact whatever the dedupe window.
         """
-        by_lead: dict[str, list[tuple[int, Event, tuple[int, int] | None]]] = {}
-        for i, event in enumerate(events):
-            position = positions[i] if positions is not None else None
-            by_lead.setdefault(event.lead_id, []).append((i, event, position))
-        rules = self.rules
+        rules, keep_history = self.rules, self.history_size > 0
+        # Per shard: its part of the batch, in order, and each of its leads' event ids.
+        shards: dict[Shard, tuple[Batch, dict[str, list[str]]]] = {}
+        for item in numbered(events, positions):  # (one pass; each shard's part in order)
+            event = item[1]
+            part = shards.get(shard := self.keys.of(event.lead_id))
+            if part is None:
+                part = shards[shard] = ([], {})
+            part[0].append(item)
+            part[1].setdefault(event.lead_id, []).append(event.event_id)
 
-        def change(leads: dict[str, Stored]) -> tuple[list[Notification], Outcome]:
-            tally = Outcome()  # afresh on each try: a retried transaction starts over
-            notes: list[Notification] = []
-            for lead_id, stored in leads.items():
-                state, offsets = stored.state, stored.offsets
-                for index, event, position in by_lead[lead_id]:
-                    if position is not None:
-                        partition = str(position[0])
-                        if offsets.get(partition, -1) >= position[1]:
-                            tally.replayed += 1
-                            continue
-                        offsets[partition] = position[1]
-                    if is_duplicate(state, event, rules):
-                        tally.duplicates += 1
-                        continue
-                    try:
-                        emitted, entries, awarded = history.apply_recorded(state, event, rules)
-                    except EventError as exc:  # refused before it changed anything
-                        tally.rejected.append((index, exc))
-                        continue
-                    tally.applied += 1
-                    if emitted:
-                        notes.extend(emitted)
-                    if entries:
-                        stored.history.extend(entries)
-                    for rule_id, points in awarded:
-                        tally.award(rule_id, 1, abs(points))
-            return notes, tally
+        def change(part: Batch) -> Change:
+            # (afresh on each try: a retried transaction starts over)
+            return lambda leads: apply_batch(leads, part, rules, keep_history)
 
-        shards: dict[Shard, dict[str, list[str]]] = {}
-        for lead_id, lead_events in by_lead.items():
-            shards.setdefault(self.keys.of(lead_id), {})[lead_id] = [
-                event.event_id for _, event, _ in lead_events]
-        jobs = [self._transact(shard, ids, change, now_ms) for shard, ids in shards.items()]
+        jobs = [self._transact(shard, ids, change(part), now_ms)
+                for shard, (part, ids) in shards.items()]
         done = [await jobs[0]] if len(jobs) == 1 else \
             await asyncio.gather(*jobs, return_exceptions=True)
         outcome, failure = Outcome(), None
         for result in done:
             if isinstance(result, BaseException):
                 failure = failure or result
-                continue
-            entries, tally = result
-            tally.entries = entries
-            outcome.add(tally)
+            else:
+                outcome.add(result)
         if failure is not None:
-            if not (outcome.entries or outcome.applied or outcome.replayed
-                    or outcome.duplicates or outcome.rejected):
+            if not outcome:
                 raise failure
             raise PartlyApplied(outcome, failure) from failure
         return outcome
 
     async def sweep(self, now_ms: int, limit: int = 1000) -> list[bytes]:
-        """SPEC 3 step 3: cool every disarmed lead whose crossing time has passed (at most
+        """The cooling sweep: cool every disarmed lead whose crossing time has passed (at most
         ``limit`` per shard); return the outbox entries recorded, as ``apply`` does."""
         rules = self.rules
 
-        def change(leads: dict[str, Stored]) -> tuple[list[Notification], Outcome]:
-            notes = []
+        def change(leads: dict[str, Stored]) -> Outcome:
+            outcome = Outcome()
             for stored in leads.values():
                 note = cool(stored.state, now_ms, rules)
                 if note is not None:
-                    notes.append(note)
+                    outcome.notifications.append(note)
                     stored.history.append(history.cooling(note))
-            return notes, Outcome()
+            return outcome
 
         async def sweep_shard(shard: Shard) -> list[bytes]:
             due = await self.redis.zrangebyscore(shard.cooling, "-inf", now_ms, 0, limit)
             if not due:
                 return []
-            entries, _ = await self._transact(shard, {as_text(d): [] for d in due}, change,
-                                              now_ms)
-            return entries
+            outcome = await self._transact(shard, {as_text(d): [] for d in due}, change, now_ms)
+            return outcome.entries
 
         return [entry for entries in await _all(map(sweep_shard, self.keys.shards))
                 for entry in entries]
@@ -336,9 +241,7 @@ class LeadStore(Queries):
                         pipe.zrem(shard.outbox, *pending)
                     if raw is not None:
                         state = record.decode(raw, {}).state
-                        # ("all": the ranking of every lead that versions before the
-                        # stage rankings kept; data they wrote may still hold this lead.)
-                        for group in (*groups(state.stage, state.hot), "all"):
+                        for group in groups(state.stage, state.hot):
                             pipe.zrem(shard.rank(group, float(state.fit)), lead_id)
                     await pipe.execute()
                     return raw is not None
@@ -379,7 +282,7 @@ class LeadStore(Queries):
             await pipe.execute()
 
     async def _transact(self, shard: Shard, ids: dict[str, list[str]], change: Change,
-                        now_ms: int) -> tuple[list[bytes], Outcome]:
+                        now_ms: int) -> Outcome:
         """Read the leads of one shard (and the given event ids of each), apply
         ``change``, write back with COMMIT; all or nothing, retried while another writer
         (a second worker during a rebalance, the sweep, an erasure) changes one of these
@@ -392,13 +295,14 @@ class LeadStore(Queries):
             started = time.perf_counter()
             stored = await self._read(shard, leads, keys, ids)
             self.observe("read", time.perf_counter() - started)
-            notes, tally = change(stored)
-            entries, commit = self._commit(shard, stored, notes, now_ms)
+            outcome = change(stored)
+            outcome.entries, commit = commit_arguments(
+                shard, stored, outcome.notifications, now_ms, self.rules, self.history_size)
             started = time.perf_counter()
             stale = await self.redis.eval(COMMIT, *commit)
             self.observe("write", time.perf_counter() - started)
             if not stale:
-                return entries, tally
+                return outcome
             if stale < 0:
                 raise DataLost(self._lost(f"shard {shard.number}'s marker is gone"))
         raise StoreError(f"gave up after {MAX_RETRIES} conflicting writes to the same "
@@ -421,90 +325,6 @@ class LeadStore(Queries):
                               in zip(ids[lead_id], scores, strict=True) if score is not None}
         return {lead_id: Stored.decode(lead_id, raw, known[lead_id])
                 for lead_id, raw in zip(leads, replies[0], strict=True)}
-
-    def _commit(self, shard: Shard, leads: dict[str, Stored], notes: list[Notification],
-                now_ms: int) -> tuple[list[bytes], list[Any]]:
-        """The outbox entries of ``notes``, and the arguments of the COMMIT call that
-        writes the shard's leads (see scoring.scripts for their layout)."""
-        window, step = self.rules.dedupe_window_ms, self.rules.prune_step_ms
-        versions: list[int] = []
-        records: list[bytes] = []
-        cool: list[float | str] = []
-        uncool: list[str] = []
-        id_keys: list[str] = []
-        id_sets: list[tuple[int | str, list[int | str]]] = []
-        for lead_id, stored in leads.items():
-            state = stored.state
-            versions.append(stored.version)
-            records.append(stored.encode(now_ms))
-            before = stored.ids_before
-            added = [part for event_id, t in state.seen.items() if before.get(event_id) != t
-                     for part in (t, event_id)]
-            # Expired ids are dropped when T crosses a mark every eighth of the window, as
-            # the engine prunes its own (a check compares times with the horizon itself, so
-            # an expired id never counts): one ZREMRANGEBYSCORE per lead and event would
-            # be a tenth of Redis's work.
-            t_ref, before_t = state.t_ref, stored.t_ref_before
-            prune = t_ref is not None and before_t is not None and \
-                t_ref // step != before_t // step
-            if added or prune:
-                id_keys.append(shard.ids(lead_id))
-                id_sets.append((t_ref - window if prune and t_ref is not None else "", added))
-            due = cooling_due(state, self.rules)
-            if due is None:
-                uncool.append(lead_id)
-            else:
-                cool += (due, lead_id)
-        history_keys, histories = self._histories(shard, leads)
-        rank_keys, ranks, fits = self._rankings(shard, leads)
-        entries = [orjson.dumps(stamp(n, now_ms)) for n in notes]
-        head = orjson.dumps({"v": versions, "ids": id_sets, "cap": self.history_size,
-                             "hist": [len(some) for some in histories], "ranks": ranks,
-                             "cool": cool, "uncool": uncool, "fits": fits, "now": now_ms})
-        keys = [*(shard.state(lead_id) for lead_id in leads), *id_keys, *history_keys,
-                *rank_keys, shard.cooling, shard.outbox, shard.fits, shard.marker]
-        return entries, [len(keys), *keys, head, *records,
-                         *(entry for some in histories for entry in some), *entries]
-
-    def _rankings(self, shard: Shard, leads: dict[str, Stored]
-                  ) -> tuple[list[str], list[tuple[list[float | str], list[str]]], list[str]]:
-        """Move each lead to its place in the rankings of its fit score and groups:
-        (ranking keys, (adds, removes) per key, new fit scores)."""
-        adds: dict[str, list[float | str]] = {}
-        removes: dict[str, list[str]] = {}
-        fits: set[float] = set()
-        half_life = self.rules.half_life_ms
-        for lead_id, stored in leads.items():
-            state = stored.state
-            fit, now_in = state.fit, groups(state.stage, state.hot)
-            if stored.ranked_before is not None:
-                fit_before, was_in = stored.ranked_before
-                for group in was_in:
-                    if fit_before != fit or group not in now_in:
-                        removes.setdefault(shard.rank(group, fit_before), []).append(lead_id)
-            if stored.ranked_before is None or stored.ranked_before[0] != fit:
-                fits.add(fit)
-            # Stored negated and read lowest first: leads that tie then come in lead_id
-            # order, as the final sort of ``top`` orders them (ZREVRANGE would reverse it).
-            key = -rank_key(state, half_life)
-            for group in now_in:
-                adds.setdefault(shard.rank(group, fit), []).extend((key, lead_id))
-        keys = list(adds.keys() | removes.keys())
-        return (keys, [(adds.get(rank, []), removes.get(rank, [])) for rank in keys],
-                list(map(repr, fits)))
-
-    def _histories(self, shard: Shard, leads: dict[str, Stored]
-                   ) -> tuple[list[str], list[list[bytes]]]:
-        """(history keys, the new entries of each as JSON, oldest first)."""
-        keys: list[str] = []
-        lists: list[list[bytes]] = []
-        if self.history_size > 0:
-            for lead_id, stored in leads.items():
-                if stored.history:
-                    keys.append(shard.history(lead_id))
-                    lists.append([orjson.dumps(entry)
-                                  for entry in stored.history[-self.history_size:]])
-        return keys, lists
 
 
 async def _all(jobs: Iterable[Awaitable[_T]]) -> list[_T]:

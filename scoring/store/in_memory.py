@@ -1,0 +1,135 @@
+"""Lead state in a dict: ``leadscore score`` and the tests.
+
+The same batches as ``RedisStore`` through the same ``apply_batch``, so that offline
+and streaming differ only in where the state lives. One process owns the dict, so a
+batch needs no transaction; the index a "top N now" needs is a scan of every lead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from scoring import history
+from scoring.engine import LeadState, Notification, cool, engagement_at, score_at, stamp
+from scoring.events import Event
+from scoring.rules import Ruleset
+from scoring.store.batch import Lead, Outcome, apply_batch, numbered
+from scoring.store.ranking import members
+from scoring.views import as_of, describe
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Every lead's state, offsets and history, in memory."""
+
+    def __init__(self, rules: Ruleset, history_size: int = history.SIZE) -> None:
+        self.rules = rules
+        self.history_size = history_size
+        self.leads: dict[str, Lead] = {}
+        self.updated_at: dict[str, int] = {}
+
+    def apply_now(self, events: Sequence[Event], now_ms: int | None = None,
+                  positions: Sequence[tuple[int, int]] | None = None) -> Outcome:
+        """``apply`` without the event loop, and without stamping ``emitted_at`` unless
+        ``now_ms`` is given: what ``leadscore score`` needs."""
+        leads = self.leads
+        for event in events:
+            if event.lead_id not in leads:
+                leads[event.lead_id] = Lead(LeadState(event.lead_id))
+        outcome = apply_batch(leads, numbered(events, positions), self.rules,
+                              self.history_size > 0)
+        if self.history_size > 0:
+            for event in events:
+                lead = leads[event.lead_id]
+                if len(lead.history) > self.history_size:
+                    del lead.history[:-self.history_size]
+        if now_ms is not None:
+            for event in events:
+                self.updated_at[event.lead_id] = now_ms
+            outcome.entries = [orjson.dumps(stamp(n, now_ms)) for n in outcome.notifications]
+        if outcome.rejected:
+            self._drop_unapplied(events)
+        return outcome
+
+    async def apply(self, events: Sequence[Event], now_ms: int,
+                    positions: Sequence[tuple[int, int]] | None = None) -> Outcome:
+        """As ``RedisStore.apply``: the outcome's ``entries`` are the notifications as
+        JSON, stamped ``emitted_at`` = ``now_ms``."""
+        return self.apply_now(events, now_ms, positions)
+
+    def sweep_now(self, at: int) -> list[Notification]:
+        """Cool every disarmed lead whose cooling by decay is due by ``at``; their
+        lead.cooled, by crossing time then lead id."""
+        cooled = []
+        for lead in self.leads.values():
+            note = cool(lead.state, at, self.rules)
+            if note is not None:
+                cooled.append(note)
+                if self.history_size > 0:
+                    lead.history.append(history.cooling(note))
+        cooled.sort(key=lambda n: (n["event_ts"], n["lead_id"]))
+        return cooled
+
+    async def sweep(self, now_ms: int) -> list[bytes]:
+        return [orjson.dumps(stamp(n, now_ms)) for n in self.sweep_now(now_ms)]
+
+    async def load(self, lead_id: str) -> tuple[LeadState, int] | None:
+        lead = self.leads.get(lead_id)
+        if lead is None:
+            return None
+        return _copy(lead.state), self.updated_at.get(lead_id, 0)
+
+    async def exists(self, lead_id: str) -> bool:
+        return lead_id in self.leads
+
+    async def history(self, lead_id: str, limit: int) -> list[dict[str, Any]]:
+        lead = self.leads.get(lead_id)
+        found = [] if lead is None else lead.history[::-1][:limit]
+        return [history.view(entry) for entry in found]
+
+    async def top(self, now_ms: int, limit: int, group: str = "all",
+                  keep: Callable[[dict[str, Any]], bool] | None = None
+                  ) -> list[dict[str, Any]]:
+        """As ``RedisStore.top``, by brute force over every lead."""
+        rules, wanted = self.rules, set(members(group))
+        found = []
+        for lead in self.leads.values():
+            state = as_of(_copy(lead.state), now_ms, rules)
+            if f"stage:{state.stage}" not in wanted and not ("hot" in wanted and state.hot):
+                continue
+            view = describe(state, rules, now_ms)
+            del view["profile"]
+            if keep is None or keep(view):
+                found.append((score_at(state, now_ms, rules),
+                              state.fit + engagement_at(state, now_ms, rules),
+                              state.lead_id, view))
+        found.sort(key=lambda f: (-f[0], -f[1], f[2]))
+        return [view for _, _, _, view in found[:limit]]
+
+    async def forget(self, lead_id: str) -> bool:
+        self.updated_at.pop(lead_id, None)
+        return self.leads.pop(lead_id, None) is not None
+
+    def states(self) -> dict[str, LeadState]:
+        """Every lead's state (the store's own objects: read, do not change)."""
+        return {lead_id: lead.state for lead_id, lead in self.leads.items()}
+
+    def _drop_unapplied(self, events: Sequence[Event]) -> None:
+        """A lead whose every event was refused was never seen: as in Redis, where a
+        refused event writes nothing, it has no state."""
+        for event in events:
+            lead = self.leads.get(event.lead_id)
+            if lead is not None and lead.state.t_ref is None and not lead.offsets:
+                del self.leads[event.lead_id]
+
+
+def _copy(state: LeadState) -> LeadState:
+    """A copy deep enough to be cooled or shown without touching the stored state."""
+    return LeadState(state.lead_id, state.t_ref, state.engagement, state.fit,
+                     dict(state.contributions), dict(state.profile), state.stage, state.hot,
+                     dict(state.counts), {r: dict(w) for r, w in state.windows.items()},
+                     dict(state.seen), state.notified)

@@ -1,0 +1,48 @@
+"""A lead as people see it: one definition for the API, ``leadscore lead``,
+``leadscore score`` and the dashboard, so that they can never disagree.
+
+"Now" is the caller's clock: a disarmed lead whose cooling by decay is due but not
+yet swept (the sweep runs every LEADSCORE_SWEEP_INTERVAL) is shown cooled, as the
+next event or the sweep will make it (docs/semantics.md, "Hot, cooled, and the
+crossing time").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scoring.engine import LeadState, cool, engagement_at, reasons, score_at
+from scoring.rules import Ruleset
+
+__all__ = ["as_of", "describe", "lead_now", "summary"]
+
+
+def as_of(state: LeadState, at: int, rules: Ruleset) -> LeadState:
+    """The state as of ``at``: cooled first if its cooling by decay is due by then.
+    Changes ``state`` (a copy read for showing, never written back)."""
+    cool(state, at, rules)
+    return state
+
+
+def summary(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
+    """One lead's numbers at ``at``, as ``leadscore score`` prints them."""
+    return {
+        "lead_id": state.lead_id,
+        "score": round(score_at(state, at, rules), 2),
+        "fit": round(state.fit, 2),
+        "engagement": round(engagement_at(state, at, rules), 2),
+        "stage": state.stage,
+        "hot": state.hot,
+    }
+
+
+def describe(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
+    """One lead with the why: the summary, its reasons, profile and rules version."""
+    return {**summary(state, rules, at), "reasons": reasons(state, rules, at),
+            "profile": state.profile, "rules_version": rules.version}
+
+
+def lead_now(state: LeadState, rules: Ruleset, now_ms: int) -> dict[str, Any]:
+    """A lead as the API and ``leadscore lead`` show it now: ``describe`` of the state
+    cooled first if due (changes ``state``, a copy read for showing)."""
+    return describe(as_of(state, now_ms, rules), rules, now_ms)

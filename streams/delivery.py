@@ -1,0 +1,114 @@
+"""Everything a worker sends to the broker, through its one producer.
+
+- Notifications, from the outbox: a batch's are handed to the producer in order (so
+  that a lead's keep their order on its partition) and the next batch goes on while
+  the broker acknowledges them. That is safe because the outbox already holds them: a
+  send that fails stays there and is re-sent within ``outbox_interval``, with the same
+  ``notification_id`` and bytes. Once acknowledged they are cleared from the outbox
+  and published on Redis for the dashboards of every worker (``RedisStore.delivered``).
+- Dead letters (``streams.deadletters``), each message once.
+- Tombstones of erased leads (``streams.erasure``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from scoring.engine import Notification
+from scoring.events import parse_ts
+from scoring.store import RedisStore
+from streams import metrics
+from streams.deadletters import DeadLetters
+from streams.erasure import send_tombstone
+from streams.health import Health
+from streams.runtime import now_ms, producer
+from streams.settings import Settings
+
+__all__ = ["Delivery"]
+
+DRAIN_SECONDS = 5.0  # how long a stop waits for acknowledgements (the rest is re-sent)
+
+
+class Delivery:
+    """The worker's producer and what goes through it; ``start`` before use."""
+
+    def __init__(self, settings: Settings, store: RedisStore, health: Health) -> None:
+        self.settings, self.store, self.health = settings, store, health
+        self.producer: AIOKafkaProducer | None = None
+        self.dead_letters: DeadLetters | None = None
+        self._in_flight: set[asyncio.Future[None]] = set()  # deliveries awaiting acks
+
+    async def start(self) -> None:
+        self.producer = producer(
+            self.settings, linger_ms=0,
+            max_request_size=max(1_048_576, self.settings.dlq_max_bytes + 65_536))
+        await self.producer.start()
+        self.dead_letters = DeadLetters(self.producer, self.store, self.settings.topic_dlq,
+                                        self.settings.dlq_max_bytes)
+
+    async def drain(self) -> None:
+        """Let sent notifications be acknowledged, for a while (else they are re-sent)."""
+        if self._in_flight:
+            await asyncio.wait(self._in_flight, timeout=DRAIN_SECONDS)
+
+    async def stop(self) -> None:
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def deliver(self, entries: Iterable[bytes]) -> None:
+        """Send outbox entries to the notifications topic; clear them once acknowledged."""
+        entries = list(entries)
+        await self._acknowledged(*await self._enqueue(entries), entries)
+
+    async def deliver_behind(self, entries: list[bytes], notes: list[Notification]) -> None:
+        """Hand a batch's outbox entries (and ``notes``, the notifications they encode, as
+        ``Outcome`` pairs them) to the producer and return: their acknowledgements are
+        awaited in the background (see the module's docstring)."""
+        sends, notes = await self._enqueue(entries, notes)
+        task = asyncio.ensure_future(self.health.safely(
+            "notification delivery", lambda: self._acknowledged(sends, notes, entries)))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def resend_pending(self) -> None:
+        """Re-send what was recorded but not sent: by a crashed run, or a failed send."""
+        if self.health.lost is not None:
+            return
+        horizon = now_ms() - self.settings.outbox_interval * 1000
+        pending = await self.store.pending(recorded_before_ms=horizon)
+        if pending:
+            await self.deliver(pending)
+        metrics.OUTBOX_PENDING.set(await self.store.outbox_size())
+
+    async def tombstone(self, lead_id: str) -> None:
+        """Tell downstream systems to forget an erased lead (``streams.erasure``)."""
+        assert self.producer is not None, "Delivery.start first"
+        await send_tombstone(self.producer, self.settings.topic_hot, lead_id)
+
+    async def _enqueue(self, entries: list[bytes], notes: list[Notification] | None = None
+                       ) -> tuple[list[asyncio.Future[Any]], list[Notification]]:
+        """Hand entries to the producer, in order; the futures of their acknowledgements,
+        and the notifications (decoded from the entries unless given)."""
+        assert self.producer is not None, "Delivery.start first"
+        topic = self.settings.topic_hot
+        if notes is None:
+            notes = [orjson.loads(entry) for entry in entries]
+        sends = [await self.producer.send(topic, value=entry, key=note["lead_id"].encode())
+                 for entry, note in zip(entries, notes, strict=True)]
+        return sends, notes
+
+    async def _acknowledged(self, sends: list[asyncio.Future[Any]], notes: list[Notification],
+                            entries: list[bytes]) -> None:
+        await asyncio.gather(*sends)
+        sent = now_ms()
+        for note in notes:
+            metrics.NOTIFICATIONS.labels(note["type"]).inc()
+            if note["event_id"] is not None:  # caused by an event: its end-to-end latency
+                metrics.END_TO_END_LATENCY.observe(max(sent - parse_ts(note["event_ts"]), 0)
+                                                   / 1000)
+        await self.store.delivered(entries)

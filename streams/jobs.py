@@ -1,0 +1,43 @@
+"""The worker's periodic jobs, each on a Faust timer, each run ``Health.safely``.
+
+    cooling sweep   every LEADSCORE_SWEEP_INTERVAL: the disarmed leads whose score has
+                    decayed below ``rearm_below`` get their ``lead.cooled``
+    outbox re-send  every LEADSCORE_OUTBOX_INTERVAL: notifications recorded but not
+                    acknowledged (a failed send, a crashed run) are sent again
+"""
+
+from __future__ import annotations
+
+import faust
+
+from scoring.store import RedisStore
+from streams.delivery import Delivery
+from streams.health import Health
+from streams.runtime import now_ms
+from streams.settings import Settings
+
+__all__ = ["schedule", "sweep_cooling"]
+
+
+async def sweep_cooling(store: RedisStore, delivery: Delivery, health: Health) -> None:
+    """Cool the disarmed leads whose crossing time has passed, by the wall clock
+    (docs/semantics.md, "Hot, cooled, and the crossing time"), and send their
+    ``lead.cooled``. Nothing before the worker has started, or once it has stopped
+    scoring."""
+    if health.lost is not None or delivery.producer is None:
+        return
+    while entries := await store.sweep(now_ms()):
+        await delivery.deliver(entries)
+
+
+def schedule(app: faust.App, settings: Settings, store: RedisStore, delivery: Delivery,
+             health: Health) -> None:
+    """Put the jobs on the app's timers."""
+
+    @app.timer(interval=settings.sweep_interval)
+    async def cooling_sweep() -> None:
+        await health.safely("cooling sweep", lambda: sweep_cooling(store, delivery, health))
+
+    @app.timer(interval=settings.outbox_interval)
+    async def outbox_resend() -> None:
+        await health.safely("outbox re-send", delivery.resend_pending)

@@ -1,0 +1,107 @@
+"""What every part of Leadscore that talks to a deployment starts from.
+
+    async with connected(settings) as runtime:   # the worker, leadscore dev, lead, forget
+        await runtime.store.load(lead_id)
+
+``connected`` goes settings -> rules -> Redis client -> settled layout -> store, in
+that order, and closes the client on the way out; the store exists only inside it, so
+none can be used before its shard count is settled (streams.connect). Also here, in
+one place: the clock (``now_ms``), the brokers (``bootstrap_servers``) and the Kafka
+clients built from the settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition
+
+from scoring.rules import Ruleset, load_rules
+from scoring.store import RedisStore
+from streams.connect import redis_client, settled_store
+from streams.settings import Settings
+
+__all__ = ["Runtime", "bootstrap_servers", "connected", "has_committed", "now_ms", "producer",
+           "producing"]
+
+
+def now_ms() -> int:
+    """The wall clock, in epoch milliseconds: what "now" means everywhere in Leadscore."""
+    return time.time_ns() // 1_000_000
+
+
+def bootstrap_servers(broker: str) -> list[str]:
+    """``kafka://a:9092;kafka://b:9092`` (Faust style) -> ``["a:9092", "b:9092"]``."""
+    return [url.split("://", 1)[-1].strip("/") for url in broker.replace(",", ";").split(";")
+            if url.strip()]
+
+
+def producer(settings: Settings, **options: Any) -> AIOKafkaProducer:
+    """A producer to the settings' brokers, not started. Plain, not idempotent: Tansu (the
+    embedded broker) refuses idempotent producers, and notifications carry their own ids
+    for consumers to drop repeats."""
+    return AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker),
+                            enable_idempotence=False, acks="all",
+                            **settings.kafka_options(), **options)
+
+
+@contextlib.asynccontextmanager
+async def producing(settings: Settings, **options: Any) -> AsyncIterator[AIOKafkaProducer]:
+    """A started ``producer``, stopped on the way out (also when it failed to start)."""
+    started = producer(settings, **options)
+    try:
+        await started.start()
+        yield started
+    finally:
+        await started.stop()
+
+
+async def has_committed(settings: Settings) -> bool:
+    """Whether the settings' consumer group has committed offsets on the events topic
+    (asked by the store when Redis holds no data: a first start, or lost data?)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(settings.broker),
+                                group_id=settings.group_id, enable_auto_commit=False,
+                                **settings.kafka_options())
+    await consumer.start()
+    try:
+        topic = settings.topic_events
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer.topics()  # metadata, once
+            partitions = consumer.partitions_for_topic(topic) or set()
+        for partition in sorted(partitions):
+            if await consumer.committed(TopicPartition(topic, partition)) is not None:
+                return True
+        return False
+    finally:
+        await consumer.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """A deployment's Redis side, ready to use."""
+
+    settings: Settings  # with ``redis_shards`` settled: the data's
+    rules: Ruleset
+    redis: Any  # redis.asyncio.Redis or RedisCluster
+    store: RedisStore
+
+
+@contextlib.asynccontextmanager
+async def connected(settings: Settings, rules: Ruleset | None = None,
+                    **store_options: Any) -> AsyncIterator[Runtime]:
+    """The runtime of ``settings``: the rules file (when not given) loaded and validated
+    first, then Redis, its layout settled, and the store over it (``store_options`` are
+    RedisStore's, such as ``observe``)."""
+    rules = rules if rules is not None else load_rules(settings.rules_path())
+    async with redis_client(settings) as redis:
+        settings, store = await settled_store(
+            settings, rules, redis, consumed=functools.partial(has_committed, settings),
+            **store_options)
+        yield Runtime(settings, rules, redis, store)
