@@ -111,4 +111,4 @@ class Delivery:
             if note["event_id"] is not None:  # caused by an event: its end-to-end latency
                 metrics.END_TO_END_LATENCY.observe(max(sent - parse_ts(note["event_ts"]), 0)
                                                    / 1000)
-        await self.store.delivered(entries)
+        await self.store.delivered(entries, [note["lead_id"] for note in notes])

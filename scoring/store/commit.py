@@ -72,19 +72,26 @@ local cooling, outbox, fits, marker = KEYS[#KEYS - 3], KEYS[#KEYS - 2], KEYS[#KE
   KEYS[#KEYS]
 if redis.call('EXISTS', marker) == 0 then return -1 end
 
--- Everything checked before the first write (see above).
+-- Everything checked before the first write (see above). The loops are written out
+-- (no function call per value): they run over every score the commit writes.
+local huge = math.huge
 local function refuse(what)
   return redis.error_reply('COMMIT refused, nothing written: ' .. what)
 end
-local function finite(x)
-  return type(x) == 'number' and x == x and x ~= math.huge and x ~= -math.huge
-end
 local function scored(list, what)  -- [score, member, score, member, ...]: a problem or nil
-  if #list % 2 ~= 0 then return what .. ': an odd number of values' end
-  for i = 1, #list, 2 do
-    if not finite(list[i]) then return what .. ': a score that is not a finite number' end
+  if type(list) ~= 'table' then return what .. ': not a list' end
+  local count = #list
+  if count % 2 ~= 0 then return what .. ': an odd number of values' end
+  for i = 1, count, 2 do
+    local x = list[i]
+    if type(x) ~= 'number' or x ~= x or x == huge or x == -huge then
+      return what .. ': a score that is not a finite number'
+    end
     if type(list[i + 1]) ~= 'string' then return what .. ': a member that is not a string' end
   end
+end
+local function finite(x)
+  return type(x) == 'number' and x == x and x ~= huge and x ~= -huge
 end
 for _, part in ipairs({versions, head.ids, head.hist, head.ranks, head.cool, head.uncool,
                        head.fits}) do
@@ -101,19 +108,23 @@ for _, count in ipairs(head.hist) do
 end
 if #ARGV < 1 + n + entries then return refuse('fewer arguments than the head announces') end
 for i = 1, n do
-  if not finite(versions[i]) then return refuse('a version that is not a number') end
+  local v = versions[i]
+  if type(v) ~= 'number' or v ~= v then return refuse('a version that is not a number') end
   if string.sub(ARGV[i + 1], 1, 3) ~= '[1,' then
     return refuse('a state record of no known format')
   end
 end
 for _, set in ipairs(head.ids) do
-  if type(set) ~= 'table' or type(set[2]) ~= 'table' or (set[1] ~= '' and not finite(set[1]))
-  then return refuse('an id set horizon') end
+  local horizon = type(set) == 'table' and set[1]
+  if horizon ~= '' and (type(horizon) ~= 'number' or horizon ~= horizon or horizon == huge
+                        or horizon == -huge) then
+    return refuse('an id set horizon')
+  end
   local bad = scored(set[2], 'an id set')
   if bad then return refuse(bad) end
 end
 for _, rank in ipairs(head.ranks) do
-  if type(rank) ~= 'table' or type(rank[1]) ~= 'table' or type(rank[2]) ~= 'table' then
+  if type(rank) ~= 'table' or type(rank[2]) ~= 'table' then
     return refuse('a malformed ranking')
   end
   local bad = scored(rank[1], 'a ranking')

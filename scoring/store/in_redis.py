@@ -165,13 +165,17 @@ class RedisStore:
         rules, keep_history = self.rules, self.history_size > 0
         # Per shard: its part of the batch, in order, and each of its leads' event ids.
         shards: dict[Shard, tuple[Batch, dict[str, list[str]]]] = {}
+        lead_parts: dict[str, tuple[Batch, list[str]]] = {}  # a lead's shard, looked up once
         for item in numbered(events, positions):  # (one pass; each shard's part in order)
             event = item[1]
-            part = shards.get(shard := self.keys.of(event.lead_id))
-            if part is None:
-                part = shards[shard] = ([], {})
-            part[0].append(item)
-            part[1].setdefault(event.lead_id, []).append(event.event_id)
+            mine = lead_parts.get(event.lead_id)
+            if mine is None:
+                part = shards.get(shard := self.keys.of(event.lead_id))
+                if part is None:
+                    part = shards[shard] = ([], {})
+                mine = lead_parts[event.lead_id] = (part[0], part[1].setdefault(event.lead_id, []))
+            mine[0].append(item)
+            mine[1].append(event.event_id)
 
         def change(part: Batch) -> Change:
             # (afresh on each try: a retried transaction starts over)
@@ -267,12 +271,17 @@ class RedisStore:
             pipe.zremrangebyrank(key, 0, -DEAD_LETTER_MEMORY_SIZE - 1)
             await pipe.execute()
 
-    async def delivered(self, entries: Iterable[bytes]) -> None:
+    async def delivered(self, entries: Iterable[bytes],
+                        lead_ids: Iterable[str] | None = None) -> None:
         """Forget outbox entries that the broker has acknowledged, and publish them on
-        the notifications channel for live dashboards (of any worker)."""
+        the notifications channel for live dashboards (of any worker). ``lead_ids``: the
+        lead of each entry when the caller has it, else it is read from the entry."""
+        entries = list(entries)
+        leads = [orjson.loads(entry)["lead_id"] for entry in entries] if lead_ids is None \
+            else lead_ids
         by_shard: dict[Shard, list[bytes]] = {}
-        for entry in entries:
-            by_shard.setdefault(self.keys.of(orjson.loads(entry)["lead_id"]), []).append(entry)
+        for entry, lead_id in zip(entries, leads, strict=True):
+            by_shard.setdefault(self.keys.of(lead_id), []).append(entry)
         if by_shard:
             pipe: Any = self.redis.pipeline(transaction=False)
             for shard, some in by_shard.items():
