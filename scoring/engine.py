@@ -1,11 +1,12 @@
 """The state transition: one lead's state, one event, one ruleset (docs/semantics.md).
 
-``apply`` is the single definition of the scoring semantics. The offline scorer
-calls it on states in a dict; the stream worker calls it on states loaded from
-Redis and writes them back atomically (see ``scoring.store``). It mutates the
-state it is given (the hot path allocates no copies) and returns the
-notifications the event causes, in order. An event it cannot apply (a profile
-that would grow past its bound, a number that would stop being finite) raises
+``apply`` is the single definition of the scoring semantics. Every store runs it
+through ``scoring.store.batch.apply_batch``: on states in memory (offline) or loaded
+from Redis and written back atomically (the worker). It mutates the state it is
+given (the hot path allocates no copies) and returns what the event did
+(``Applied``: its notifications in order, its awards, whether it was a repeat). An
+event it cannot apply (a profile that would grow past its bound, a number that would
+stop being finite) raises
 ``EventError`` before anything in the state has changed, so that the caller can
 dead-letter it and go on with the state as it was.
 

@@ -33,7 +33,7 @@ class EventError(LeadscoreError):
 
     def __init__(self, reason: str, kind: str) -> None:
         self.reason = reason
-        self.kind = kind  # short, stable label for metrics: "json", "field", "ts", "size", ...
+        self.kind = kind  # short, stable label for metrics: "not_json", "bad_ts", "too_large", ...
         super().__init__(reason)
 
 

@@ -5,8 +5,9 @@ one message, and time formatting.
 ``EventError`` whose ``reason`` is the one line that goes to the dead-letter topic.
 Times are integer epoch milliseconds everywhere inside Leadscore.
 
-Everything that would fail later is refused here, at the door, so that no event
-the parser accepts can break a later step: times lie in years 1970-9999 (so that
+What one event can be refused for on its own is refused here, at the door (what
+depends on the lead, such as the bound of its profile, is refused by the engine):
+times lie in years 1970-9999 (so that
 ``format_ts`` and every consumer of RFC 3339 can show them), ``properties`` nest
 at most ``MAX_DEPTH`` levels (orjson decodes 1,024 but encodes only 254, and the
 state that stores them must be encodable), and with ``latest_ms`` nothing dated

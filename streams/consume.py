@@ -172,6 +172,9 @@ class EventsConsumer:
                         await self._handle_or_rewind(batch)
         except DataLost as exc:
             self.health.stop_scoring(exc)
+        except Exception as exc:  # a bug, not an outage: say so in /readyz, not only the log
+            self.health.stop_scoring(exc)
+            raise
         finally:
             await self.stop()
 
@@ -215,12 +218,13 @@ class EventsConsumer:
         metrics.EVENTS_CONSUMED.inc(count)
         metrics.BATCH_SIZE.observe(count)
         if events:
-            outcome, refused = await self._apply_isolated(events, positions, sources, now)
-            dead += refused
+            owed = len(self._owed)  # (what a failed try of this batch committed is owed too)
+            outcome = await self._apply_isolated(events, positions, sources, now)
             # Each event was applied, a duplicate, refused or a replay; the halves of an
             # isolated failure see what an earlier half committed as replays, so count the
             # replays as what is left.
-            outcome.replayed = len(events) - outcome.applied - outcome.duplicates - len(refused)
+            outcome.replayed = (len(events) - outcome.applied - outcome.duplicates
+                                - (len(self._owed) - owed))
             metrics.APPLY_LATENCY.observe(time.perf_counter() - started)
             metrics.BATCHES.inc()
             metrics.EVENTS_APPLIED.inc(outcome.applied)
@@ -258,12 +262,12 @@ class EventsConsumer:
         self._committed_at = time.monotonic()
 
     async def _apply_isolated(self, events: list[Event], positions: list[tuple[int, int]],
-                              sources: list[ConsumerRecord[Any, Any]], now: int
-                              ) -> tuple[Outcome, Dead]:
+                              sources: list[ConsumerRecord[Any, Any]], now: int) -> Outcome:
         """``store.apply``, with a failure that is not an outage narrowed down to the
         message that causes it: halves are applied (and committed) in order, so each
         lead's events keep their order, and a message that fails alone is dead-lettered
-        as ``apply_failed``. Returns the outcome and the messages to dead-letter."""
+        as ``apply_failed``. What a commit refused is owed a dead letter from the moment
+        it is committed (``_owe``): a retry sees those events as replays."""
         try:
             outcome = await self.store.apply(events, now, positions)
         except (asyncio.CancelledError, DataLost):
@@ -273,23 +277,27 @@ class EventsConsumer:
             if isinstance(exc, PartlyApplied):  # the committed shards' events are replays now
                 committed = exc.outcome
                 cause = exc.cause  # type: ignore[assignment]  # an Exception in practice
-            dead = [(sources[index], error) for index, error in committed.rejected]
+            self._owe(committed, sources)
             if is_outage(cause) or isinstance(cause, DataLost):
-                # The retry will see those as replays: what they refused is owed now.
-                self._owed += dead
                 raise cause from None
             if len(events) == 1:
                 reason = " ".join(f"could not be applied: {type(cause).__name__}: {cause}"
                                   .split())
-                return committed, [(sources[0], EventError(reason, "apply_failed"))]
+                self._owed.append((sources[0], EventError(reason, "apply_failed")))
+                return committed
             half = len(events) // 2
             for part in (slice(None, half), slice(half, None)):
-                more, more_dead = await self._apply_isolated(events[part], positions[part],
-                                                             sources[part], now)
-                committed.add(more)
-                dead += more_dead
-            return committed, dead
-        return outcome, [(sources[index], error) for index, error in outcome.rejected]
+                committed.add(await self._apply_isolated(events[part], positions[part],
+                                                         sources[part], now))
+            return committed
+        self._owe(outcome, sources)
+        return outcome
+
+    def _owe(self, outcome: Outcome, sources: list[ConsumerRecord[Any, Any]]) -> None:
+        """Owe a dead letter for each event a commit refused (its index is into
+        ``sources``); kept until the dead-letter topic has acknowledged it."""
+        self._owed += [(sources[index], error) for index, error in outcome.rejected]
+        outcome.rejected = []
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -68,7 +68,9 @@ class DeadLetters:
                    now_ms: int) -> None:
         """Dead-letter each message not dead-lettered before; return once the broker has
         acknowledged them all (a failure raises, and the batch is retried)."""
-        names = [f"{record.topic}:{record.partition}:{record.offset}" for record, _ in dead]
+        unique = {f"{record.topic}:{record.partition}:{record.offset}": (record, error)
+                  for record, error in dead}  # (a retried batch may owe one twice)
+        dead, names = list(unique.values()), list(unique)
         before = await self.store.dead_lettered(names)
         fresh = [(item, name) for item, name, old in zip(dead, names, before, strict=True)
                  if not old]

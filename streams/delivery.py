@@ -59,6 +59,7 @@ class Delivery:
     async def stop(self) -> None:
         if self.producer is not None:
             await self.producer.stop()
+            self.producer = self.dead_letters = None
 
     async def deliver(self, entries: Iterable[bytes]) -> None:
         """Send outbox entries to the notifications topic; clear them once acknowledged."""

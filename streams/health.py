@@ -32,9 +32,11 @@ class Health:
         # partition -> (monotonic time its batches started failing, the last failure)
         self.failing: dict[TopicPartition, tuple[float, str]] = {}
 
-    def stop_scoring(self, exc: DataLost) -> None:
-        """Stop for good, loudly: /readyz says why until someone restores Redis."""
-        self.lost = str(exc)
+    def stop_scoring(self, exc: Exception) -> None:
+        """Stop for good, loudly: /readyz says why until the worker is restarted (after
+        Redis is restored, for ``DataLost``; any other exception is a bug to report)."""
+        self.lost = str(exc) if isinstance(exc, DataLost) else \
+            f"the consume loop stopped ({type(exc).__name__}: {exc}); restart the worker"
         log.error("leadscore: %s", exc)
 
     def failed(self, partitions: Iterable[TopicPartition], exc: Exception) -> None:

@@ -303,7 +303,8 @@ async def test_a_shard_count_other_than_the_datas_is_refused(redis_url: str) -> 
             await RedisStore(redis, RULES, prefix, shards=1).open()
         assert str(refused.value) == (
             f"Redis holds Leadscore data in 4 shards under the prefix {prefix!r}, not 1: set "
-            "LEADSCORE_REDIS_SHARDS=4, or use another LEADSCORE_KEY_PREFIX for a fresh start")
+            "LEADSCORE_REDIS_SHARDS=4, or use another LEADSCORE_KEY_PREFIX and "
+            "LEADSCORE_GROUP_ID for a fresh start")
 
 
 async def test_the_shard_count_is_the_datas_unless_set(redis_url: str) -> None:
@@ -475,3 +476,30 @@ async def test_dead_letters_are_remembered(redis_url: str) -> None:
         assert await store.dead_lettered(["t:0:1", "t:0:2"]) == [False, True]
         await store.record_dead_letters(["t:0:3"], T0 + 2 * DAY)  # a day later: 2 forgotten
         assert await store.dead_lettered(["t:0:2", "t:0:3"]) == [False, True]
+
+
+async def test_an_event_the_engine_refuses_is_reported_and_writes_nothing(
+        redis_url: str) -> None:
+    """A profile_update past the profile's bound is refused by the engine: the batch
+    reports it (the worker dead-letters it) and commits the rest; a new lead whose only
+    event was refused is not written at all, as offline (MemoryStore) does not know it."""
+    from scoring.store import MemoryStore
+
+    huge = {f"k{i}": "v" * 200 for i in range(200)}  # past the 32 KiB bound
+    events = [ev("ok", "demo_request", T0, lead="a"),
+              ev("big", "profile_update", T0 + 1, lead="a", **huge),
+              ev("only", "profile_update", T0, lead="ghost", **huge)]
+    async with Redis.from_url(redis_url) as redis:
+        store = RedisStore(redis, RULES, f"test-store-{next(_prefixes)}", shards=2)
+        outcome = await store.apply(events, T0, [(0, 0), (0, 1), (0, 2)])
+        assert sorted((i, e.kind) for i, e in outcome.rejected) == [
+            (1, "profile_too_large"), (2, "profile_too_large")]
+        assert outcome.applied == 1
+        assert await store.load("ghost") is None and not await store.exists("ghost")
+        loaded = await store.load("a")
+        assert loaded is not None and loaded[0].profile == {}
+    memory = MemoryStore(RULES)
+    assert sorted(i for i, _ in memory.apply_now(events, T0, [(0, 0), (0, 1), (0, 2)])
+                  .rejected) == [1, 2]
+    assert await memory.load("ghost") is None
+    assert (await memory.load("a")) is not None

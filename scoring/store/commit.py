@@ -227,7 +227,10 @@ def commit_arguments(shard: Shard, leads: dict[str, Stored], notes: list[Notific
                      now_ms: int, rules: Ruleset, history_size: int
                      ) -> tuple[list[bytes], list[Any]]:
     """The outbox entries of ``notes``, and the arguments of the COMMIT call that
-    writes the shard's leads (their layout is above, beside the script)."""
+    writes the shard's leads (their layout is above, beside the script). A lead that is
+    new and had every event refused is not written: as offline, it was never seen."""
+    leads = {lead_id: stored for lead_id, stored in leads.items()
+             if stored.version >= 0 or stored.state.t_ref is not None}
     window, step = rules.dedupe_window_ms, rules.prune_step_ms
     versions: list[int] = []
     records: list[bytes] = []

@@ -119,11 +119,11 @@ class MemoryStore:
         return {lead_id: lead.state for lead_id, lead in self.leads.items()}
 
     def _drop_unapplied(self, events: Sequence[Event]) -> None:
-        """A lead whose every event was refused was never seen: as in Redis, where a
-        refused event writes nothing, it has no state."""
+        """A new lead whose every event was refused was never seen: it has no state,
+        as in Redis (scoring.store.commit)."""
         for event in events:
             lead = self.leads.get(event.lead_id)
-            if lead is not None and lead.state.t_ref is None and not lead.offsets:
+            if lead is not None and lead.state.t_ref is None:
                 del self.leads[event.lead_id]
 
 

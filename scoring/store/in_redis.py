@@ -108,7 +108,7 @@ class RedisStore:
             raise StoreError(
                 f"Redis holds Leadscore data in {found} shards under the prefix "
                 f"{self.keys.prefix!r}, not {want}: set LEADSCORE_REDIS_SHARDS={found}, or use "
-                "another LEADSCORE_KEY_PREFIX for a fresh start")
+                "another LEADSCORE_KEY_PREFIX and LEADSCORE_GROUP_ID for a fresh start")
 
     async def open(self) -> None:
         """Make the keyspace ready for writing, once; every write calls it first.
