@@ -72,23 +72,24 @@ local cooling, outbox, fits, marker = KEYS[#KEYS - 3], KEYS[#KEYS - 2], KEYS[#KE
   KEYS[#KEYS]
 if redis.call('EXISTS', marker) == 0 then return -1 end
 
--- Everything checked before the first write (see above). The loops are written out
--- (no function call per value): they run over every score the commit writes.
+-- Everything checked before the first write (see above). The loops run over every
+-- score the commit writes, so they make no call per value.
 local huge = math.huge
 local function refuse(what)
   return redis.error_reply('COMMIT refused, nothing written: ' .. what)
 end
+local function finite_scores(list)  -- comparisons only: false for NaN, infinities and
+  for i = 1, #list, 2 do             -- (an error, caught below) any value not a number
+    local x = list[i]
+    if not (x > -huge and x < huge) then return false end
+  end
+  return true
+end
 local function scored(list, what)  -- [score, member, score, member, ...]: a problem or nil
   if type(list) ~= 'table' then return what .. ': not a list' end
-  local count = #list
-  if count % 2 ~= 0 then return what .. ': an odd number of values' end
-  for i = 1, count, 2 do
-    local x = list[i]
-    if type(x) ~= 'number' or x ~= x or x == huge or x == -huge then
-      return what .. ': a score that is not a finite number'
-    end
-    if type(list[i + 1]) ~= 'string' then return what .. ': a member that is not a string' end
-  end
+  if #list % 2 ~= 0 then return what .. ': an odd number of values' end
+  local ok, finite = pcall(finite_scores, list)
+  if not (ok and finite) then return what .. ': a score that is not a finite number' end
 end
 local function finite(x)
   return type(x) == 'number' and x == x and x ~= huge and x ~= -huge
