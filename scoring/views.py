@@ -9,12 +9,13 @@ crossing time").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from scoring.engine import LeadState, cool, engagement_at, reasons, score_at
 from scoring.rules import Ruleset
 
-__all__ = ["as_of", "describe", "lead_now", "summary"]
+__all__ = ["Ranked", "as_of", "best", "describe", "lead_now", "ranked", "summary"]
 
 
 def as_of(state: LeadState, at: int, rules: Ruleset) -> LeadState:
@@ -46,3 +47,25 @@ def lead_now(state: LeadState, rules: Ruleset, now_ms: int) -> dict[str, Any]:
     """A lead as the API and ``leadscore lead`` show it now: ``describe`` of the state
     cooled first if due (changes ``state``, a copy read for showing)."""
     return describe(as_of(state, now_ms, rules), rules, now_ms)
+
+
+# A lead in the list of leads: its view, and how it ranks (score, then the score before
+# clamping, then lead id: two leads clamped to 100 keep the order of their raw scores).
+Ranked = tuple[float, float, str, dict[str, Any]]
+
+
+def ranked(state: LeadState, rules: Ruleset, at: int,
+           keep: Callable[[dict[str, Any]], bool] | None) -> Ranked | None:
+    """A lead as the lead list shows it at ``at`` (no profile), if ``keep`` accepts it."""
+    view = describe(state, rules, at)
+    del view["profile"]
+    if keep is not None and not keep(view):
+        return None
+    return (score_at(state, at, rules), state.fit + engagement_at(state, at, rules),
+            state.lead_id, view)
+
+
+def best(found: list[Ranked], limit: int) -> list[dict[str, Any]]:
+    """The views of the ``limit`` highest-ranked leads."""
+    found.sort(key=lambda f: (-f[0], -f[1], f[2]))
+    return [view for _, _, _, view in found[:limit]]

@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 
 from scoring import history
-from scoring.engine import LeadState, Notification, cool, engagement_at, score_at, stamp
+from scoring.engine import LeadState, Notification, cool, stamp
 from scoring.events import Event
 from scoring.rules import Ruleset
 from scoring.store.batch import Lead, Outcome, apply_batch, numbered
 from scoring.store.ranking import members
-from scoring.views import as_of, describe
+from scoring.views import Ranked, as_of, best, ranked
 
 __all__ = ["MemoryStore"]
 
@@ -96,19 +96,15 @@ class MemoryStore:
                   ) -> list[dict[str, Any]]:
         """As ``RedisStore.top``, by brute force over every lead."""
         rules, wanted = self.rules, set(members(group))
-        found = []
+        found: list[Ranked] = []
         for lead in self.leads.values():
             state = as_of(_copy(lead.state), now_ms, rules)
             if f"stage:{state.stage}" not in wanted and not ("hot" in wanted and state.hot):
                 continue
-            view = describe(state, rules, now_ms)
-            del view["profile"]
-            if keep is None or keep(view):
-                found.append((score_at(state, now_ms, rules),
-                              state.fit + engagement_at(state, now_ms, rules),
-                              state.lead_id, view))
-        found.sort(key=lambda f: (-f[0], -f[1], f[2]))
-        return [view for _, _, _, view in found[:limit]]
+            entry = ranked(state, rules, now_ms, keep)
+            if entry is not None:
+                found.append(entry)
+        return best(found, limit)
 
     async def forget(self, lead_id: str) -> bool:
         self.updated_at.pop(lead_id, None)

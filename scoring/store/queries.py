@@ -11,12 +11,12 @@ from typing import Any, cast
 import orjson
 
 from scoring import history
-from scoring.engine import LeadState, engagement_at, score_at
+from scoring.engine import LeadState
 from scoring.rules import Ruleset
 from scoring.store import record
 from scoring.store.keys import Layout, Shard
 from scoring.store.ranking import members
-from scoring.views import as_of, describe
+from scoring.views import Ranked, as_of, best, ranked
 
 MAX_PAGE = 1000
 
@@ -73,7 +73,7 @@ class Queries:
                     for fit in fits for ranking in members(group)}
         # Ordered by score, then by the score before clamping (the ranking's own order, so
         # that a page cut between leads clamped to the same score is still exact), then id.
-        found: list[tuple[float, float, str, dict[str, Any]]] = []
+        found: list[Ranked] = []
         # A ranking past its first `limit` matches has nothing to add, so the first page
         # is `limit`; later pages double, so that a filter dropping many leads (hot=false
         # under a run of hot ones) costs a few round trips, not one per `limit` leads.
@@ -90,20 +90,16 @@ class Queries:
                     state = states.get(lead)
                     if state is None:
                         continue
-                    view = describe(state, rules, now_ms)
-                    del view["profile"]
-                    if keep is None or keep(view):
-                        found.append((score_at(state, now_ms, rules),
-                                      state.fit + engagement_at(state, now_ms, rules),
-                                      state.lead_id, view))
+                    entry = ranked(state, rules, now_ms, keep)
+                    if entry is not None:
+                        found.append(entry)
                         kept += 1
                 rankings[ranking] = start + page, kept
                 # Enough from this ranking, or it has no more: the rest cannot make the top.
                 if kept >= limit or len(ids) < page:
                     del rankings[ranking]
             page = min(2 * page, MAX_PAGE)
-        found.sort(key=lambda f: (-f[0], -f[1], f[2]))
-        return [view for _, _, _, view in found[:limit]]
+        return best(found, limit)
 
     async def _peek(self, leads: list[str], now_ms: int) -> dict[str, LeadState]:
         """The states of some leads as of ``now_ms`` (cooled if due), without their ids."""
