@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +14,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import pytest
+from test_security import call as raw_call
 from worker import Deployment, Worker, keyed, wait_for
 
 from scoring import history
@@ -93,14 +92,8 @@ def get_json(worker: Worker, path: str) -> tuple[int, Any]:
 def call(worker: Worker, path: str, method: str = "GET", token: str | None = None
          ) -> tuple[int, Any]:
     """Any method, with a bearer token; the status and the JSON answer."""
-    request = urllib.request.Request(f"http://127.0.0.1:{worker.port}{path}", method=method)
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, orjson.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
+    status, body = raw_call(worker, path, method, token)
+    return status, orjson.loads(body)
 
 
 def lead_path(lead: str) -> str:
