@@ -160,10 +160,10 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> Applied:
     if not state.hot and score >= rules.threshold:
         state.hot = True
         _advance(state, "sql")
-        out.append(_notification(state, rules, "lead.hot", now, event.event_id, t))
+        out.append(_notification(state, rules, "lead.hot", now, event.event_id, t, "event"))
     elif state.hot and score < rules.rearm_below:
         state.hot = False
-        out.append(_notification(state, rules, "lead.cooled", now, event.event_id, t))
+        out.append(_notification(state, rules, "lead.cooled", now, event.event_id, t, "event"))
     return Applied(out, awards, False)
 
 
@@ -179,7 +179,30 @@ def cool(state: LeadState, at: int, rules: Ruleset) -> Notification | None:
     crossed = cooling_due(state, rules)
     state.hot = False
     when = t_ref if crossed is None else crossed
-    return _notification(state, rules, "lead.cooled", when, None, round(when))
+    return _notification(state, rules, "lead.cooled", when, None, round(when), "decay")
+
+
+def hot_at(state: LeadState, at: int, rules: Ruleset) -> bool:
+    """Whether the lead is hot at ``at`` once a cooling by decay due by then is done."""
+    return state.hot and (state.t_ref is None or at < state.t_ref
+                          or score_at(state, at, rules) >= rules.rearm_below)
+
+
+def rescore(state: LeadState, was_hot: bool, notified: int, at: int, rules: Ruleset
+            ) -> Notification | None:
+    """A cutover at ``at`` (docs/generations.md): the new generation's lead takes over
+    the old one's notification counter (``notified``; ids stay unique per lead across
+    generations), is cooled by decay if that was due by ``at`` (silently: a cooling due
+    in both counts as done), and gets the one notification owed if its hot flag now
+    differs from the old generation's (``was_hot``, as of ``at``)."""
+    state.notified = max(state.notified, notified)
+    kept = state.notified
+    cool(state, at, rules)
+    state.notified = kept
+    if state.hot == was_hot:
+        return None
+    kind = "lead.hot" if state.hot else "lead.cooled"
+    return _notification(state, rules, kind, at, None, at, "rescore")
 
 
 def cooling_due(state: LeadState, rules: Ruleset) -> float | None:
@@ -362,7 +385,7 @@ def _forget_old(state: LeadState, rules: Ruleset) -> None:
 
 
 def _notification(state: LeadState, rules: Ruleset, kind: str, at: float,
-                  event_id: str | None, event_ts: int) -> Notification:
+                  event_id: str | None, event_ts: int, cause: str) -> Notification:
     state.notified += 1
     engagement = engagement_at(state, at, rules)
     return {
@@ -379,6 +402,8 @@ def _notification(state: LeadState, rules: Ruleset, kind: str, at: float,
         "emitted_at": None,
         "rules_version": rules.version,
         "reasons": reasons(state, rules, at),
+        "cause": cause,  # event, decay or rescore (SPEC 4)
+        "group": None,  # the lead's own score (score groups: SPEC 10)
     }
 
 

@@ -270,7 +270,8 @@ def test_notification_has_the_spec_shape() -> None:
         "rules_version": DEFAULT.version,
         "reasons": [{"rule": "consultation-request", "points": 50.0},
                     {"rule": "decision-maker", "points": 20.0},
-                    {"rule": "mid-market", "points": 15.0}]}]
+                    {"rule": "mid-market", "points": 15.0}],
+        "cause": "event", "group": None}]
 
 
 def test_reasons_are_the_five_largest_by_absolute_value_decayed_to_now() -> None:
