@@ -1,18 +1,21 @@
-"""Offline scoring (``leadscore score``): replay a file of events through the engine.
+"""Offline scoring (``leadscore score``, ``leadscore rules preview``): replay a file of
+events through the engine.
 
 The events go through the same ``apply_batch`` as the worker's (scoring.store), into
 a store in memory: the stream worker must reach the same states and notifications on
 the same per-lead order of events, and the integration tests compare the two.
+``replay_many`` replays one source under several rulesets at once: each line is parsed
+once and applied to one store per ruleset (parsing is a sixth of a replay's time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from scoring.engine import LeadState, Notification
 from scoring.errors import EventError
-from scoring.events import MAX_EVENT_BYTES, Event, parse_event
+from scoring.events import CONVERTED, MAX_EVENT_BYTES, Event, parse_event
 from scoring.rules import Ruleset
 from scoring.store.in_memory import MemoryStore
 
@@ -27,12 +30,16 @@ class Replay:
     applied: int = 0
     after_at: int = 0  # events later than --at, not applied
     at: int | None = None  # the instant scores are reported at
+    # lead_id -> the earliest time of its `converted` events accepted at the door, at or
+    # before ``at`` (the backtest's conversion times, SPEC 9); the same for every ruleset.
+    conversions: dict[str, int] = field(default_factory=dict)
 
 
 CHUNK = 10_000  # events applied to the store at a time
+NO_VALUE = "message has no value"  # a Kafka message without a value, as the worker says
 
 
-def replay(lines: Iterable[bytes], rules: Ruleset, at: int | None = None,
+def replay(lines: Iterable[bytes | None], rules: Ruleset, at: int | None = None,
            max_event_bytes: int = MAX_EVENT_BYTES, *, latest_ms: int | None = None) -> Replay:
     """Apply events in file order; with ``at``, events after it have not happened yet.
 
@@ -48,47 +55,85 @@ def replay(lines: Iterable[bytes], rules: Ruleset, at: int | None = None,
     ``emitted_at`` = ``event_ts``, the moment a live worker would have sent them, so
     that offline output is deterministic.
     """
-    out = Replay()
-    store = MemoryStore(rules, history_size=0)
-    latest: int | None = None
+    return replay_many(lines, [rules], at, max_event_bytes, latest_ms=latest_ms)[0]
+
+
+def replay_many(lines: Iterable[bytes | None], rulesets: Sequence[Ruleset],
+                at: int | None = None, max_event_bytes: int = MAX_EVENT_BYTES, *,
+                latest_ms: int | None = None) -> list[Replay]:
+    """``replay`` under each of ``rulesets``, in one pass over ``lines``: one Replay each,
+    in order, each exactly what ``replay`` returns for its ruleset alone.
+
+    Each line is parsed once and the event applied to one store per ruleset, so that
+    comparing two rulesets (``leadscore rules preview``) costs one parse, not two. All
+    replays report at one instant: ``at``, else the largest event time applied under
+    any of the rulesets (they differ only if a ruleset refuses an event another
+    accepts: an award that would not stay finite). ``None`` for a line is a Kafka
+    message without a value, refused as the worker refuses it.
+    """
+    stores = [MemoryStore(rules, history_size=0) for rules in rulesets]
+    outs = [Replay() for _ in rulesets]
+    door: list[tuple[int, str]] = []  # refused by parse_event: the same for every ruleset
+    latest: list[int | None] = [None] * len(stores)
+    conversions: dict[str, int] = {}
+    after_at = 0
     events: list[Event] = []
     numbers: list[int] = []
 
     def flush() -> None:
-        nonlocal latest
-        outcome = store.apply_now(events)
-        refused = {index for index, _ in outcome.rejected}
-        out.bad_lines += [(numbers[index], exc.reason) for index, exc in outcome.rejected]
-        out.notifications += outcome.notifications
-        out.applied += len(events) - len(refused)
-        for index, event in enumerate(events):
-            if index not in refused and (latest is None or event.ts > latest):
-                latest = event.ts
+        if not events:
+            return
+        chunk_latest = max(event.ts for event in events)  # of every store that refused none
+        for i, (store, out) in enumerate(zip(stores, outs, strict=True)):
+            outcome = store.apply_now(events)
+            out.notifications += outcome.notifications
+            newest: int | None = chunk_latest
+            if outcome.rejected:
+                refused = {index for index, _ in outcome.rejected}
+                out.bad_lines += [(numbers[index], exc.reason) for index, exc in outcome.rejected]
+                newest = max((event.ts for index, event in enumerate(events)
+                              if index not in refused), default=None)
+            out.applied += len(events) - len(outcome.rejected)
+            before = latest[i]
+            if newest is not None and (before is None or newest > before):
+                latest[i] = newest
         events.clear()
         numbers.clear()
 
     for number, line in enumerate(lines, start=1):
+        if line is None:
+            door.append((number, NO_VALUE))
+            continue
         line = line.strip()
         if not line:
             continue
         try:
             event = parse_event(line, max_event_bytes, latest_ms=latest_ms)
         except EventError as exc:
-            out.bad_lines.append((number, exc.reason))
+            door.append((number, exc.reason))
             continue
         if at is not None and event.ts > at:
-            out.after_at += 1
+            after_at += 1
             continue
+        if event.type == CONVERTED:
+            first = conversions.get(event.lead_id)
+            if first is None or event.ts < first:
+                conversions[event.lead_id] = event.ts
         events.append(event)
         numbers.append(number)
         if len(events) >= CHUNK:
             flush()
     flush()
-    out.bad_lines.sort()
-    out.at = at if at is not None else latest
-    if out.at is not None:
-        out.notifications += store.sweep_now(out.at)
-    for n in out.notifications:
-        n["emitted_at"] = n["event_ts"]
-    out.states = store.states()
-    return out
+    if at is None:
+        known = [t for t in latest if t is not None]
+        at = max(known) if known else None
+    for store, out in zip(stores, outs, strict=True):
+        out.bad_lines += door
+        out.bad_lines.sort()
+        out.after_at, out.at, out.conversions = after_at, at, conversions
+        if at is not None:
+            out.notifications += store.sweep_now(at)
+        for n in out.notifications:
+            n["emitted_at"] = n["event_ts"]
+        out.states = store.states()
+    return outs

@@ -53,10 +53,44 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     rules = commands.add_parser("rules", help="work with rules files")
-    rules_commands = rules.add_subparsers(title="rules commands", metavar="COMMAND")
+    rules_commands = rules.add_subparsers(title="rules commands", metavar="COMMAND",
+                                          parser_class=_Intermixed)
     check = rules_commands.add_parser("check", help="validate a rules file")
     check.add_argument("file", type=Path)
     check.set_defaults(run=_rules_check)
+    status = rules_commands.add_parser(
+        "status", help="show the generations (rules versions) in Redis: which is active, "
+        "how far a rebuild got")
+    status.add_argument("--watch", action="store_true",
+                        help="redraw every second, with progress bars, until no rebuild runs")
+    status.set_defaults(run=_rules_status)
+    preview = rules_commands.add_parser(
+        "preview", help="replay events under a new rules file and the current one: what "
+        "changes, and a backtest of both against the leads that converted")
+    preview.add_argument("new", type=Path, metavar="NEW.yaml", help="the rules file to try")
+    preview.add_argument("events", type=Path, nargs="?", metavar="EVENTS.jsonl",
+                         help="events, one JSON object per line (or --topic)")
+    preview.add_argument("--against", type=Path, metavar="OLD.yaml",
+                         help="the rules file to compare with (default: LEADSCORE_RULES)")
+    preview.add_argument("--topic", action="store_true",
+                         help="read the events topic (LEADSCORE_TOPIC_EVENTS) from its earliest "
+                         "offset, without a consumer group, instead of a file")
+    preview.add_argument("--at", type=_instant,
+                         help="compare at this time (RFC 3339 or epoch ms; default: the last "
+                         "event)")
+    preview.add_argument("--horizon", default="90d", metavar="DURATION",
+                         help="how long before a conversion an alert counts as predicting it "
+                         "(default: 90d)")
+    preview.add_argument("--now", type=_instant,
+                         help="the clock that events may not be dated ahead of by more than "
+                         "--max-clock-skew (default: the wall clock)")
+    preview.add_argument("--max-clock-skew", type=_duration, default="1h", metavar="DURATION",
+                         help="how far ahead of --now an event may be dated (default: 1h)")
+    preview.add_argument("--json", action="store_true",
+                         help="print one JSON object (SPEC 9) instead of the report")
+    preview.add_argument("--html", type=Path, metavar="FILE",
+                         help="also write the report as a self-contained HTML page")
+    preview.set_defaults(run=_rules_preview)
 
     score = commands.add_parser("score", help="offline scoring of a JSON-lines file of events")
     score.add_argument("events", type=Path, help="events, one JSON object per line")
@@ -100,6 +134,23 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("lead_id")
     forget.set_defaults(run=_forget)
     return parser
+
+
+class _Intermixed(argparse.ArgumentParser):
+    """A parser whose positionals may also follow its options: ``rules preview NEW.yaml
+    --against OLD.yaml EVENTS.jsonl`` (argparse alone matches the optional EVENTS.jsonl,
+    as empty, with NEW.yaml, and then refuses the file after the options)."""
+
+    _parsing = False
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._parsing:  # parse_known_intermixed_args calls back here
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -172,6 +223,12 @@ def _rules_check(args: argparse.Namespace) -> int:
           f"{len(rules.fit)} fit and {len(rules.engagement)} engagement rules, {half_life}, "
           f"hot at {rules.threshold:g}, re-armed below {rules.rearm_below:g}")
     return 0
+
+
+def _rules_preview(args: argparse.Namespace) -> int:
+    from streams.preview import run
+
+    return run(args)
 
 
 def _score(args: argparse.Namespace) -> int:
