@@ -1,11 +1,15 @@
 """The exceptions Leadscore raises, one job each.
 
     LeadscoreError            anything Leadscore refuses, with a message for a person
-    ├── RulesError            a rules file is unusable; ``problems`` lists every one
+    ├── ConfigError           a configuration file is unusable; ``problems`` lists every one
+    │   ├── RulesError          the rules file
+    │   └── DestinationsError   the destinations file of ``leadscore notify``
     ├── EventError            one event is unusable; ``reason`` goes to the dead-letter topic
     ├── SettingsError         the LEADSCORE_* environment is unusable
     └── StoreError            the data in Redis cannot be used as found
-        └── DataLost          Redis lost Leadscore's data under a running deployment
+        ├── DataLost          Redis lost Leadscore's data under a running deployment
+        ├── HandingOver       a cutover fences the shard for a moment: retry soon
+        └── Superseded        another generation became active: stop scoring
 
 Messages name the file, field or event and say what to do about it.
 """
@@ -17,8 +21,8 @@ class LeadscoreError(Exception):
     """Base class: something Leadscore refuses, explained for a person."""
 
 
-class RulesError(LeadscoreError):
-    """A rules file with one or more problems, each ``"<location>: <what is wrong>"``."""
+class ConfigError(LeadscoreError):
+    """A configuration file with one or more problems, each ``"<location>: <what is wrong>"``."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
@@ -26,6 +30,15 @@ class RulesError(LeadscoreError):
         listing = "\n".join(f"  {p}" for p in problems)
         count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
         super().__init__(f"{source}: {count}\n{listing}")
+
+
+class RulesError(ConfigError):
+    """A rules file with one or more problems."""
+
+
+class DestinationsError(ConfigError):
+    """A destinations file (``leadscore notify``) with one or more problems; no problem
+    shows a URL or a secret, since either may be a credential."""
 
 
 class EventError(LeadscoreError):

@@ -118,7 +118,18 @@ def _parser() -> argparse.ArgumentParser:
     dev = commands.add_parser("dev", help="run everything locally: embedded broker and Redis, "
                               "worker, API")
     dev.add_argument("--demo", action="store_true", help="feed live synthetic traffic")
+    dev.add_argument("--destinations", type=Path, metavar="FILE",
+                     help="also run the delivery sink (leadscore notify) with this "
+                     "destinations file (default: LEADSCORE_DESTINATIONS, if set)")
     dev.set_defaults(run=_dev)
+
+    notify = commands.add_parser("notify", help="deliver notifications to webhooks and Slack "
+                                 "(settings from LEADSCORE_* variables)")
+    notify.add_argument("--destinations", type=Path, metavar="FILE",
+                        help="the destinations file (default: LEADSCORE_DESTINATIONS)")
+    notify.add_argument("--loglevel", default="warning",
+                        choices=["debug", "info", "warning", "error"])
+    notify.set_defaults(run=_notify)
 
     produce = commands.add_parser("produce", help="send a JSON-lines file of events to the "
                                   "events topic")
@@ -166,10 +177,28 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _dev(args: argparse.Namespace) -> int:
+    from streams.destinations import load_destinations
     from streams.dev import run_dev
 
-    run_dev(load_settings(), demo=args.demo)
+    settings = load_settings()
+    path = args.destinations or settings.destinations
+    # A bad destinations file stops here, every problem listed, before any server starts.
+    destinations = load_destinations(path) if path is not None else None
+    run_dev(settings, demo=args.demo, destinations=destinations)
     return 0
+
+
+def _notify(args: argparse.Namespace) -> int:
+    from streams.destinations import load_destinations
+    from streams.notify import run_notify
+
+    settings = load_settings()
+    path = args.destinations or settings.destinations
+    if path is None:
+        raise SettingsError("leadscore notify needs a destinations file: --destinations FILE "
+                            "or LEADSCORE_DESTINATIONS (see config/destinations.example.yaml)")
+    destinations = load_destinations(path)  # a bad file stops here, every problem listed
+    return run_notify(settings, destinations, args.loglevel)
 
 
 def _produce(args: argparse.Namespace) -> int:

@@ -21,8 +21,11 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 
+from scoring.errors import LeadscoreError
+from scoring.rules import parse_rules
 from streams.app import run_worker
 from streams.demo import LiveDemo
+from streams.destinations import Destination
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, create_topics
 from streams.runtime import now_ms
 from streams.settings import Settings
@@ -32,7 +35,8 @@ __all__ = ["run_dev"]
 console = Console(highlight=False, soft_wrap=True)
 
 
-def run_dev(settings: Settings, demo: bool) -> None:
+def run_dev(settings: Settings, demo: bool,
+            destinations: list[Destination] | None = None) -> None:
     with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
         update: dict[str, Any] = {
             "broker": broker.url, "redis_url": SecretStr(redis.url),
@@ -44,7 +48,7 @@ def run_dev(settings: Settings, demo: bool) -> None:
         settings = settings.model_copy(update=update)
         asyncio.run(create_topics(broker.bootstrap, {
             settings.topic_events: settings.partitions, settings.topic_hot: settings.partitions,
-            settings.topic_dlq: 1}))
+            settings.topic_dlq: 1, **({settings.topic_undeliverable: 1} if destinations else {})}))
 
         def before(app: faust.App, settled: Settings) -> None:
             listening, url = map(escape, _web_address(app))  # an IPv6 host is in [brackets]
@@ -55,12 +59,74 @@ def run_dev(settings: Settings, demo: bool) -> None:
                           f"  metrics    {url}/metrics\n"
                           f"  events in  {settled.topic_events}   notifications out "
                           f"{settled.topic_hot}   dead letters {settled.topic_dlq}\n"
+                          f"  rules      {escape(str(settled.rules_path()))}: save a change "
+                          "to publish it (a rebuild and a cutover)\n"
                           "  Ctrl-C stops everything.")
             if demo:
                 _add_demo(app, settled, broker.bootstrap)
+            if destinations:
+                _add_sink(app, settled, destinations)
 
-        with contextlib.suppress(SystemExit):
-            run_worker(settings, before=before)
+        rules = settings.rules_path()
+        while True:
+            published = _Published(rules)
+
+            def started(app: faust.App, settled: Settings, published: _Published = published
+                        ) -> None:
+                if not published.restart:
+                    before(app, settled)
+                _watch_rules(app, published)
+
+            with contextlib.suppress(SystemExit):
+                run_worker(settings, before=started)
+            if not published.changed:
+                return
+            console.print(f"[bold]rules changed[/]: {rules} is now rules_version "
+                          f"{published.changed}; the worker restarts with it, rebuilds its "
+                          "generation from the events topic and cuts over (docs/generations.md)")
+
+
+class _Published:
+    """The rules file as the running worker read it, and whether it changed since."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.version = _version(path.read_bytes())
+        self.changed: str | None = None  # the new rules_version, once published
+        self.refused: str | None = None  # the version of a file refused, said once
+        self.restart = _Published.runs > 0
+        _Published.runs += 1
+
+    runs = 0
+
+
+def _version(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def _watch_rules(app: faust.App, published: _Published) -> None:
+    """Publishing a rules file in dev is saving it: a valid new version restarts the
+    worker with it (SIGTERM to this process, as Ctrl-C would, and ``run_dev`` starts
+    the worker again on the same broker and Redis); a bad one is refused with its
+    problems, and the worker goes on with the rules it has."""
+
+    @app.timer(interval=1.0)
+    async def watch_rules() -> None:
+        try:
+            data = published.path.read_bytes()
+        except OSError:
+            return  # (being saved)
+        version = _version(data)
+        if version in (published.version, published.refused) or published.changed:
+            return
+        try:
+            parse_rules(data, str(published.path))
+        except LeadscoreError as exc:
+            published.refused = version
+            console.print(f"[bold red]rules not published[/]: {escape(str(exc))}")
+            return
+        published.changed = version
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _web_address(app: faust.App) -> tuple[str, str]:
@@ -100,8 +166,26 @@ def _add_demo(app: faust.App, settings: Settings, bootstrap: str) -> None:
             await consumer.stop()
 
 
+def _add_sink(app: faust.App, settings: Settings, destinations: list[Destination]) -> None:
+    """``leadscore notify`` in this process; its metrics join the worker's /metrics. The
+    embedded broker's topics are new, so the sink reads them from the start."""
+    from streams.connect import redis_client
+    from streams.notify import Sink
+
+    console.print(f"  notify     {', '.join(d.id for d in destinations)}   undeliverable "
+                  f"{settings.topic_undeliverable}")
+    settings = settings.model_copy(update={"notify_start": "earliest"})
+
+    @app.task
+    async def deliver_notifications() -> None:
+        async with redis_client(settings) as redis:
+            await Sink(settings, destinations, redis).run()
+
+
 def _describe(note: dict[str, Any]) -> str:
     why = ", ".join(f"{r['rule']} {r['points']:+g}" for r in note["reasons"][:3])
     colour, word = ("red", "HOT   ") if note["type"] == "lead.hot" else ("blue", "cooled")
+    cause = note.get("cause", "event")
+    because = "" if cause == "event" else f"  [italic]({cause})[/]"
     return (f"[bold {colour}]{word}[/] {note['lead_id']:<10} score {note['score']:>6.2f} "
-            f"({note['stage']})  {why}")
+            f"({note['stage']})  {why}{because}")

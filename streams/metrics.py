@@ -66,6 +66,46 @@ REDIS_ROUNDTRIP = Histogram("leadscore_redis_roundtrip_seconds",
 OUTBOX_PENDING = Gauge("leadscore_outbox_pending", "Notifications recorded but not yet sent",
                        registry=REGISTRY)
 
+# Generations (docs/generations.md).
+GENERATION_ACTIVE = Gauge("leadscore_generation_active", "1 when this worker's generation "
+                          "(rules version) is active, 0 while it rebuilds", registry=REGISTRY)
+REBUILD_EVENTS = Counter("leadscore_rebuild_events_total", "Events consumed while rebuilding "
+                         "(sending nothing)", registry=REGISTRY)
+REBUILD_APPLIED = Gauge("leadscore_rebuild_applied_events", "Events the rebuilding generation "
+                        "has applied, summed over partitions", registry=REGISTRY)
+REBUILD_TARGET = Gauge("leadscore_rebuild_target_events", "Events the active generation has "
+                       "applied, summed over partitions", registry=REGISTRY)
+CUTOVERS = Counter("leadscore_cutovers_total", "Cutovers this worker ran", registry=REGISTRY)
+RESCORES = Counter("leadscore_rescore_notifications_total", "Notifications with cause rescore "
+                   "sent at cutovers", registry=REGISTRY)
+GENERATIONS_DELETED = Counter("leadscore_generations_deleted_total", "Generations deleted "
+                              "after LEADSCORE_GENERATION_KEEP", registry=REGISTRY)
+
+# leadscore notify (streams/notify.py): labelled by destination id, never by its URL.
+# Latency up to half an hour: a delivery that waits out an endpoint's outage takes minutes.
+NOTIFY_BUCKETS = (*LATENCY_BUCKETS, 120, 300, 600, 1800)
+NOTIFY_DELIVERED = Counter("leadscore_notify_delivered_total",
+                           "Notifications delivered (answered 2xx), by destination",
+                           ["destination"], registry=REGISTRY)
+NOTIFY_FAILURES = Counter("leadscore_notify_failures_total",
+                          "Delivery tries that failed, by destination and reason (http_5xx, "
+                          "http_429, http_408, http_4xx, http_3xx, timeout, connection, tls)",
+                          ["destination", "reason"], registry=REGISTRY)
+NOTIFY_UNDELIVERABLE = Counter("leadscore_notify_undeliverable_total",
+                               "Notifications sent to the undeliverable topic, by destination "
+                               "and reason (rejected, retries_exhausted, not_a_notification)",
+                               ["destination", "reason"], registry=REGISTRY)
+NOTIFY_DUPLICATES = Counter("leadscore_notify_duplicates_total",
+                            "Repeats of a notification the destination already had, dropped",
+                            ["destination"], registry=REGISTRY)
+NOTIFY_LATENCY = Histogram("leadscore_notify_latency_seconds",
+                           "Notification emitted (emitted_at) to delivered (2xx answer), by "
+                           "destination", ["destination"], buckets=NOTIFY_BUCKETS,
+                           registry=REGISTRY)
+NOTIFY_BACKLOG = Gauge("leadscore_notify_backlog",
+                       "Notifications waiting for a destination or being sent to it",
+                       ["destination"], registry=REGISTRY)
+
 
 
 def observe_redis(op: str, seconds: float) -> None:

@@ -105,6 +105,23 @@ class Settings(_Secrets):
     api_token: SecretStr | None = None
     admin_token: SecretStr | None = None
     api_rate_limit: float = Field(50.0, gt=0, description="requests per second per client")
+    # leadscore notify, the delivery sink (README.md, "Delivering notifications to people").
+    destinations: Path | None = Field(None, description="the destinations file of leadscore "
+                                      "notify; when set, leadscore dev runs the sink too")
+    notify_group: str = Field("leadscore-notify", description="the sink's consumer group")
+    topic_undeliverable: str = Field("lead-hot-undeliverable", description="notifications "
+                                     "a destination refused or that used up their retries")
+    dashboard_url: str | None = Field(None, description="the dashboard's address "
+                                      "(https://host/), for links in Slack messages")
+    notify_port: int = Field(6067, ge=1, le=65535, description="the sink's /metrics, "
+                             "/healthz and /readyz (on web_host)")
+    notify_start: Literal["latest", "earliest"] = Field(
+        "latest", description="where a sink group with no committed offsets starts: the "
+        "end of the notifications topic, or everything it holds")
+    notify_dedupe_window: Seconds = Field(7 * 86_400.0, gt=0, description="how long each "
+                                          "destination remembers the notifications it had")
+    notify_backlog: int = Field(10_000, ge=1, description="notifications waiting for one "
+                                "destination before the sink stops reading for all")
 
     def kafka_options(self) -> dict[str, Any]:
         """Security keyword arguments for aiokafka's clients."""
@@ -167,6 +184,9 @@ def load_settings() -> Settings:
         path = getattr(settings, name)
         if path is not None and not path.is_file():
             problems.append(f"  LEADSCORE_{name.upper()}: no such file {path}")
+    if settings.dashboard_url is not None and not settings.dashboard_url.startswith(
+            ("http://", "https://")):
+        problems.append("  LEADSCORE_DASHBOARD_URL: must start with http:// or https://")
     if problems:
         raise SettingsError("bad LEADSCORE_* settings:\n" + "\n".join(problems))
     return settings
