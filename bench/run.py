@@ -6,7 +6,9 @@ benchmark mix (default 1,000,000 events, 100,000 leads, Zipf-like activity, 5% l
 
 1. throughput of one ``leadscore worker`` process, pre-filled topic to last state
    write (median of --runs), its peak RSS, Redis commands per event, Redis memory
-   per lead (MEMORY USAGE of a sample of state keys);
+   per lead (MEMORY USAGE of a sample of state keys); after each run, a worker with
+   a changed rules file rebuilding its generation from the same topic (its rate, and
+   the time to the cutover);
 2. the same for the two baselines of bench/baselines.py (naive and take agents),
    over the first --naive-events / --take-events events, and the ratios to the
    worker's rate over the first --take-events events (the same work);
@@ -175,21 +177,49 @@ def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, 
             "rss_mb": rss, "redis_calls_per_event": calls / events, "prefix": f"bench-w{run}"}
 
 
+def rebuild_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, run: int,
+                       events: int, log: Path, rules: Path) -> dict[str, float]:
+    """A rules change after run ``run``: a worker with ``rules`` rebuilds its generation
+    from the topic beside the run's (sending nothing, in rebuild batches) and cuts over.
+    Events/s from its first batch to its last, as for ``worker_throughput``, and the
+    seconds from then to the cutover."""
+    port = free_port()
+    env = {**worker_env(broker, redis, topic, f"bench-w{run}", port),
+           "LEADSCORE_RULES": str(rules)}
+    with log.open("ab") as sink:
+        worker = subprocess.Popen([str(BIN / "leadscore"), "worker"], stdout=sink, stderr=sink,
+                                  env=env)
+    try:
+        while processed(port) == 0:
+            time.sleep(0.02)  # polling the worker's counter
+        first = time.perf_counter()
+        while processed(port) < events:
+            time.sleep(0.25)  # (as in worker_throughput)
+        seconds = time.perf_counter() - first
+        while metric(port, "leadscore_generation_active") != 1:
+            time.sleep(0.05)  # polling for the cutover
+        cutover = time.perf_counter() - first - seconds
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    return {"events_per_s": events / seconds, "cutover_s": cutover}
+
+
 def redis_bytes_per_lead(redis: EmbeddedRedis, prefix: str, sample: int = 2000
                          ) -> dict[str, float]:
     """Mean MEMORY USAGE per lead of its state, its dedupe id set and its history
     (a sample of leads), and of its lead-index entries (all rankings / all leads)."""
     client = Redis.from_url(redis.url)
-    keys = [k for _, k in zip(range(sample), client.scan_iter(f"{prefix}:{{*}}:state:*",
+    keys = [k for _, k in zip(range(sample), client.scan_iter(f"{prefix}:*:state:*",
                                                               count=1000), strict=False)]
     parts: dict[str, list[int]] = {"state": [], "ids": [], "history": []}
     for key in keys:
         for part in parts:
             parts[part].append(client.memory_usage(key.replace(b":state:", f":{part}:".encode()))
                                or 0)
-    leads = sum(1 for _ in client.scan_iter(f"{prefix}:{{*}}:state:*", count=10_000))
+    leads = sum(1 for _ in client.scan_iter(f"{prefix}:*:state:*", count=10_000))
     index = sum(client.memory_usage(k) or 0
-                for k in client.scan_iter(f"{prefix}:{{*}}:rank:*", count=10_000))
+                for k in client.scan_iter(f"{prefix}:*:rank:*", count=10_000))
     return {**{part: statistics.mean(sizes) for part, sizes in parts.items()},
             "index": index / max(leads, 1)}
 
@@ -391,18 +421,31 @@ def main() -> None:
         asyncio.run(create_topics(broker.bootstrap, {"bench-events": 4}))
         asyncio.run(produce(broker.bootstrap, "bench-events", messages))
 
-        runs = []
+        changed = out / "rules-b.yaml"  # a rules change: a lower bar
+        changed.write_text((ROOT / "config" / "rules.yaml").read_text().replace(
+            "hot: {threshold: 70, rearm_below: 50}", "hot: {threshold: 60, rearm_below: 45}"))
+        runs, rebuilds = [], []
         for run in range(args.runs):
             console.print(f"worker throughput, run {run + 1} of {args.runs} ...")
             runs.append(worker_throughput(broker, redis, "bench-events", run, args.events,
                                           out / "worker.log", prefix=args.take_events))
+            console.print(f"rebuild under changed rules, run {run + 1} of {args.runs} ...")
+            rebuilds.append(rebuild_throughput(broker, redis, "bench-events", run, args.events,
+                                               out / "rebuild.log", changed))
+            if run < args.runs - 1:  # (the last run's data is measured below)
+                Redis.from_url(redis.url).flushall()
         per_lead = redis_bytes_per_lead(redis, runs[-1]["prefix"])
+        rebuild_rate = statistics.median(r["events_per_s"] for r in rebuilds)
         worker_rate = statistics.median(r["events_per_s"] for r in runs)
         prefix_rate = statistics.median(r["prefix_events_per_s"] for r in runs)
         results.update({
             "worker_events_per_s": round(worker_rate),
             "worker_runs": [round(r["events_per_s"]) for r in runs],
             "worker_prefix_events_per_s": round(prefix_rate), "take_events": args.take_events,
+            "rebuild_events_per_s": round(rebuild_rate),
+            "rebuild_runs": [round(r["events_per_s"]) for r in rebuilds],
+            "x_rebuild": round(rebuild_rate / worker_rate, 2),
+            "cutover_s": round(statistics.median(r["cutover_s"] for r in rebuilds), 2),
             "worker_peak_rss_mb": round(max(r["rss_mb"] for r in runs), 1),
             "redis_calls_per_event": round(statistics.median(
                 r["redis_calls_per_event"] for r in runs), 4),
@@ -440,6 +483,10 @@ def _table(r: dict[str, Any]) -> None:
     rows = [
         ("worker throughput (median)", f"{r['worker_events_per_s']:,} events/s"),
         ("  runs", ", ".join(f"{x:,}" for x in r["worker_runs"])),
+        ("rebuild under changed rules (median)", f"{r['rebuild_events_per_s']:,} events/s, "
+                                                 f"{r['x_rebuild']}x the worker"),
+        ("  runs; cutover after the last event", ", ".join(
+            f"{x:,}" for x in r["rebuild_runs"]) + f"; {r['cutover_s']} s"),
         ("baseline: naive Faust agent", f"{r['naive_events_per_s']:,} events/s"),
         ("baseline: Faust stream.take agent", f"{r['take_events_per_s']:,} events/s"),
         (f"  over the first {r['take_events']:,} events",

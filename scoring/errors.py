@@ -62,4 +62,15 @@ class StoreError(LeadscoreError):
 class DataLost(StoreError):
     """Leadscore's keys are gone while the deployment has consumed events (Redis restarted
     without persistence, or was flushed): scoring on would restart every lead from
-    nothing and reuse notification ids, so the worker stops instead."""
+    nothing and reuse notification ids, so the worker rebuilds the generation from the
+    events topic instead (docs/generations.md, "Disaster recovery")."""
+
+
+class HandingOver(StoreError):
+    """A cutover to another generation fences the shard for a moment (docs/generations.md):
+    the batch is retried like an outage, nothing is dead-lettered."""
+
+
+class Superseded(StoreError):
+    """Another generation (rules version) became active: this worker's generation no
+    longer scores live, so it stops (and /readyz says so) instead of sending anything."""

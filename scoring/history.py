@@ -49,6 +49,12 @@ def cooling(note: Notification) -> Entry:
             _STAGE_INDEX[note["stage"]], 0, "lead.cooled"]
 
 
+def rescored(note: Notification) -> Entry:
+    """The entry of a cutover's notification (docs/generations.md): as of the cutover."""
+    return [note["event_ts"], None, None, "rescore", [], note["score"],
+            _STAGE_INDEX[note["stage"]], int(note["type"] == "lead.hot"), note["type"]]
+
+
 def view(entry: Entry) -> dict[str, Any]:
     """An entry as the API shows it."""
     at, ts, event_id, event_type, awards, score, stage, hot, note = entry

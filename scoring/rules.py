@@ -230,6 +230,9 @@ class Ruleset:
     # Whether no event can make E, a rule's share or F non-finite (scoring.engine):
     # decided once, here, also for a ruleset built in code with dataclasses.replace.
     awards_stay_finite: bool = field(init=False)
+    # The file's bytes, kept with a generation so that any reader can score its leads
+    # (docs/generations.md); empty for a ruleset built in code.
+    text: bytes = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         bounded = all(-SAFE_POINTS < r.points < SAFE_POINTS for r in self.fit) and all(
@@ -275,10 +278,11 @@ def parse_rules(data: bytes, source: str = "<rules>") -> Ruleset:
     problems.extend(_cross_checks(raw))
     if problems or spec is None:
         raise RulesError(source, problems)
-    return _compile(spec, tests, hashlib.sha256(data).hexdigest()[:12])
+    return _compile(spec, tests, hashlib.sha256(data).hexdigest()[:12], data)
 
 
-def _compile(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: str) -> Ruleset:
+def _compile(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: str,
+             data: bytes) -> Ruleset:
     fit = tuple(FitRule(r.id, tests[("fit", i)], r.points) for i, r in enumerate(spec.fit))
     engagement = tuple(
         EngagementRule(
@@ -300,7 +304,8 @@ def _compile(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: 
         by_type={t: tuple(rules) for t, rules in by_type.items()},
         window_ms={r.id: r.limit_per_ms for r in engagement if r.limit_per_ms is not None},
         prune_step_ms=max(spec.dedupe_window // 8, 1),
-        stage_after={**{t: "mql" for t in spec.mql_events}, CONVERTED: "customer"})
+        stage_after={**{t: "mql" for t in spec.mql_events}, CONVERTED: "customer"},
+        text=data)
 
 
 # ---------------------------------------------------------------- problems

@@ -29,6 +29,7 @@ from streams import erasure, jobs, metrics, web
 from streams.consume import EventsConsumer
 from streams.delivery import Delivery
 from streams.feed import Feed
+from streams.generations import Rebuild
 from streams.health import Health
 from streams.runtime import Runtime, connected
 from streams.settings import Settings
@@ -42,6 +43,7 @@ def create_app(runtime: Runtime) -> faust.App:
     health = Health(settings.stall_seconds)
     delivery = Delivery(settings, store, health)
     consumer = EventsConsumer(settings, store, delivery, health)
+    rebuild = Rebuild(settings, store, delivery, health)
     metrics.watch(consumer.lags, health.stalls)
     app = faust.App(
         f"{settings.group_id}-worker",
@@ -61,9 +63,12 @@ def create_app(runtime: Runtime) -> faust.App:
     async def score_events() -> None:
         await consumer.run()
 
-    jobs.schedule(app, settings, store, delivery, health)
+    jobs.schedule(app, settings, store, delivery, health, rebuild)
     feed = Feed(runtime.redis, store.channel)
-    web.install(app, web.Api(settings, runtime.rules, runtime.redis, store, consumer.problems,
+    def problems() -> list[str]:
+        return consumer.problems() + rebuild.problems()
+
+    web.install(app, web.Api(settings, runtime.rules, runtime.redis, store, problems,
                              functools.partial(erasure.forget, store, delivery.tombstone),
                              feed))
 

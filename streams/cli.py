@@ -7,13 +7,14 @@ import gc
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka.errors import KafkaError
 from pydantic_core import PydanticCustomError
 from redis.exceptions import RedisError
 
-from scoring.errors import EventError, LeadscoreError
+from scoring.errors import EventError, LeadscoreError, SettingsError
 from scoring.events import parse_ts
 from scoring.offline import replay
 from scoring.rules import Ruleset, load_rules, parse_duration
@@ -242,6 +243,14 @@ def _duration(text: str) -> int:
 
 def _rules(path: Path | None) -> Ruleset:
     return load_rules(path if path is not None else load_settings().rules_path())
+
+
+def _rules_status(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.status import show_status
+
+    return asyncio.run(show_status(load_settings(), args.watch))
 
 
 def _rules_check(args: argparse.Namespace) -> int:

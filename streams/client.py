@@ -55,7 +55,7 @@ def _lead_key(line: bytes) -> bytes | None:
 
 
 async def show_lead(settings: Settings, lead_id: str) -> int:
-    async with connected(settings) as runtime:
+    async with connected(settings, reader=True) as runtime:
         loaded = await runtime.store.load(lead_id)
     if loaded is None:
         raise LeadscoreError(f"no lead {lead_id!r} in Redis")
@@ -69,7 +69,7 @@ async def show_lead(settings: Settings, lead_id: str) -> int:
 async def forget_lead(settings: Settings, lead_id: str) -> int:
     """Erase every key of a lead, then tombstone it on the notifications topic, as
     ``DELETE /leads/{id}`` does."""
-    async with connected(settings) as runtime:
+    async with connected(settings, reader=True) as runtime:
         if not await forget_once(runtime, lead_id):
             raise LeadscoreError(f"no lead {lead_id!r} in Redis (nothing to forget)")
     print(f"forgot {lead_id}: its keys are erased and a tombstone is on {settings.topic_hot}")

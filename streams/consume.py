@@ -13,6 +13,13 @@ broker's acks of the notifications are awaited beside the next batch
 (``Delivery.deliver_behind``). A crash anywhere replays the uncommitted tail, which
 the store recognises by offset.
 
+A generation that is not active (docs/generations.md) runs the same loop in larger
+batches, sending nothing: no notification, no dead letter (the active generation
+sends those), until a cutover makes it active; one that another generation replaced
+(``Superseded``) stops scoring. A generation rebuilding after Redis lost its data
+sends nothing for the events below ``store.replay_until`` (their notifications went
+out before the loss), then goes on live.
+
 A batch that fails is retried whole only for an outage (Redis or the broker out of
 reach, which is waited out). Any other failure is a message's own: the batch is
 split in halves, and halves again, each committed on its own in order, until the
@@ -45,7 +52,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from scoring.errors import DataLost, EventError
+from scoring.errors import DataLost, EventError, HandingOver, Superseded
 from scoring.events import Event, parse_event
 from scoring.store import Outcome, PartlyApplied, RedisStore
 from streams import metrics
@@ -65,7 +72,7 @@ Dead = list[tuple[ConsumerRecord[Any, Any], EventError]]  # messages to dead-let
 
 _OUTAGES = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ClusterDownError,
             MasterDownError, OutOfMemoryError, ReadOnlyError, TryAgainError, KafkaError,
-            OSError, TimeoutError)
+            OSError, TimeoutError, HandingOver)
 # Error replies by which a healthy-looking Redis says it cannot take writes for now.
 _REDIS_OUTAGE_REPLIES = ("OOM", "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN",
                          "TRYAGAIN", "NOREPLICAS", "BUSY", "MISCONF")
@@ -97,6 +104,7 @@ class EventsConsumer:
         # Refused by shards that committed in a batch that failed elsewhere (an outage):
         # their events are replays on the retry, so they are dead-lettered from here.
         self._owed: Dead = []
+        self.rewind: set[TopicPartition] = set()  # assigned during a rebuild after a loss
 
     def problems(self) -> list[str]:
         """Why this worker is not ready to score, beyond Redis answering (/readyz)."""
@@ -119,12 +127,14 @@ class EventsConsumer:
         return out
 
     async def start(self) -> None:
+        self.positions.clear()  # (a restart after a loss reads the partitions again)
         await self.delivery.start()
         await self.store.open()  # DataLost stops here: see run()
         await self.delivery.resend_pending()
         settings = self.settings
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers(settings.broker), group_id=settings.group_id,
+            bootstrap_servers=bootstrap_servers(settings.broker),
+            group_id=settings.generation_group(self.store.generation),
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(settings.broker_session_timeout * 1000),
             heartbeat_interval_ms=int(settings.broker_heartbeat_interval * 1000),
@@ -145,12 +155,22 @@ class EventsConsumer:
         await self.delivery.stop()
 
     async def run(self) -> None:
-        """Consume until cancelled; an outage of Redis or the broker is waited out."""
+        """Consume until cancelled; an outage of Redis or the broker is waited out, a
+        Redis that lost the generation's data is rebuilt from (``RedisStore.open``)."""
+        while True:
+            try:
+                await self._run()
+                return
+            except DataLost as exc:  # emptied under us: open() again starts the rebuild
+                log.error("leadscore: %s; rebuilding from the events topic", exc)
+                self.store.reopen()
+
+    async def _run(self) -> None:
         while True:
             try:
                 await self.start()
                 break
-            except DataLost as exc:
+            except Superseded as exc:
                 self.health.stop_scoring(exc)
                 await self.stop()
                 return
@@ -164,13 +184,19 @@ class EventsConsumer:
         gc.freeze()
         try:
             assert self.consumer is not None
+            settings = self.settings
             while True:
-                batch = await self.consumer.getmany(timeout_ms=200,
-                                                    max_records=self.settings.batch_size)
+                size = settings.batch_size if self.store.active else \
+                    settings.rebuild_batch_size
+                if self.rewind:
+                    await self._rewind()
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=size)
                 if batch:
                     async with self._batch_lock:
                         await self._handle_or_rewind(batch)
-        except DataLost as exc:
+        except DataLost:
+            raise
+        except Superseded as exc:
             self.health.stop_scoring(exc)
         except Exception as exc:  # a bug, not an outage: say so in /readyz, not only the log
             self.health.stop_scoring(exc)
@@ -178,12 +204,24 @@ class EventsConsumer:
         finally:
             await self.stop()
 
+    async def _rewind(self) -> None:
+        """Rebuilding after a loss: a partition whose group offset has not gone back
+        below the lost data's starts over from the earliest offset (the replay of one
+        that has goes on from there; a second replay would only be slower)."""
+        assert self.consumer is not None
+        until, partitions, self.rewind = self.store.replay_until, self.rewind, set()
+        for tp in partitions & self.consumer.assignment():
+            committed = await self.consumer.committed(tp)
+            if tp.partition in until and (committed is None or committed >= until[tp.partition]):
+                await self.consumer.seek_to_beginning(tp)
+                self.positions.pop(tp, None)
+
     async def _handle_or_rewind(self, batch: Batch) -> None:
         """A batch that fails (Redis down, broker down) is read again, never skipped."""
         try:
             await self.handle(batch)
             self.health.progressed(batch)
-        except (asyncio.CancelledError, DataLost):
+        except (asyncio.CancelledError, DataLost, Superseded):
             raise
         except Exception as exc:
             log.error("leadscore: batch of %d failed (%s: %s); retrying in %ss",
@@ -217,9 +255,13 @@ class EventsConsumer:
         count = sum(len(records) for records in batch.values())
         metrics.EVENTS_CONSUMED.inc(count)
         metrics.BATCH_SIZE.observe(count)
+        live = self.store.active
         if events:
             owed = len(self._owed)  # (what a failed try of this batch committed is owed too)
-            outcome = await self._apply_isolated(events, positions, sources, now)
+            if self.store.replay_until:
+                outcome = await self._replay_then_live(events, positions, sources, now)
+            else:
+                outcome = await self._apply_isolated(events, positions, sources, now)
             # Each event was applied, a duplicate, refused or a replay; the halves of an
             # isolated failure see what an earlier half committed as replays, so count the
             # replays as what is left.
@@ -239,6 +281,9 @@ class EventsConsumer:
                 await self.delivery.deliver_behind(outcome.entries, outcome.notifications)
         if self._owed:
             dead += self._owed
+        if not live:  # the active generation dead-letters them
+            dead, self._owed = [], []
+            metrics.REBUILD_EVENTS.inc(count)
         if dead:
             assert self.delivery.dead_letters is not None
             await self.delivery.dead_letters.send(dead, now)
@@ -250,6 +295,8 @@ class EventsConsumer:
         applied = {tp: records[-1].offset + 1 for tp, records in batch.items()}
         self._uncommitted.update(applied)
         self.positions.update(applied)
+        if self.store.replay_until:
+            await self.store.replayed_to({tp.partition: o for tp, o in self.positions.items()})
         if time.monotonic() - self._committed_at >= COMMIT_SECONDS:
             await self.commit()
 
@@ -261,16 +308,35 @@ class EventsConsumer:
                 {tp: o for tp, o in offsets.items() if tp in self.consumer.assignment()})
         self._committed_at = time.monotonic()
 
+    async def _replay_then_live(self, events: list[Event], positions: list[tuple[int, int]],
+                                sources: list[ConsumerRecord[Any, Any]], now: int) -> Outcome:
+        """After a loss: the events below ``replay_until`` applied silently, then the
+        others (a lead's events are in one partition, in order: the split keeps it)."""
+        until = self.store.replay_until
+        quiet = [i for i, (p, o) in enumerate(positions) if o < until.get(p, -1)]
+        if not quiet:
+            return await self._apply_isolated(events, positions, sources, now)
+        loud = sorted(set(range(len(events))) - set(quiet))
+        outcome = await self._apply_isolated([events[i] for i in quiet],
+                                             [positions[i] for i in quiet],
+                                             [sources[i] for i in quiet], now, silent=True)
+        if loud:
+            outcome.add(await self._apply_isolated(
+                [events[i] for i in loud], [positions[i] for i in loud],
+                [sources[i] for i in loud], now))
+        return outcome
+
     async def _apply_isolated(self, events: list[Event], positions: list[tuple[int, int]],
-                              sources: list[ConsumerRecord[Any, Any]], now: int) -> Outcome:
+                              sources: list[ConsumerRecord[Any, Any]], now: int,
+                              silent: bool = False) -> Outcome:
         """``store.apply``, with a failure that is not an outage narrowed down to the
         message that causes it: halves are applied (and committed) in order, so each
         lead's events keep their order, and a message that fails alone is dead-lettered
         as ``apply_failed``. What a commit refused is owed a dead letter from the moment
         it is committed (``_owe``): a retry sees those events as replays."""
         try:
-            outcome = await self.store.apply(events, now, positions)
-        except (asyncio.CancelledError, DataLost):
+            outcome = await self.store.apply(events, now, positions, silent)
+        except (asyncio.CancelledError, DataLost, Superseded):
             raise
         except Exception as exc:
             committed, cause = Outcome(), exc
@@ -278,7 +344,11 @@ class EventsConsumer:
                 committed = exc.outcome
                 cause = exc.cause  # type: ignore[assignment]  # an Exception in practice
             self._owe(committed, sources)
-            if is_outage(cause) or isinstance(cause, DataLost):
+            if isinstance(cause, Superseded) and committed.entries:
+                # Committed while the generation was still active in those shards: sent
+                # now, since this worker stops and no one else sends from its outbox.
+                await self.delivery.deliver(committed.entries)
+            if is_outage(cause) or isinstance(cause, DataLost | Superseded):
                 raise cause from None
             if len(events) == 1:
                 reason = " ".join(f"could not be applied: {type(cause).__name__}: {cause}"
@@ -288,7 +358,7 @@ class EventsConsumer:
             half = len(events) // 2
             for part in (slice(None, half), slice(half, None)):
                 committed.add(await self._apply_isolated(events[part], positions[part],
-                                                         sources[part], now))
+                                                         sources[part], now, silent))
             return committed
         self._owe(outcome, sources)
         return outcome
@@ -314,3 +384,5 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.consumer.assigned |= set(assigned)
+        if self.consumer.store.replay_until:
+            self.consumer.rewind |= set(assigned)  # (seeks wait for the consume loop)

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import os
+import signal
+from pathlib import Path
 from typing import Any
 
 import faust

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaProducer
 
 from scoring.store import RedisStore
+from scoring.store.generations import registry
 from streams.runtime import Runtime, producing
 
 __all__ = ["Tombstone", "forget", "forget_once", "send_tombstone"]
@@ -22,8 +23,12 @@ Tombstone = Callable[[str], Awaitable[None]]  # tells downstream systems to forg
 async def forget(store: RedisStore, tombstone: Tombstone, lead_id: str) -> bool:
     """Erase every key of a lead (state, ids, history, its places in the lead and
     cooling indexes, its notifications not yet sent), then tombstone it. False if the
-    lead is unknown: nothing to erase, nothing sent."""
+    lead is unknown: nothing to erase, nothing sent. Every generation kept forgets it
+    (a rollback must not bring it back)."""
     known = await store.forget(lead_id)
+    for generation in await registry(store.redis, store.keys.prefix):
+        if generation.version != store.generation:
+            known = await store.sibling(generation.version).forget(lead_id) or known
     if known:
         await tombstone(lead_id)
     return known

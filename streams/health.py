@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from aiokafka.structs import TopicPartition
 
-from scoring.errors import DataLost
+from scoring.errors import DataLost, Superseded
 
 __all__ = ["Health"]
 
@@ -35,7 +35,7 @@ class Health:
     def stop_scoring(self, exc: Exception) -> None:
         """Stop for good, loudly: /readyz says why until the worker is restarted (after
         Redis is restored, for ``DataLost``; any other exception is a bug to report)."""
-        self.lost = str(exc) if isinstance(exc, DataLost) else \
+        self.lost = str(exc) if isinstance(exc, DataLost | Superseded) else \
             f"the consume loop stopped ({type(exc).__name__}: {exc}); restart the worker"
         log.error("leadscore: %s", exc)
 
@@ -73,8 +73,8 @@ class Health:
             await job()
         except asyncio.CancelledError:
             raise
-        except DataLost as exc:
+        except Superseded as exc:
             self.stop_scoring(exc)
-        except Exception as exc:
+        except Exception as exc:  # (DataLost too: the consume loop rebuilds)
             log.error("leadscore: %s failed (%s: %s); next try in one interval",
                       name, type(exc).__name__, exc)

@@ -4,6 +4,9 @@
                     decayed below ``rearm_below`` get their ``lead.cooled``
     outbox re-send  every LEADSCORE_OUTBOX_INTERVAL: notifications recorded but not
                     acknowledged (a failed send, a crashed run) are sent again
+    generations     every second: the rebuild's progress and the cutover; every minute:
+                    the clean-up of generations kept past LEADSCORE_GENERATION_KEEP
+                    (streams.generations)
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import faust
 
 from scoring.store import RedisStore
 from streams.delivery import Delivery
+from streams.generations import Rebuild
 from streams.health import Health
 from streams.runtime import now_ms
 from streams.settings import Settings
@@ -31,8 +35,16 @@ async def sweep_cooling(store: RedisStore, delivery: Delivery, health: Health) -
 
 
 def schedule(app: faust.App, settings: Settings, store: RedisStore, delivery: Delivery,
-             health: Health) -> None:
+             health: Health, rebuild: Rebuild) -> None:
     """Put the jobs on the app's timers."""
+
+    @app.timer(interval=1.0)
+    async def generations() -> None:
+        await health.safely("generation check", rebuild.tick)
+
+    @app.timer(interval=60.0)
+    async def generations_clean_up() -> None:
+        await health.safely("generation clean-up", rebuild.clean)
 
     @app.timer(interval=settings.sweep_interval)
     async def cooling_sweep() -> None:

@@ -24,10 +24,11 @@ from aiokafka.structs import TopicPartition
 
 from scoring.rules import Ruleset, load_rules
 from scoring.store import RedisStore
+from scoring.store.generations import active_generation, registry
 from streams.connect import redis_client, settled_store
 from streams.settings import Settings
 
-__all__ = ["Runtime", "bootstrap_servers", "connected", "has_committed", "now_ms", "producer",
+__all__ = ["Runtime", "bootstrap_servers", "committed_offsets", "connected", "now_ms", "producer",
            "producing"]
 
 
@@ -62,11 +63,12 @@ async def producing(settings: Settings, **options: Any) -> AsyncIterator[AIOKafk
         await started.stop()
 
 
-async def has_committed(settings: Settings) -> bool:
-    """Whether the settings' consumer group has committed offsets on the events topic
-    (asked by the store when Redis holds no data: a first start, or lost data?)."""
+async def committed_offsets(settings: Settings, group: str) -> dict[int, int]:
+    """Partition -> the offset consumer group ``group`` has committed on the events topic
+    (none: it has not consumed). Asked by the store when a generation's data is missing:
+    a first start, or lost data?"""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(settings.broker),
-                                group_id=settings.group_id, enable_auto_commit=False,
+                                group_id=group, enable_auto_commit=False,
                                 **settings.kafka_options())
     await consumer.start()
     try:
@@ -75,10 +77,12 @@ async def has_committed(settings: Settings) -> bool:
         if partitions is None:
             await consumer.topics()  # metadata, once
             partitions = consumer.partitions_for_topic(topic) or set()
+        found = {}
         for partition in sorted(partitions):
-            if await consumer.committed(TopicPartition(topic, partition)) is not None:
-                return True
-        return False
+            offset = await consumer.committed(TopicPartition(topic, partition))
+            if offset is not None:
+                found[partition] = offset
+        return found
     finally:
         await consumer.stop()
 
@@ -94,14 +98,29 @@ class Runtime:
 
 
 @contextlib.asynccontextmanager
-async def connected(settings: Settings, rules: Ruleset | None = None,
+async def connected(settings: Settings, rules: Ruleset | None = None, *, reader: bool = False,
                     **store_options: Any) -> AsyncIterator[Runtime]:
     """The runtime of ``settings``: the rules file (when not given) loaded and validated
     first, then Redis, its layout settled, and the store over it (``store_options`` are
-    RedisStore's, such as ``observe``)."""
+    RedisStore's, such as ``observe``). A ``reader`` (``leadscore lead``, ``forget``)
+    gets the active generation's store and rules, whatever its own rules file says
+    (docs/generations.md)."""
     rules = rules if rules is not None else load_rules(settings.rules_path())
     async with redis_client(settings) as redis:
+        if reader:
+            rules = await _active_rules(redis, settings.key_prefix) or rules
+        group = settings.generation_group(rules.version)
         settings, store = await settled_store(
-            settings, rules, redis, consumed=functools.partial(has_committed, settings),
+            settings, rules, redis,
+            committed=functools.partial(committed_offsets, settings, group),
+            legacy=functools.partial(committed_offsets, settings, settings.group_id),
             **store_options)
         yield Runtime(settings, rules, redis, store)
+
+
+async def _active_rules(redis: Any, prefix: str) -> Ruleset | None:
+    active = await active_generation(redis, prefix)
+    for generation in await registry(redis, prefix) if active else ():
+        if generation.version == active and generation.rules:
+            return generation.ruleset()
+    return None

@@ -82,6 +82,10 @@ class Settings(_Secrets):
     sweep_interval: float = Field(60.0, gt=0, description="seconds between cooling sweeps")
     outbox_interval: float = Field(5.0, gt=0, description="seconds between outbox re-sends")
     batch_size: int = Field(1000, ge=1, le=100_000, description="events per Redis round trip")
+    rebuild_batch_size: int = Field(5000, ge=1, le=100_000, description="events per Redis "
+                                    "round trip while a generation rebuilds")
+    generation_keep: Seconds = Field(86_400.0, ge=0, description="how long a generation is "
+                                     "kept after it stopped being active (rollback window)")
     partitions: int = Field(8, ge=1, description="partitions when Leadscore creates topics")
     key_prefix: str = Field(keys.PREFIX, description="prefix of every Redis key")
     history_size: int = Field(history.SIZE, ge=0, le=10_000,
@@ -154,6 +158,11 @@ class Settings(_Secrets):
     def default_shards(self) -> int:
         """The shard count of data not yet in Redis, when ``redis_shards`` is unset."""
         return CLUSTER_SHARDS if self.redis_cluster else SINGLE_SHARDS
+
+    def generation_group(self, rules_version: str) -> str:
+        """The consumer group of a generation: each rules version reads the events topic
+        at its own pace (docs/generations.md)."""
+        return f"{self.group_id}.{rules_version}"
 
     def rules_path(self) -> Path:
         """The rules file; the bundled default when the default path is not here."""

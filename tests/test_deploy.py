@@ -535,6 +535,16 @@ def test_deployment_replicas_do_not_exceed_the_partitions(deployment: dict[str, 
     assert 1 <= deployment["spec"]["replicas"] <= PARTITIONS
 
 
+def test_a_rolling_update_keeps_the_old_pods_until_the_new_generation_is_active(
+        deployment: dict[str, Any]) -> None:
+    """New pods are unready while their generation rebuilds (docs/generations.md): no old
+    pod may go before a new one is ready, and the rollout may last as long as a rebuild."""
+    spec = deployment["spec"]
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert spec["progressDeadlineSeconds"] >= 3600
+
+
 def test_deployment_probes_the_worker_web_port(deployment: dict[str, Any]) -> None:
     worker = container(deployment)
     (port,) = [p["containerPort"] for p in worker["ports"]]

@@ -81,3 +81,39 @@ async def test_dev_listens_where_leadscore_web_host_says_and_its_banner_tells(
     finally:
         dev.send_signal(signal.SIGINT)
         assert dev.wait(30) == 0
+
+
+async def test_saving_a_changed_rules_file_in_dev_rebuilds_and_cuts_over(
+        tmp_path: Path) -> None:
+    """Publishing rules in dev is saving the file: a bad one is refused with its problems
+    and the worker goes on; a good one restarts the worker with it, which rebuilds its
+    generation on the same broker and Redis and cuts over, as the output shows."""
+    rules = tmp_path / "rules.yaml"
+    original = (Path(__file__).resolve().parent.parent / "config" / "rules.yaml").read_text()
+    rules.write_text(original)
+    port = free_port()
+    out = tmp_path / "dev.out"
+    with out.open("wb") as sink:
+        dev = subprocess.Popen([LEADSCORE, "dev", "--demo"], stdout=sink,
+                               stderr=subprocess.STDOUT, cwd=tmp_path,
+                               env={**ENV, "LEADSCORE_WEB_PORT": str(port),
+                                    "LEADSCORE_RULES": str(rules)})
+    try:
+        await wait_for(lambda: b"HOT " in out.read_bytes(), 90, "no demo lead turned hot")
+        rules.write_text(original.replace("hot: {threshold: 70, rearm_below: 50}",
+                                          "hot: {threshold: 70, rearm_below: 90}"))
+        await wait_for(lambda: b"rules not published" in out.read_bytes(), 30,
+                       "a bad rules file was not refused")
+        assert "hot.rearm_below: 90 is above hot.threshold (70)" in out.read_text()
+        rules.write_text(original.replace("hot: {threshold: 70, rearm_below: 50}",
+                                          "hot: {threshold: 60, rearm_below: 45}"))
+        await wait_for(lambda: b"leadscore: cutover: rules" in out.read_bytes(), 90,
+                       f"no cutover:\n{out.read_text()[-3000:]}")
+        text = out.read_text()
+        assert re.search(r"rules changed: .* is now rules_version [0-9a-f]{12}; the worker "
+                         r"restarts with it", text)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as r:
+            assert r.status == 200
+    finally:
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(30) == 0

@@ -17,6 +17,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from test_worker import DEFAULT_RULES, assert_same_outcome, traffic
 from worker import Deployment, Worker, keyed, wait_for
 
+from scoring.rules import load_rules
+
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 8
@@ -100,8 +102,8 @@ async def uncommitted(deployment: Deployment, partitions: set[int]) -> bool:
     try:
         await consumer.start()
         try:
-            committed = await admin.list_consumer_group_offsets(
-                deployment.env["LEADSCORE_GROUP_ID"], partitions=tps)
+            group = deployment.settings().generation_group(load_rules(DEFAULT_RULES).version)
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
             ends = await consumer.end_offsets(tps)
         finally:
             await consumer.stop()

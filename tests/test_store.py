@@ -370,6 +370,7 @@ async def keys_under(redis: Redis, prefix: str) -> dict[str, Any]:
         found[key] = (await redis.get(key) if kind == "string" else
                       await redis.zrange(key, 0, -1, withscores=True) if kind == "zset" else
                       sorted(await redis.smembers(key)) if kind == "set" else
+                      await redis.hgetall(key) if kind == "hash" else
                       await redis.lrange(key, 0, -1))
     return found
 
@@ -413,9 +414,10 @@ async def test_the_commit_script_checks_its_arguments_before_writing(
         shard = store.keys.of("a")
         state = LeadState("a", T0, 45.0, stage="mql")
         stored_keys = [shard.state("a"), shard.rank("stage:mql", 0.0), shard.cooling,
-                       shard.outbox, shard.fits, shard.marker]
+                       shard.outbox, shard.fits, shard.marker, shard.active, shard.progress]
         head = {"v": [-1], "ids": [], "cap": 50, "hist": [], "now": T0, "uncool": ["a"],
-                "cool": [], "fits": ["0.0"], "ranks": [[[-1.0, "a"], []]], **head_change}
+                "cool": [], "fits": ["0.0"], "ranks": [[[-1.0, "a"], []]],
+                "gen": store.generation, "live": True, "prog": [], **head_change}
         before = await keys_under(redis, prefix)
         with pytest.raises(ResponseError, match=f"COMMIT refused, nothing written: {reason}"):
             await redis.eval(COMMIT, len(stored_keys), *stored_keys, orjson.dumps(head),
@@ -440,32 +442,53 @@ async def test_redis_emptied_under_a_running_store_is_noticed_and_nothing_writte
         assert await keys_under(redis, prefix) == {}
 
 
-async def test_a_start_on_empty_redis_after_events_were_consumed_is_refused(
+async def test_a_start_on_empty_redis_after_events_were_consumed_rebuilds_quietly(
         redis_url: str) -> None:
-    """No data but committed offsets: Redis lost it. No data and no offsets: a first
-    start. Some shards' markers gone but not others': lost too (a cluster master
-    replaced empty). A layout and no marker at all: data of an earlier version."""
-    from scoring.errors import DataLost
-
-    async def yes() -> bool:
-        return True
+    """No data but committed offsets: Redis lost it, and the generation is rebuilt from
+    the topic sending nothing below those offsets (``replay_until``, kept in Redis for a
+    restart during the rebuild). No data and no offsets: a first start, which makes the
+    generation active. Some shards' markers gone but not others': lost too (a cluster
+    master replaced empty)."""
+    async def offsets() -> dict[int, int]:
+        return {0: 5, 3: 9}
 
     async with Redis.from_url(redis_url) as redis:
         prefix = f"test-store-{next(_prefixes)}"
-        with pytest.raises(DataLost, match="the layout key is gone, but the deployment's "
-                                           "consumer group has committed offsets"):
-            await RedisStore(redis, RULES, prefix, shards=2, consumed=yes).open()
-        assert await keys_under(redis, prefix) == {}
+        lost = RedisStore(redis, RULES, prefix, shards=2, committed=offsets)
+        await lost.open()
+        assert lost.replay_until == {0: 5, 3: 9} and lost.active
+        assert orjson.loads(await redis.get(f"{prefix}:{RULES.version}:replay_until")) == {
+            "0": 5, "3": 9}
+        await lost.replayed_to({0: 5, 3: 8})  # partition 0 is done, 3 is not
+        assert lost.replay_until == {3: 9}
+        await lost.replayed_to({0: 6, 3: 9})
+        assert lost.replay_until == {}
+        assert await redis.get(f"{prefix}:{RULES.version}:replay_until") is None
+
+        prefix = f"test-store-{next(_prefixes)}"
         store = RedisStore(redis, RULES, prefix, shards=2)
         await store.open()  # a first start
-        assert sorted(await keys_under(redis, prefix)) == [
-            f"{prefix}:layout", f"{prefix}:{{0}}:marker", f"{prefix}:{{1}}:marker"]
-        await redis.delete(f"{prefix}:{{1}}:marker")
-        with pytest.raises(DataLost, match="the markers of shards 1 are gone"):
-            await RedisStore(redis, RULES, prefix, shards=2, consumed=yes).open()
-        await redis.delete(f"{prefix}:{{0}}:marker")  # as versions before the markers left it
-        await RedisStore(redis, RULES, prefix, shards=2, consumed=yes).open()
-        assert len(await keys_under(redis, prefix)) == 3
+        gen = f"{prefix}:{RULES.version}"
+        assert set(await keys_under(redis, prefix)) == {
+            f"{prefix}:active", f"{prefix}:generations", f"{prefix}:layout",
+            f"{prefix}:{{0}}:active", f"{prefix}:{{1}}:active",
+            f"{gen}:{{0}}:marker", f"{gen}:{{1}}:marker"}
+        assert store.active and store.replay_until == {}
+        await redis.delete(f"{gen}:{{1}}:marker")
+        again = RedisStore(redis, RULES, prefix, shards=2, committed=offsets)
+        await again.open()
+        assert again.replay_until == {0: 5, 3: 9}
+
+        # A deployment from before generations: its group (LEADSCORE_GROUP_ID itself)
+        # sent the notifications up to its offsets, so the first generation is quiet
+        # up to there. Once generations exist, a new one owes nothing to that group.
+        prefix = f"test-store-{next(_prefixes)}"
+        upgraded = RedisStore(redis, RULES, prefix, shards=2, legacy=offsets)
+        await upgraded.open()
+        assert upgraded.replay_until == {0: 5, 3: 9} and upgraded.active
+        other = RedisStore(redis, rules("dedupe_window: 1d"), prefix, shards=2, legacy=offsets)
+        await other.open()
+        assert other.replay_until == {} and not other.active
 
 
 async def test_dead_letters_are_remembered(redis_url: str) -> None:

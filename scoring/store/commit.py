@@ -53,24 +53,61 @@ return out
 # an argument count that does not add up, a shard key of the wrong type) is checked
 # before the first write, and an error reply then leaves Redis exactly as it was.
 #
+# Which generation may write how (docs/generations.md) is checked here too, against the
+# shard's ``active`` key (same slot), so that a worker learns that a cutover happened
+# from the reply of a commit it makes anyway, at no cost per event: a "live" commit
+# (notifications on) needs its generation active in the shard, a rebuilding one needs
+# it not active (else its worker would drop notifications it now owes), and the
+# cutover's own commit ("flip") needs the fence it set still there and the old
+# generation's progress as it read it, and makes its generation active.
+#
 #   KEYS   the state keys (n), then the id sets, histories and rankings written, then
-#          the shard's cooling index, outbox, set of fit scores and marker
+#          the shard's cooling index, outbox, set of fit scores, marker, the
+#          deployment's active key for the shard, the shard's progress, and (a flip
+#          only) the old generation's progress
 #   ARGV   [1] JSON {"v": [version read per state key; -1: absent], "ids": [[horizon
 #          or "", [T, id, T, id, ...]] per id set], "cap": history length, "hist":
 #          [new entries per history], "ranks": [[[key, lead, ...], [lead to remove,
 #          ...]] per ranking], "cool": [due, lead, ...], "uncool": [lead, ...],
-#          "fits": [fit, ...], "now": ms}
+#          "fits": [fit, ...], "now": ms, "gen": rules_version, "live": true|false,
+#          "prog": [next offset, partition, ...], "flip": absent or [fence, [next
+#          offset, partition, ...] of the old generation as read]}
 #          then the new state records (n; scoring.store.record), the new history entries
 #          (per history, oldest first), the outbox entries: raw, as JSON would escape them
 #   ->     0 when written; -1 when the shard's marker is gone (Redis lost the data:
-#          scoring.errors.DataLost); else how many leads changed since they were read
+#          scoring.errors.DataLost); -2 a cutover is fencing the shard (retry soon); -3
+#          another generation is active (scoring.errors.Superseded); -4 the generation
+#          became active (commit live); -5 a flip's precondition failed; else how many
+#          leads changed since they were read
 COMMIT = """
 local head = cjson.decode(ARGV[1])
 local versions = head.v
 local n = #versions
-local cooling, outbox, fits, marker = KEYS[#KEYS - 3], KEYS[#KEYS - 2], KEYS[#KEYS - 1],
-  KEYS[#KEYS]
+local flip = head.flip
+local tail = #KEYS - (flip and 1 or 0)
+local cooling, outbox, fits, marker = KEYS[tail - 5], KEYS[tail - 4], KEYS[tail - 3],
+  KEYS[tail - 2]
+local active_key, progress = KEYS[tail - 1], KEYS[tail]
 if redis.call('EXISTS', marker) == 0 then return -1 end
+local active = redis.call('GET', active_key)
+if flip then
+  if active ~= flip[1] or type(flip[2]) ~= 'table' then return -5 end
+  local was = redis.call('HGETALL', KEYS[#KEYS])
+  if #was ~= #flip[2] then return -5 end
+  local read = {}
+  for i = 1, #flip[2], 2 do read[tostring(flip[2][i + 1])] = flip[2][i] end
+  for i = 1, #was, 2 do
+    if read[was[i]] ~= tonumber(was[i + 1]) then return -5 end
+  end
+elseif head.live then
+  if active ~= head.gen then
+    local deadline, old = string.match(active or '', '^fence:(%d+):([^:]+):')
+    if deadline and tonumber(deadline) > head.now then return -2 end
+    if old ~= head.gen then return -3 end  -- (an expired fence: still the old one's)
+  end
+elseif active == head.gen then
+  return -4
+end
 
 -- Everything checked before the first write (see above). The loops run over every
 -- score the commit writes, so they make no call per value.
@@ -99,7 +136,7 @@ for _, part in ipairs({versions, head.ids, head.hist, head.ranks, head.cool, hea
   if type(part) ~= 'table' then return refuse('a malformed head') end
 end
 if not finite(head.now) or not finite(head.cap) then return refuse('a malformed head') end
-if #KEYS ~= n + #head.ids + #head.hist + #head.ranks + 4 then
+if tail ~= n + #head.ids + #head.hist + #head.ranks + 6 then
   return refuse('a key count that does not add up')
 end
 local entries = 0
@@ -131,9 +168,10 @@ for _, rank in ipairs(head.ranks) do
   local bad = scored(rank[1], 'a ranking')
   if bad then return refuse(bad) end
 end
-local bad = scored(head.cool, 'the cooling index')
+local bad = scored(head.cool, 'the cooling index') or scored(head.prog, 'the progress')
 if bad then return refuse(bad) end
-for key, want in pairs({[cooling] = 'zset', [outbox] = 'zset', [fits] = 'set'}) do
+for key, want in pairs({[cooling] = 'zset', [outbox] = 'zset', [fits] = 'set',
+                        [progress] = 'hash'}) do
   local kind = redis.call('TYPE', key).ok
   if kind ~= want and kind ~= 'none' then
     return refuse(key .. ' is a ' .. kind .. ', not a ' .. want)
@@ -198,6 +236,14 @@ if #head.cool > 0 then sliced('ZADD', cooling, head.cool, 1, #head.cool) end
 if #head.uncool > 0 then sliced('ZREM', cooling, head.uncool, 1, #head.uncool) end
 if #head.fits > 0 then sliced('SADD', fits, head.fits, 1, #head.fits) end
 for i = a, #ARGV do redis.call('ZADD', outbox, head.now, ARGV[i]) end
+local prog = head.prog
+for i = 1, #prog, 2 do
+  local partition = tostring(prog[i + 1])
+  if prog[i] > (tonumber(redis.call('HGET', progress, partition)) or -1) then
+    redis.call('HSET', progress, partition, prog[i])
+  end
+end
+if flip then redis.call('SET', active_key, head.gen) end
 return 0
 """
 
@@ -224,8 +270,26 @@ class Stored(Lead):
         return record.encode(self.state, self.offsets, now_ms, max(self.version, 0) + 1)
 
 
+@dataclass(frozen=True, slots=True)
+class Mode:
+    """How a commit may write (see COMMIT): as ``generation``, live (notifications on,
+    the generation active in the shard) or rebuilding; ``progress``: partition -> next
+    offset of the events committed; ``flip``: the cutover's (the fence it set, the old
+    generation's progress key in the shard and that progress as read), which makes the
+    generation active."""
+
+    generation: str
+    live: bool
+    progress: dict[int, int] = field(default_factory=dict)
+    flip: tuple[str, str, dict[int, int]] | None = None  # (fence, old progress key, as read)
+
+
+def _flat(progress: dict[int, int]) -> list[int]:
+    return [part for partition, offset in progress.items() for part in (offset, partition)]
+
+
 def commit_arguments(shard: Shard, leads: dict[str, Stored], notes: list[Notification],
-                     now_ms: int, rules: Ruleset, history_size: int
+                     now_ms: int, rules: Ruleset, history_size: int, mode: Mode
                      ) -> tuple[list[bytes], list[Any]]:
     """The outbox entries of ``notes``, and the arguments of the COMMIT call that
     writes the shard's leads (their layout is above, beside the script). A lead that is
@@ -264,13 +328,27 @@ def commit_arguments(shard: Shard, leads: dict[str, Stored], notes: list[Notific
     history_keys, histories = _histories(shard, leads, history_size)
     rank_keys, ranks, fits = _rankings(shard, leads, rules.half_life_ms)
     entries = [orjson.dumps(stamp(n, now_ms)) for n in notes]
-    head = orjson.dumps({"v": versions, "ids": id_sets, "cap": history_size,
-                         "hist": [len(some) for some in histories], "ranks": ranks,
-                         "cool": cool, "uncool": uncool, "fits": fits, "now": now_ms})
+    head: dict[str, Any] = {
+        "v": versions, "ids": id_sets, "cap": history_size,
+        "hist": [len(some) for some in histories], "ranks": ranks, "cool": cool,
+        "uncool": uncool, "fits": fits, "now": now_ms, "gen": mode.generation,
+        "live": mode.live, "prog": _flat(mode.progress)}
     keys = [*(shard.state(lead_id) for lead_id in leads), *id_keys, *history_keys,
-            *rank_keys, shard.cooling, shard.outbox, shard.fits, shard.marker]
-    return entries, [len(keys), *keys, head, *records,
+            *rank_keys, shard.cooling, shard.outbox, shard.fits, shard.marker,
+            shard.active, shard.progress]
+    if mode.flip is not None:
+        fence, old_key, old_progress = mode.flip
+        head["flip"] = [fence, _flat(old_progress)]
+        keys.append(old_key)
+    return entries, [len(keys), *keys, orjson.dumps(head), *records,
                      *(entry for some in histories for entry in some), *entries]
+
+
+def fence_value(deadline_ms: int, old: str, new: str) -> str:
+    """The shard's active key while a cutover from ``old`` to ``new`` fences it: until
+    ``deadline_ms`` the old generation's live commits wait (COMMIT's -2)."""
+    return f"fence:{deadline_ms}:{old}:{new}"
+
 
 def _rankings(shard: Shard, leads: dict[str, Stored], half_life: int | None
               ) -> tuple[list[str], list[tuple[list[float | str], list[str]]], list[str]]:

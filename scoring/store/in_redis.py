@@ -33,12 +33,12 @@ from redis.exceptions import WatchError
 
 from scoring import history
 from scoring.engine import cool
-from scoring.errors import DataLost, StoreError
+from scoring.errors import DataLost, HandingOver, StoreError, Superseded
 from scoring.events import Event
 from scoring.rules import Ruleset
 from scoring.store import record
 from scoring.store.batch import Batch, Outcome, PartlyApplied, apply_batch, numbered
-from scoring.store.commit import COMMIT, READ_IDS, Stored, commit_arguments
+from scoring.store.commit import COMMIT, READ_IDS, Mode, Stored, commit_arguments
 from scoring.store.keys import PREFIX, Layout, Shard, layout_key
 from scoring.store.queries import Queries, as_text
 from scoring.store.ranking import groups
@@ -53,13 +53,14 @@ _T = TypeVar("_T")
 
 # Observes a Redis round trip: (operation, seconds). Metrics live outside scoring/.
 Observe = Callable[[str, float], None]
-# Whether the deployment has consumed events before (it has committed offsets): asked
-# only when Redis holds no data, to tell a first start from a Redis that lost its data.
-Consumed = Callable[[], Awaitable[bool]]
+# The offsets the generation's consumer group has committed, per partition: asked only
+# when the generation's data is missing, to tell a first start from a Redis that lost
+# it (and, then, up to where the lost data had sent notifications).
+Committed = Callable[[], Awaitable[dict[int, int]]]
 
 
-async def _never() -> bool:
-    return False
+async def _none() -> dict[int, int]:
+    return {}
 
 
 def _ignore(op: str, seconds: float) -> None:
@@ -72,22 +73,42 @@ Change = Callable[[dict[str, Stored]], Outcome]
 
 class RedisStore:
     """Lead states, their histories, the lead index, the notification outbox and the
-    cooling index, in one Redis or a Redis Cluster. Its reads are those of
-    ``scoring.store.queries.Queries``, offered as its own."""
+    cooling index of one generation (``generation``, default the rules' version), in one
+    Redis or a Redis Cluster. Its reads are those of ``scoring.store.queries.Queries``,
+    offered as its own.
+
+    A store writes *live* (notifications into the outbox) in the shards where its
+    generation is active (``active_shards``), and *rebuilding* (nothing to send) in the
+    others; the commit script tells it when that changes (docs/generations.md)."""
 
     def __init__(self, redis: Any, rules: Ruleset, prefix: str = PREFIX,
                  history_size: int = history.SIZE, observe: Observe = _ignore, shards: int = 1,
-                 consumed: Consumed = _never) -> None:
+                 committed: Committed = _none, generation: str | None = None,
+                 legacy: Committed = _none) -> None:
         self.redis = redis  # redis.asyncio.Redis or RedisCluster
         self.rules = rules
-        self.keys = Layout(prefix, shards)
+        self.keys = Layout(prefix, shards, generation or rules.version)
         self.history_size = history_size
         self.observe = observe
-        self.consumed = consumed
+        self.committed = committed
+        self.legacy = legacy  # the offsets of the group used before generations existed
         self._opened = False
+        self.active_shards: set[int] = set()
+        # Partition -> offset below which this generation sends nothing: set while it
+        # rebuilds after Redis lost its data (the notifications were sent before).
+        self.replay_until: dict[int, int] = {}
         reads = Queries(redis, rules, self.keys)
         self.load, self.exists, self.history = reads.load, reads.exists, reads.history
         self.top, self.pending, self.outbox_size = reads.top, reads.pending, reads.outbox_size
+
+    @property
+    def generation(self) -> str:
+        return self.keys.generation
+
+    @property
+    def active(self) -> bool:
+        """Whether this store's generation is active in every shard (scores live)."""
+        return len(self.active_shards) == len(self.keys.shards)
 
     @property
     def channel(self) -> str:
@@ -111,51 +132,110 @@ class RedisStore:
                 "another LEADSCORE_KEY_PREFIX and LEADSCORE_GROUP_ID for a fresh start")
 
     async def open(self) -> None:
-        """Make the keyspace ready for writing, once; every write calls it first.
+        """Make the generation's keyspace ready for writing, once; every write calls it
+        first (docs/generations.md, "Starting a worker").
 
         On first use it records the shard count and a marker per shard, which every
-        COMMIT checks. No layout while ``consumed()`` says the deployment has committed
-        offsets, or some shards' markers gone but not others', means Redis lost the data
-        (restarted without persistence, flushed, a cluster master replaced empty):
-        ``DataLost``, rather than scoring on from nothing and reusing notification ids.
-        Data of versions before the markers has a layout and no marker at all: it gets
-        its markers now."""
+        COMMIT checks, and the generation in the registry. The first generation of a
+        deployment becomes active at once; any other starts rebuilding. Markers gone in
+        some shards but not others, or in all of them while the consumer group has
+        committed offsets, mean Redis lost the generation's data (restarted without
+        persistence, flushed, a cluster master replaced empty): the generation is then
+        rebuilt from the topic, sending nothing for the events its group had already
+        consumed (``replay_until``), so that no notification is sent twice or lost and
+        every id is re-derived as it was."""
         if self._opened:
             return
         await self.check_layout()
+        keys, n = self.keys, len(self.keys.shards)
         reads: Any = self.redis.pipeline(transaction=False)
-        reads.exists(self.keys.layout_key)
-        for shard in self.keys.shards:
+        for shard in keys.shards:
             reads.exists(shard.marker)
-        has_layout, *markers = await reads.execute()
-        if not has_layout and await self.consumed():
-            raise DataLost(self._lost("the layout key is gone, but the deployment's consumer "
-                                      "group has committed offsets"))
-        if has_layout and any(markers) and not all(markers):
-            gone = [str(shard.number) for shard, m in zip(self.keys.shards, markers,
-                                                          strict=True) if not m]
-            raise DataLost(self._lost(f"the markers of shards {', '.join(gone)} are gone"))
+        reads.get(keys.replay_until)
+        reads.exists(keys.active)
+        *markers, replay, generations = await reads.execute()
+        if replay is not None:
+            self.replay_until = {int(p): o for p, o in orjson.loads(replay).items()}
+        elif not all(markers):
+            committed = await self.committed()
+            if not committed and not generations:
+                # The first generation of a deployment that ran before generations
+                # existed: its notifications went out up to the old group's offsets.
+                committed = await self.legacy()
+            if committed:  # (none: a new generation, rebuilt from the earliest offset)
+                self.replay_until = committed
+                await self.redis.set(keys.replay_until, orjson.dumps(
+                    {str(p): o for p, o in committed.items()}))
+        # One generation is active: the first to claim the deployment-wide key, also when
+        # two rules versions start at once; a shard whose key is gone gets it again.
+        mine = keys.generation
+        await self.redis.set(keys.active, mine, nx=True)
+        active = as_text(await self.redis.get(keys.active))
         writes: Any = self.redis.pipeline(transaction=False)
-        writes.set(self.keys.layout_key, orjson.dumps({"shards": len(self.keys.shards)}),
-                   nx=True)
-        for shard in self.keys.shards:
+        writes.set(keys.layout_key, orjson.dumps({"shards": n}), nx=True)
+        for shard in keys.shards:
             writes.set(shard.marker, b"1", nx=True)
+            writes.set(shard.active, active, nx=True)
+        seconds, micros = await self.redis.time()  # (Redis's clock: the store has none)
+        writes.hsetnx(keys.generations, mine, orjson.dumps(
+            {"rules": self.rules.text.decode(errors="replace"), "name": self.rules.name,
+             "created_at": seconds * 1000 + micros // 1000}))
         await writes.execute()
         await self.check_layout()  # another process may have recorded another count first
+        await self.refresh_active()
         self._opened = True
+
+    def sibling(self, generation: str) -> RedisStore:
+        """The store of another generation of the same deployment, for erasure (its
+        rules are this store's: what erasure needs of them is the same)."""
+        return RedisStore(self.redis, self.rules, self.keys.prefix, self.history_size,
+                          self.observe, len(self.keys.shards), generation=generation)
+
+    @property
+    def opened(self) -> bool:
+        return self._opened
+
+    def reopen(self) -> None:
+        """Look at the keyspace afresh at the next write (it was found gone)."""
+        self._opened = False
+
+    async def refresh_active(self) -> None:
+        """Read which shards this generation is active in."""
+        actives = await _all(self.redis.get(shard.active) for shard in self.keys.shards)
+        self.active_shards = {shard.number for shard, value in zip(
+            self.keys.shards, actives, strict=True) if as_text(value or b"") == self.generation}
+
+    async def progress(self, generation: str | None = None) -> list[dict[int, int]]:
+        """Per shard, partition -> next offset applied, of this or another generation."""
+        keys = self.keys if generation is None else self.keys.of_generation(generation)
+        found = await _all(self.redis.hgetall(shard.progress) for shard in keys.shards)
+        return [{int(p): int(o) for p, o in one.items()} for one in found]
+
+    async def replayed_to(self, positions: dict[int, int]) -> None:
+        """The rebuild after a loss has reached these next offsets: forget the partitions
+        it is done with (all of them: the rebuild is over)."""
+        left = {p: o for p, o in self.replay_until.items() if positions.get(p, -1) < o}
+        if left == self.replay_until:
+            return
+        self.replay_until = left
+        if left:
+            await self.redis.set(self.keys.replay_until, orjson.dumps(
+                {str(p): o for p, o in left.items()}))
+        else:
+            await self.redis.delete(self.keys.replay_until)
 
     def _lost(self, what: str) -> str:
         return (f"Redis lost Leadscore's data under the prefix {self.keys.prefix!r} ({what}): "
-                "scoring on would start every lead from nothing and reuse notification ids, "
-                "so this worker stops. Restore Redis from its backup (AOF or RDB) and restart, "
-                "or start over from the events topic with a new LEADSCORE_GROUP_ID "
-                "(docs/operations.md, \"Redis lost its data\")")
+                "scoring on would start every lead from nothing and reuse notification ids")
 
     async def apply(self, events: Sequence[Event], now_ms: int,
-                    positions: Sequence[tuple[int, int]] | None = None) -> Outcome:
+                    positions: Sequence[tuple[int, int]] | None = None,
+                    silent: bool = False) -> Outcome:
         """Apply a batch of events (in order per lead). The outcome's ``entries`` are the
         outbox entries recorded: the notifications as JSON, stamped ``emitted_at`` =
         ``now_ms``, byte for byte what is to be sent and then passed to ``delivered``.
+        There are none in a shard where the generation is rebuilding, nor with
+        ``silent`` (a rebuild after a loss, below ``replay_until``).
 
         ``positions`` are the events' (partition, offset) in the source topic. A lead's
         events all come from one partition in order, so an event at or below the last
@@ -181,7 +261,7 @@ class RedisStore:
             # (afresh on each try: a retried transaction starts over)
             return lambda leads: apply_batch(leads, part, rules, keep_history)
 
-        jobs = [self._transact(shard, ids, change(part), now_ms)
+        jobs = [self._transact(shard, ids, change(part), now_ms, _progress(part), silent)
                 for shard, (part, ids) in shards.items()]
         done = [await jobs[0]] if len(jobs) == 1 else \
             await asyncio.gather(*jobs, return_exceptions=True)
@@ -212,6 +292,8 @@ class RedisStore:
             return outcome
 
         async def sweep_shard(shard: Shard) -> list[bytes]:
+            if shard.number not in self.active_shards:
+                return []  # (a rebuild is replayed in event time: no wall-clock cooling)
             due = await self.redis.zrangebyscore(shard.cooling, "-inf", now_ms, 0, limit)
             if not due:
                 return []
@@ -272,10 +354,11 @@ class RedisStore:
             await pipe.execute()
 
     async def delivered(self, entries: Iterable[bytes],
-                        lead_ids: Iterable[str] | None = None) -> None:
+                        lead_ids: Iterable[str] | None = None, publish: bool = True) -> None:
         """Forget outbox entries that the broker has acknowledged, and publish them on
-        the notifications channel for live dashboards (of any worker). ``lead_ids``: the
-        lead of each entry when the caller has it, else it is read from the entry."""
+        the notifications channel for live dashboards (of any worker), unless they were
+        published already. ``lead_ids``: the lead of each entry when the caller has it,
+        else it is read from the entry."""
         entries = list(entries)
         leads = [orjson.loads(entry)["lead_id"] for entry in entries] if lead_ids is None \
             else lead_ids
@@ -286,17 +369,20 @@ class RedisStore:
             pipe: Any = self.redis.pipeline(transaction=False)
             for shard, some in by_shard.items():
                 pipe.zrem(shard.outbox, *some)
-                for entry in some:  # (cluster pipelines refuse .publish by name)
-                    pipe.execute_command("PUBLISH", self.keys.channel, entry)
+                for entry in some if publish else ():  # (cluster pipelines refuse
+                    pipe.execute_command("PUBLISH", self.keys.channel, entry)  # .publish)
             await pipe.execute()
 
     async def _transact(self, shard: Shard, ids: dict[str, list[str]], change: Change,
-                        now_ms: int) -> Outcome:
+                        now_ms: int, progress: dict[int, int] | None = None,
+                        silent: bool = False,
+                        flip: tuple[str, str, dict[int, int]] | None = None) -> Outcome:
         """Read the leads of one shard (and the given event ids of each), apply
         ``change``, write back with COMMIT; all or nothing, retried while another writer
         (a second worker during a rebalance, the sweep, an erasure) changes one of these
         leads in between. Every write of a lead writes its state record with a new
-        version, so the versions guard the id sets, histories and rankings too."""
+        version, so the versions guard the id sets, histories and rankings too.
+        ``progress``: the source offsets this commit completes; ``flip``: see Mode."""
         await self.open()
         leads = list(ids)
         keys = [shard.state(lead_id) for lead_id in leads]
@@ -305,20 +391,47 @@ class RedisStore:
             stored = await self._read(shard, leads, keys, ids)
             self.observe("read", time.perf_counter() - started)
             outcome = change(stored)
+            live = shard.number in self.active_shards
+            if not (live or flip) or silent:
+                outcome.notifications = []  # rebuilding: nothing to send
+            mode = Mode(self.generation, live, progress or {}, flip)
             outcome.entries, commit = commit_arguments(
-                shard, stored, outcome.notifications, now_ms, self.rules, self.history_size)
+                shard, stored, outcome.notifications, now_ms, self.rules, self.history_size,
+                mode)
             started = time.perf_counter()
             stale = await self.redis.eval(COMMIT, *commit)
             self.observe("write", time.perf_counter() - started)
             if not stale:
+                if flip:
+                    self.active_shards.add(shard.number)
                 return outcome
-            if stale < 0:
+            if stale == -1:
                 raise DataLost(self._lost(f"shard {shard.number}'s marker is gone"))
+            if stale == -2:
+                raise HandingOver(f"shard {shard.number} is fenced for a cutover to another "
+                                  "generation; retrying")
+            if stale == -3:
+                self.active_shards.discard(shard.number)
+                raise Superseded(await self._superseded())
+            if stale == -4:  # became active: commit again, live
+                self.active_shards.add(shard.number)
+                continue
+            if stale == -5:
+                raise HandingOver(f"the cutover of shard {shard.number} found it changed")
         raise StoreError(f"gave up after {MAX_RETRIES} conflicting writes to the same "
                              "leads; is another process writing with this key prefix?")
 
+    async def _superseded(self) -> str:
+        active = await self.redis.get(self.keys.active)
+        return (f"generation {self.generation} (rules {self.rules.name!r}) is no longer "
+                f"active: generation {as_text(active or b'?')} is, so this worker stopped "
+                "scoring; it sends nothing. Stop it, or restart it with the active rules "
+                "file (docs/generations.md)")
+
     async def _read(self, shard: Shard, leads: list[str], keys: list[str],
                     ids: dict[str, list[str]]) -> dict[str, Stored]:
+        if not leads:
+            return {}
         reads: Any = self.redis.pipeline(transaction=False)
         # execute_command: redis-py's cluster pipelines refuse .mget/.mset by name, even
         # for keys of one slot, which is all a shard ever has.
@@ -334,6 +447,15 @@ class RedisStore:
                               in zip(ids[lead_id], scores, strict=True) if score is not None}
         return {lead_id: Stored.decode(lead_id, raw, known[lead_id])
                 for lead_id, raw in zip(leads, replies[0], strict=True)}
+
+
+def _progress(part: Batch) -> dict[int, int]:
+    """Partition -> the offset after the last of the part's events from it."""
+    out: dict[int, int] = {}
+    for _, _, position in part:
+        if position is not None:
+            out[position[0]] = position[1] + 1  # (in order per partition: the last wins)
+    return out
 
 
 async def _all(jobs: Iterable[Awaitable[_T]]) -> list[_T]:

@@ -13,17 +13,33 @@ cluster wants several per master (the default there is 32), so that shards, and
 the load, spread over the masters. The count is fixed for the life of the data
 (``<prefix>:layout`` records it): changing it would move every lead.
 
-    <prefix>:{n}:state:<lead_id>    the lead's state but its ids, + offsets applied, updated_at:
+Every rules version has its own keyspace, a *generation* (docs/generations.md), under
+``<prefix>:<rules_version>``, written <gen> below. Shard n of every generation carries
+the same hash tag ``{n}``, so a generation's shard and the deployment's ``active`` key
+of that shard share a slot: the commit script checks, in the same atomic step as its
+writes, which generation is active there.
+
+    <gen>:{n}:state:<lead_id>       the lead's state but its ids, + offsets applied, updated_at:
                                     a compact JSON array (scoring.store.record)
-    <prefix>:{n}:ids:<lead_id>      ZSET event id -> T when applied (dedupe_window of them)
-    <prefix>:{n}:history:<lead_id>  LIST of the last changes, newest first (scoring.history)
-    <prefix>:{n}:outbox             ZSET notification JSON -> ms it was recorded
-    <prefix>:{n}:cooling            ZSET lead_id -> event time (ms) it cools by decay
-    <prefix>:{n}:rank:<group>:<F>   ZSET lead_id -> -(rank key), per group (stage:<s>, hot)
+    <gen>:{n}:ids:<lead_id>         ZSET event id -> T when applied (dedupe_window of them)
+    <gen>:{n}:history:<lead_id>     LIST of the last changes, newest first (scoring.history)
+    <gen>:{n}:outbox                ZSET notification JSON -> ms it was recorded
+    <gen>:{n}:cooling               ZSET lead_id -> event time (ms) it cools by decay
+    <gen>:{n}:rank:<group>:<F>      ZSET lead_id -> -(rank key), per group (stage:<s>, hot)
                                     and fit score F (see scoring.store.ranking)
-    <prefix>:{n}:rank:fits          SET of the fit scores F that have rankings in the shard
-    <prefix>:{n}:marker             "1": the shard's data exists; every COMMIT checks it, so
+    <gen>:{n}:rank:fits             SET of the fit scores F that have rankings in the shard
+    <gen>:{n}:progress              HASH partition -> next offset: every event of the shard's
+                                    leads below it is applied (written by each COMMIT)
+    <gen>:{n}:marker                "1": the shard's data exists; every COMMIT checks it, so
                                     a Redis emptied under a running worker is noticed
+    <gen>:replay_until              JSON {partition: offset}: a generation rebuilding after
+                                    Redis lost it sends nothing for events below these
+    <prefix>:{n}:active             the rules_version active in shard n, or
+                                    "fence:<deadline ms>:<old>:<new>" during a cutover
+    <prefix>:active                 the rules_version active everywhere (for readers)
+    <prefix>:generations            HASH rules_version -> JSON: its rules file, when it was
+                                    created, activated, deactivated, its rebuild progress
+    <prefix>:cutover                a lock: the worker running a cutover
     <prefix>:layout                 JSON {"shards": n}, written once
     <prefix>:deadletters            ZSET "<topic>:<partition>:<offset>" -> wall ms it was
                                     dead-lettered, so that a message is dead-lettered once
@@ -43,7 +59,8 @@ class Shard:
     """The keys of one shard."""
 
     number: int
-    tag: str  # "<prefix>:{<n>}"
+    tag: str  # "<prefix>:<generation>:{<n>}"
+    deployment: str  # "<prefix>"
 
     @property
     def outbox(self) -> str:
@@ -60,6 +77,15 @@ class Shard:
     @property
     def marker(self) -> str:
         return f"{self.tag}:marker"
+
+    @property
+    def progress(self) -> str:
+        return f"{self.tag}:progress"
+
+    @property
+    def active(self) -> str:
+        """The deployment's key naming the generation active in this shard (same slot)."""
+        return f"{self.deployment}:{{{self.number}}}:active"
 
     def state(self, lead_id: str) -> str:
         return f"{self.tag}:state:{lead_id}"
@@ -82,17 +108,37 @@ def layout_key(prefix: str) -> str:
     return f"{prefix}:layout"
 
 
-class Layout:
-    """The shards of one key prefix."""
+def generations_key(prefix: str) -> str:
+    """The registry of the generations under ``prefix``."""
+    return f"{prefix}:generations"
 
-    def __init__(self, prefix: str, shards: int) -> None:
+
+def active_key(prefix: str) -> str:
+    """The rules_version active in every shard (readers look here)."""
+    return f"{prefix}:active"
+
+
+class Layout:
+    """The shards of one generation (``generation``, a rules_version) of a key prefix."""
+
+    def __init__(self, prefix: str, shards: int, generation: str) -> None:
         if shards < 1:
             raise ValueError("shards must be at least 1")
         self.prefix = prefix
-        self.shards = [Shard(n, f"{prefix}:{{{n}}}") for n in range(shards)]
+        self.generation = generation
+        self.root = f"{prefix}:{generation}"  # every key of the generation starts so
+        self.shards = [Shard(n, f"{self.root}:{{{n}}}", prefix) for n in range(shards)]
         self.layout_key = layout_key(prefix)
+        self.generations = generations_key(prefix)
+        self.active = active_key(prefix)
+        self.cutover_lock = f"{prefix}:cutover"
+        self.replay_until = f"{self.root}:replay_until"
         self.channel = f"{prefix}:notifications"
         self.dead_letters = f"{prefix}:deadletters"
+
+    def of_generation(self, generation: str) -> Layout:
+        """The same shards, in another generation's keyspace."""
+        return Layout(self.prefix, len(self.shards), generation)
 
     def of(self, lead_id: str) -> Shard:
         """The shard of a lead: stable across processes and restarts."""

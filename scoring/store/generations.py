@@ -1,0 +1,351 @@
+"""Generations in Redis: the registry, the cutover and the clean-up (docs/generations.md).
+
+A generation is the state of one rules version, in its own keyspace (scoring.store.keys).
+The one active in a shard is named by the shard's ``active`` key, which every COMMIT
+reads in the same atomic step as its writes. A cutover from the active generation OLD
+to NEW, run by one worker of NEW at a time (the ``cutover`` lock):
+
+1. fence every shard: OLD's live commits wait (COMMIT answers -2) until the fence's
+   deadline (renewed at each step below), so OLD's progress freezes and NEW can catch
+   up with it exactly;
+2. wait until NEW has applied, in every shard, every event OLD applied (the
+   progress hashes, written by the same COMMITs as the states they count);
+3. carry every lead's notification counter over (ids stay unique per lead);
+4. per shard, one COMMIT that re-checks the fence and OLD's progress, writes NEW's
+   leads whose hot flag at the cutover instant X differs from OLD's with their
+   ``cause: "rescore"`` notification in the outbox, and makes NEW active there.
+
+A worker killed at any step leaves every shard either OLD's (its fence expires and
+OLD goes on; nothing was sent by NEW) or NEW's (flipped with its notifications in the
+outbox, re-sent from there): the next attempt skips the flipped shards and redoes the
+others. OLD's workers learn of the cutover from their next commit (-3) and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from scoring import history
+from scoring.engine import hot_at, rescore
+from scoring.errors import HandingOver
+from scoring.rules import Ruleset, parse_rules
+from scoring.store import record
+from scoring.store.batch import Outcome
+from scoring.store.commit import Stored, fence_value
+from scoring.store.in_redis import RedisStore
+from scoring.store.keys import Layout, Shard, active_key, generations_key
+from scoring.store.queries import as_text
+
+__all__ = ["Cutover", "Generation", "Lag", "active_generation", "delete_generation",
+           "furthest", "heartbeat", "lag", "partition_lag", "registry"]
+
+# A cutover holds OLD's commits for at most FENCE_MS past its last sign of life: the
+# fence and the lock are renewed at each step, so a worker killed mid-way holds
+# nothing for long, while a cutover of many leads may take as long as it needs.
+FENCE_MS = 10_000
+LOCK_MS = 15_000
+CATCH_UP_MS = 8_000  # how long NEW may take to catch up with OLD's frozen progress
+CHUNK = 500  # leads per commit when carrying counters over
+
+# Fence a shard for a cutover from ARGV[1] to ARGV[3] (ARGV[2]: the fence): 1 fenced,
+# 2 already NEW's, 0 someone else's (another generation became active meanwhile).
+FENCE = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[3] then return 2 end
+if current == ARGV[1] or (current and string.match(current, '^fence:%d+:' .. ARGV[1] ..
+                                                  ':' .. ARGV[3] .. '$')) then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+# Lift a fence (ARGV[1]) that is still there, giving the shard back to ARGV[2].
+UNFENCE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
+return 0
+"""
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
+"""
+# Extend the lock (KEYS[1]) by ARGV[2] ms if ARGV[1] still holds it: 1, else 0.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+@dataclass(slots=True)
+class Generation:
+    """One generation as the registry knows it (times in wall ms)."""
+
+    version: str
+    name: str = ""
+    rules: str = ""  # the rules file's text
+    active: bool = False
+    created_at: int | None = None
+    activated_at: int | None = None
+    deactivated_at: int | None = None
+    seen_at: int | None = None  # the last heartbeat of one of its workers
+    progress: dict[str, Any] = field(default_factory=dict)  # applied, target, rate
+
+    def ruleset(self) -> Ruleset:
+        return parse_rules(self.rules.encode(), f"the rules of generation {self.version}")
+
+
+async def registry(redis: Any, prefix: str) -> list[Generation]:
+    """Every generation of the deployment, the active one first, then newest first."""
+    raw = {as_text(k): v for k, v in (await redis.hgetall(generations_key(prefix))).items()}
+    active = await active_generation(redis, prefix)
+    found: dict[str, Generation] = {}
+    for name, value in raw.items():
+        version, _, part = name.partition(":")
+        generation = found.setdefault(version, Generation(version, active=version == active))
+        if not part:
+            doc = orjson.loads(value)
+            generation.rules, generation.name = doc.get("rules", ""), doc.get("name", "")
+            generation.created_at = doc.get("created_at")
+        elif part == "progress":
+            generation.progress = orjson.loads(value)
+        elif part in ("activated_at", "deactivated_at", "seen_at"):
+            setattr(generation, part, int(value))
+    return sorted(found.values(), key=lambda g: (not g.active, -(g.created_at or 0)))
+
+
+async def active_generation(redis: Any, prefix: str) -> str | None:
+    raw = await redis.get(active_key(prefix))
+    return None if raw is None else as_text(raw)
+
+
+async def heartbeat(store: RedisStore, now_ms: int,
+                    progress: dict[str, Any] | None = None) -> None:
+    """Say that a worker of the store's generation is alive (and, rebuilding, how far
+    it got): the clean-up never deletes a generation with live workers."""
+    keys, version = store.keys, store.generation
+    pipe: Any = store.redis.pipeline(transaction=False)
+    pipe.hset(keys.generations, f"{version}:seen_at", now_ms)
+    if progress is not None:
+        pipe.hset(keys.generations, f"{version}:progress", orjson.dumps(progress))
+    await pipe.execute()
+
+
+@dataclass(frozen=True, slots=True)
+class Lag:
+    """How far a generation is behind the active one."""
+
+    applied: int  # events applied, summed over partitions
+    target: int  # events the active generation applied
+    behind: int  # events still to apply before the shards all caught up
+    caught_up: bool
+
+
+async def lag(store: RedisStore, active: str) -> Lag:
+    """The store's generation against the active one, from their progress hashes. A
+    partition's count is its next offset (the furthest any shard reached)."""
+    mine, theirs = await store.progress(), await store.progress(active)
+    behind = 0
+    for own, other in zip(mine, theirs, strict=True):
+        for partition, offset in other.items():
+            behind += max(0, offset - own.get(partition, 0))
+    return Lag(sum(furthest(mine).values()), sum(furthest(theirs).values()), behind,
+               behind == 0)
+
+
+def furthest(progress: list[dict[int, int]]) -> dict[int, int]:
+    """Partition -> the next offset of the shard that got furthest in it."""
+    best: dict[int, int] = {}
+    for one in progress:
+        for partition, offset in one.items():
+            best[partition] = max(best.get(partition, 0), offset)
+    return best
+
+
+def partition_lag(mine: list[dict[int, int]], theirs: list[dict[int, int]]) -> dict[int, int]:
+    """Partition -> how far one generation is behind the other (furthest shards)."""
+    own, other = furthest(mine), furthest(theirs)
+    return {p: max(0, o - own.get(p, 0)) for p, o in other.items()}
+
+
+class Cutover:
+    """One attempt at making ``store``'s generation active in place of ``old``."""
+
+    def __init__(self, store: RedisStore, old: str, old_rules: Ruleset,
+                 now: Callable[[], int]) -> None:
+        self.store, self.old, self.old_rules, self.now = store, old, old_rules, now
+        self.old_keys: Layout = store.keys.of_generation(old)
+        self.token = uuid.uuid4().hex
+        self.fence = ""  # the fence this attempt set, as last renewed
+        self.frozen: list[dict[int, int]] = []  # OLD's progress per shard, caught up with
+
+    async def run(self, wait: Callable[[], Awaitable[None]]) -> tuple[int, list[bytes]] | None:
+        """Cut over, or give the shards back to OLD and return None when NEW does not
+        catch up in time. ``wait`` paces the catch-up checks. Returns the cutover
+        instant and the outbox entries of the rescore notifications, for the caller to
+        send."""
+        store, redis, keys = self.store, self.store.redis, self.store.keys
+        if not await redis.set(keys.cutover_lock, self.token, nx=True, px=LOCK_MS):
+            return None  # another worker of a generation is cutting over
+        self.fence = fence_value(self.now() + FENCE_MS, self.old, store.generation)
+        try:
+            fenced = [shard for shard in keys.shards if await redis.eval(
+                FENCE, 1, shard.active, self.old, self.fence, store.generation) == 1]
+            await store.refresh_active()
+            todo = [shard for shard in keys.shards if shard.number not in store.active_shards]
+            if any(shard not in fenced for shard in todo):
+                await self._unfence(fenced)  # a third generation is active somewhere
+                return None
+            give_up = self.now() + CATCH_UP_MS
+            while not (await lag(store, self.old)).caught_up:
+                if self.now() > give_up:
+                    await self._unfence(fenced)
+                    return None
+                await wait()
+            # OLD's progress as NEW caught up with it: each flip checks it is unchanged
+            # (a fence that expired would have let OLD apply, and notify, more).
+            self.frozen = await store.progress(self.old)
+            at = self.now()
+            entries: list[bytes] = []
+            try:
+                for shard in todo:
+                    await self._carry_counters(shard, todo)
+                    await self._renew(todo)
+                    entries += await self._flip(shard, at)
+            except HandingOver:  # the fence expired under us: OLD wrote again
+                await self._unfence(fenced)
+                return None
+            pipe: Any = redis.pipeline(transaction=False)
+            pipe.set(keys.active, store.generation)
+            pipe.hset(keys.generations, mapping={f"{store.generation}:activated_at": at,
+                                                 f"{self.old}:deactivated_at": at})
+            await pipe.execute()
+            return at, entries
+        finally:
+            await redis.eval(RELEASE, 1, keys.cutover_lock, self.token)
+
+    async def _renew(self, shards: list[Shard]) -> None:
+        """Push the fence's deadline and the lock's expiry on: this worker is alive."""
+        redis, store = self.store.redis, self.store
+        if not await redis.eval(RENEW, 1, store.keys.cutover_lock, self.token, LOCK_MS):
+            raise HandingOver("the cutover lock expired")
+        fence = fence_value(self.now() + FENCE_MS, self.old, store.generation)
+        for shard in shards:
+            if shard.number not in store.active_shards and await redis.eval(
+                    FENCE, 1, shard.active, self.old, fence, store.generation) != 1:
+                raise HandingOver(f"shard {shard.number} is no longer fenced")
+        self.fence = fence
+
+    async def _unfence(self, shards: list[Shard]) -> None:
+        for shard in shards:
+            await self.store.redis.eval(UNFENCE, 1, shard.active, self.fence, self.old)
+
+    async def _carry_counters(self, shard: Shard, fenced: list[Shard]) -> None:
+        """NEW's notification counter of every lead becomes at least OLD's (renewing
+        the fences of ``fenced`` as it goes)."""
+        old_shard = self.old_keys.shards[shard.number]
+        prefix = f"{old_shard.tag}:state:"
+        redis, store = self.store.redis, self.store
+        leads: list[str] = []
+        async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+            leads.append(as_text(key)[len(prefix):])
+        for start in range(0, len(leads), CHUNK):
+            chunk = leads[start:start + CHUNK]
+            await self._renew(fenced)
+            counters = {lead: n for lead, n in (await self._old(shard, chunk)).items() if n[1]}
+            if counters:
+                await store._transact(shard, {lead: [] for lead in counters},
+                                      _raise_counters(counters), self.now(), silent=True)
+
+    async def _old(self, shard: Shard, leads: list[str]) -> dict[str, tuple[bool, int]]:
+        """(hot at no instant yet: the state's flag, the notification counter) of OLD's
+        leads."""
+        old_shard = self.old_keys.shards[shard.number]
+        raws = await self.store.redis.execute_command(
+            "MGET", *[old_shard.state(lead) for lead in leads])
+        found = {}
+        for lead, raw in zip(leads, raws, strict=True):
+            if raw is not None:
+                state = record.decode(raw, {}).state
+                found[lead] = (state.hot, state.notified)
+        return found
+
+    async def _flip(self, shard: Shard, at: int) -> list[bytes]:
+        """Make NEW active in the shard, with the rescore notifications it owes."""
+        old_shard = self.old_keys.shards[shard.number]
+        candidates = sorted(await self._hot(old_shard) | await self._hot(shard))
+        old_rules = self.old_rules
+        raws = await self.store.redis.execute_command(
+            "MGET", *[old_shard.state(lead) for lead in candidates]) if candidates else []
+        was = {}
+        for lead, raw in zip(candidates, raws, strict=True):
+            if raw is not None:
+                state = record.decode(raw, {}).state
+                was[lead] = (hot_at(state, at, old_rules), state.notified)
+        rules = self.store.rules
+
+        def change(leads: dict[str, Stored]) -> Outcome:
+            outcome = Outcome()
+            for lead_id, stored in leads.items():
+                hot, notified = was.get(lead_id, (False, 0))
+                note = rescore(stored.state, hot, notified, at, rules)
+                if note is not None:
+                    outcome.notifications.append(note)
+                    stored.history.append(history.rescored(note))
+            return outcome
+
+        old_progress = self.frozen[shard.number]
+        outcome = await self.store._transact(
+            shard, {lead: [] for lead in candidates}, change, self.now(),
+            flip=(self.fence, old_shard.progress, old_progress))
+        return outcome.entries
+
+    async def _hot(self, shard: Shard) -> set[str]:
+        """The leads of a shard whose state says hot (the "hot" rankings)."""
+        redis = self.store.redis
+        fits = await redis.smembers(shard.fits)
+        found: set[str] = set()
+        for fit in fits:
+            found.update(as_text(m) for m in await redis.zrange(shard.rank("hot", as_text(fit)),
+                                                               0, -1))
+        return found
+
+
+def _raise_counters(counters: dict[str, tuple[bool, int]]) -> Callable[[dict[str, Stored]],
+                                                                      Outcome]:
+    def change(leads: dict[str, Stored]) -> Outcome:
+        for lead_id, stored in leads.items():
+            stored.state.notified = max(stored.state.notified, counters[lead_id][1])
+        return Outcome()
+    return change
+
+
+async def delete_generation(redis: Any, prefix: str, version: str, step: int = 500) -> int:
+    """Delete a generation's keys in small steps (SCAN and UNLINK, so that Redis never
+    blocks on it), then its registry entries. Returns the keys deleted."""
+    deleted = 0
+    batch: list[Any] = []
+    async for key in redis.scan_iter(match=f"{prefix}:{version}:*", count=step):
+        batch.append(key)
+        if len(batch) >= step:
+            deleted += await _unlink(redis, batch)
+            batch = []
+            await asyncio.sleep(0)
+    deleted += await _unlink(redis, batch)
+    fields = [version, *(f"{version}:{part}" for part in
+                         ("progress", "activated_at", "deactivated_at", "seen_at"))]
+    await redis.hdel(generations_key(prefix), *fields)
+    return deleted
+
+
+async def _unlink(redis: Any, keys: list[Any]) -> int:
+    if not keys:
+        return 0
+    pipe: Any = redis.pipeline(transaction=False)
+    for key in keys:  # one by one: on a cluster the keys are in many slots
+        pipe.unlink(key)
+    return sum(await pipe.execute())

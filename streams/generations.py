@@ -1,0 +1,159 @@
+"""The worker's side of generations (docs/generations.md): how far its rebuild got, when
+to cut over, and the clean-up of generations no longer kept.
+
+Every second a worker whose generation is not active measures its lag behind the
+active one, reports it (/readyz, the metrics, the registry for ``leadscore rules
+status``), and, once the lag is under two rebuild batches, tries the cutover
+(scoring.store.generations.Cutover), whose notifications it then sends. A worker of
+the active generation deletes, every minute, the generations that stopped being
+active, and have had no live worker, for longer than LEADSCORE_GENERATION_KEEP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from scoring.rules import Ruleset
+from scoring.store import RedisStore
+from scoring.store.generations import (
+    Cutover,
+    active_generation,
+    delete_generation,
+    heartbeat,
+    lag,
+    registry,
+)
+from streams import metrics
+from streams.delivery import Delivery
+from streams.health import Health
+from streams.runtime import now_ms
+from streams.settings import Settings
+
+__all__ = ["Rebuild"]
+
+log = logging.getLogger("leadscore")
+CHECK_SECONDS = 0.05  # between catch-up checks while a cutover holds the fence
+SAY_SECONDS = 5.0  # between log lines of a rebuild's progress
+
+
+class Rebuild:
+    """One per worker: its generation's progress, cutover and clean-up."""
+
+    def __init__(self, settings: Settings, store: RedisStore, delivery: Delivery,
+                 health: Health) -> None:
+        self.settings, self.store, self.delivery, self.health = settings, store, delivery, health
+        self.status: str | None = None  # "rebuilding: ..." while not active
+        self._sample: tuple[float, int] | None = None  # (monotonic s, events applied)
+        self.rate = 0.0
+        self._said = 0.0  # when the progress was last logged
+        self._cutover: asyncio.Task[None] | None = None
+
+    def problems(self) -> list[str]:
+        """Why this worker is not ready (its generation is not active, or is rebuilding
+        after Redis lost it), for /readyz."""
+        store = self.store
+        if self.health.lost is not None:
+            return []
+        if store.replay_until:
+            until = ", ".join(f"{p}: {o}" for p, o in sorted(store.replay_until.items()))
+            return [f"rebuilding after Redis lost the data: replaying the events topic, "
+                    f"sending nothing up to the offsets consumed before (partition: offset "
+                    f"{until})"]
+        if store.active:
+            return []
+        return [self.status or "rebuilding: starting"]
+
+    async def tick(self) -> None:
+        """Measure, report, and cut over when caught up."""
+        store = self.store
+        if self.health.lost is not None or not store.opened:
+            return
+        generation = store.generation
+        if store.active:
+            metrics.GENERATION_ACTIVE.set(1)
+            self.status = None
+            await heartbeat(store, now_ms())
+            return
+        metrics.GENERATION_ACTIVE.set(0)
+        active = await active_generation(store.redis, store.keys.prefix)
+        if active is None or active == generation:
+            await store.refresh_active()  # (a cutover by another worker of ours)
+            return
+        behind = await lag(store, active)
+        self._measure(behind.applied)
+        share = 100.0 * behind.applied / behind.target if behind.target else 100.0
+        left = f", about {behind.behind / self.rate:.0f} s left" if self.rate > 0 else ""
+        self.status = (f"rebuilding: {behind.applied} of {behind.target} events "
+                       f"({share:.1f}%) under rules {generation}; generation {active} is "
+                       f"active{left}")
+        if time.monotonic() - self._said >= SAY_SECONDS:
+            self._said = time.monotonic()
+            log.warning("leadscore: %s", self.status)
+        metrics.REBUILD_APPLIED.set(behind.applied)
+        metrics.REBUILD_TARGET.set(behind.target)
+        await heartbeat(store, now_ms(), {"applied": behind.applied, "target": behind.target,
+                                          "behind": behind.behind, "rate": round(self.rate)})
+        if behind.behind > 2 * self.settings.rebuild_batch_size:
+            return
+        old = next((g for g in await registry(store.redis, store.keys.prefix)
+                    if g.version == active), None)
+        if old is None or not old.rules:
+            log.error("leadscore: generation %s has no rules in the registry; cannot cut "
+                      "over to %s", active, generation)
+            return
+        if self._cutover is None or self._cutover.done():  # (it may outlast a tick)
+            self._cutover = asyncio.create_task(self.health.safely(
+                "cutover", lambda: self._cut_over(active, old.ruleset())))
+
+    async def _cut_over(self, active: str, old_rules: Ruleset) -> None:
+        done = await Cutover(self.store, active, old_rules, now_ms).run(
+            lambda: asyncio.sleep(CHECK_SECONDS))
+        if done is None:
+            return
+        store, generation = self.store, self.store.generation
+        _, entries = done
+        await self.delivery.deliver(entries)
+        # What OLD recorded while it was active but had not sent (a worker of it killed
+        # before its outbox re-send): sent now, or nobody would (a repeat, if OLD's
+        # worker sends it too, has the same id and bytes).
+        old = store.sibling(active)
+        left = await old.pending()
+        if left:
+            await self.delivery.deliver(left)
+            await old.delivered(left, publish=False)
+        metrics.CUTOVERS.inc()
+        metrics.RESCORES.inc(len(entries))
+        self.status = None
+        log.warning("leadscore: cutover: rules %s (%s) active in place of %s; %d "
+                    "notifications for leads whose hot flag changed", generation,
+                    store.rules.name, active, len(entries))
+
+    def _measure(self, applied: int) -> None:
+        now = time.monotonic()
+        if self._sample is not None and now > self._sample[0]:
+            rate = (applied - self._sample[1]) / (now - self._sample[0])
+            self.rate = rate if self.rate == 0 else 0.7 * self.rate + 0.3 * rate
+        self._sample = (now, applied)
+
+    async def clean(self) -> None:
+        """Delete the generations kept past LEADSCORE_GENERATION_KEEP (by the active
+        generation's workers only: one that is rebuilding may be rolled back to)."""
+        store = self.store
+        if not store.active or self.health.lost is not None:
+            return
+        keep_ms = int(self.settings.generation_keep * 1000)
+        now = now_ms()
+        for generation in await registry(store.redis, store.keys.prefix):
+            if generation.active or generation.version == store.generation:
+                continue
+            last = max(generation.seen_at or 0, generation.deactivated_at or 0,
+                       generation.created_at or 0)
+            if now - last > keep_ms:
+                deleted = await delete_generation(store.redis, store.keys.prefix,
+                                                  generation.version)
+                metrics.GENERATIONS_DELETED.inc()
+                log.warning("leadscore: deleted generation %s (rules %r): not active for "
+                            "over %s s, %d keys", generation.version, generation.name,
+                            self.settings.generation_keep, deleted)
