@@ -82,7 +82,7 @@ class Settings(_Secrets):
     sweep_interval: float = Field(60.0, gt=0, description="seconds between cooling sweeps")
     outbox_interval: float = Field(5.0, gt=0, description="seconds between outbox re-sends")
     batch_size: int = Field(1000, ge=1, le=100_000, description="events per Redis round trip")
-    rebuild_batch_size: int = Field(5000, ge=1, le=100_000, description="events per Redis "
+    rebuild_batch_size: int = Field(20_000, ge=1, le=100_000, description="events per Redis "
                                     "round trip while a generation rebuilds")
     generation_keep: Seconds = Field(86_400.0, ge=0, description="how long a generation is "
                                      "kept after it stopped being active (rollback window)")
