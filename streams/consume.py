@@ -191,6 +191,9 @@ class EventsConsumer:
                 if self.rewind:
                     await self._rewind()
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=size)
+                if self.rewind:  # assigned during that fetch: read from the start instead
+                    batch = {tp: r for tp, r in batch.items() if tp not in self.rewind}
+                    await self._rewind()
                 if batch:
                     async with self._batch_lock:
                         await self._handle_or_rewind(batch)
@@ -284,6 +287,9 @@ class EventsConsumer:
         if not live:  # the active generation dead-letters them
             dead, self._owed = [], []
             metrics.REBUILD_EVENTS.inc(count)
+        elif self.store.replay_until:  # dead-lettered before the loss
+            until = self.store.replay_until
+            dead = [(r, e) for r, e in dead if r.offset >= until.get(r.partition, -1)]
         if dead:
             assert self.delivery.dead_letters is not None
             await self.delivery.dead_letters.send(dead, now)

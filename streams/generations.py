@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
+from scoring.errors import Superseded
 from scoring.rules import Ruleset
 from scoring.store import RedisStore
+from scoring.store.commit import fenced_generations
 from scoring.store.generations import (
     Cutover,
     active_generation,
@@ -71,7 +74,18 @@ class Rebuild:
         if self.health.lost is not None or not store.opened:
             return
         generation = store.generation
+        if store.replay_until:
+            await store.read_replay()  # (other workers' partitions pass too)
         if store.active:
+            # An idle worker makes no commit that would tell it of a cutover: look. (Its
+            # next commit is refused: the consume loop stops then.)
+            values = await store.active_values()
+            if any(v not in ("", generation) and fenced_generations(v) is None
+                   for v in values):
+                self.health.stop_scoring(Superseded(await store.superseded()))
+                return
+            if all(v == generation for v in values):
+                await self._finish_cutover()
             metrics.GENERATION_ACTIVE.set(1)
             self.status = None
             await heartbeat(store, now_ms())
@@ -114,21 +128,41 @@ class Rebuild:
             return
         store, generation = self.store, self.store.generation
         _, entries = done
+        await self._drain(active)  # (OLD's first: they came before)
         await self.delivery.deliver(entries)
-        # What OLD recorded while it was active but had not sent (a worker of it killed
-        # before its outbox re-send): sent now, or nobody would (a repeat, if OLD's
-        # worker sends it too, has the same id and bytes).
-        old = store.sibling(active)
-        left = await old.pending()
-        if left:
-            await self.delivery.deliver(left)
-            await old.delivered(left, publish=False)
         metrics.CUTOVERS.inc()
         metrics.RESCORES.inc(len(entries))
         self.status = None
         log.warning("leadscore: cutover: rules %s (%s) active in place of %s; %d "
                     "notifications for leads whose hot flag changed", generation,
                     store.rules.name, active, len(entries))
+
+    async def _finish_cutover(self) -> None:
+        """Active in every shard while the deployment still names another generation: a
+        cutover whose worker died after its last flip (or this worker's, whose send
+        failed). Finish it: name this generation, and send what the old one left in its
+        outbox."""
+        store = self.store
+        before = await active_generation(store.redis, store.keys.prefix)
+        if before is None or before == store.generation:
+            return
+        at = now_ms()
+        pipe: Any = store.redis.pipeline(transaction=False)
+        pipe.set(store.keys.active, store.generation)
+        pipe.hsetnx(store.keys.generations, f"{store.generation}:activated_at", at)
+        pipe.hsetnx(store.keys.generations, f"{before}:deactivated_at", at)
+        await pipe.execute()
+        await self._drain(before)
+
+    async def _drain(self, old_generation: str) -> None:
+        """Send what the old generation recorded while it was active but had not sent (a
+        worker of it killed before its outbox re-send); nobody else would. A repeat, if
+        one of its workers sends it too, has the same id and bytes."""
+        old = self.store.sibling(old_generation)
+        left = await old.pending()
+        if left:
+            await self.delivery.deliver(left)
+            await old.delivered(left, publish=False)
 
     def _measure(self, applied: int) -> None:
         now = time.monotonic()

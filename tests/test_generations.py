@@ -34,6 +34,7 @@ from scoring.store.generations import (
 )
 from streams.generations import Rebuild
 from streams.health import Health
+from streams.runtime import now_ms
 from streams.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -126,12 +127,20 @@ async def rebuild_and_cut_over(redis: Any, shards: int) -> None:
     was, now = offline(events, OLD, at), offline(events, NEW, at)
     expected = {lead: now.states()[lead].hot for lead in now.states()
                 if now.states()[lead].hot != was.states()[lead].hot}
-    notes = [orjson.loads(e) for e in entries]
+    notes = [orjson.loads(e) for e in entries if orjson.loads(e)["cause"] == "rescore"]
     assert {n["lead_id"]: n["type"] == "lead.hot" for n in notes} == expected
     assert len(notes) == len(expected) > 0
-    assert {n["cause"] for n in notes} == {"rescore"}
     assert {n["event_ts"] for n in notes} == {format_ts(at)}
     assert {n["event_id"] for n in notes} == {None}
+    assert {n["rules_version"] for n in notes} == {NEW.version}
+    # And the lead.cooled OLD owed and never sent (no sweep ran): a cooling due by X.
+    live_old = {lead: (await old.load(lead)) for lead in was.states()}
+    owed = sorted(lead for lead, found in live_old.items()
+                  if found and found[0].hot and not hot_at(found[0], at, OLD))
+    decayed = [orjson.loads(e) for e in entries if orjson.loads(e)["cause"] == "decay"]
+    assert sorted(n["lead_id"] for n in decayed) == owed
+    assert {(n["type"], n["rules_version"]) for n in decayed} <= {("lead.cooled", OLD.version)}
+    assert len(entries) == len(notes) + len(decayed)
     # Every lead's state is offline NEW's at X; ids continue past both counters.
     sent_ids = {orjson.loads(e)["notification_id"] for e in sent}
     for lead, state in now.states().items():
@@ -203,7 +212,8 @@ async def test_a_cutover_killed_half_way_is_finished_once_by_the_next(
         assert restarted.active_shards == {0}
         done = await Cutover(restarted, old.generation, OLD, lambda: at).run(no_wait)
         assert done is not None and restarted.active
-        notes = first + [orjson.loads(e) for e in done[1]]
+        notes = [n for n in first + [orjson.loads(e) for e in done[1]]
+                 if n["cause"] == "rescore"]
         was, now = offline(events, OLD, at), offline(events, NEW, at)
         expected = sorted(lead for lead, s in now.states().items()
                           if s.hot != was.states()[lead].hot)
@@ -271,3 +281,28 @@ async def test_a_rebuilding_worker_says_how_far_it_got(redis_url: str) -> None:
                 for line in shown.stdout.splitlines() if line.count("│") > 3}
         assert rows[OLD.version][:2] == ["test", "active"]
         assert rows[NEW.version][:4] == ["test", "rebuilding", "600 of 900", "0: 150, 1: 150"]
+
+
+async def test_the_active_generation_deletes_those_kept_past_the_window(
+        redis_url: str) -> None:
+    """LEADSCORE_GENERATION_KEEP after it stopped being active (and had no live worker),
+    a generation is deleted by the active one's workers; inside the window it is kept,
+    for a rollback."""
+    events = history_of(6, events=300)
+    async with Redis.from_url(redis_url) as redis:
+        old, new = await stores(redis, shards=2)
+        await old.apply(events, T0, positions(events))
+        await new.apply(events, T0, positions(events))
+        assert await Cutover(new, old.generation, OLD, now_ms).run(no_wait) is not None
+        prefix = old.keys.prefix
+
+        def settings(keep: str) -> Settings:
+            return Settings(key_prefix=prefix, generation_keep=keep)  # type: ignore[arg-type]
+        await Rebuild(settings("1h"), new, None, Health(60)).clean()  # type: ignore[arg-type]
+        assert [g.version for g in await registry(redis, prefix)] == [NEW.version, OLD.version]
+        assert [k async for k in redis.scan_iter(f"{old.keys.root}:*")] != []
+        await Rebuild(settings("0"), new, None, Health(60)).clean()  # type: ignore[arg-type]
+        assert [g.version for g in await registry(redis, prefix)] == [NEW.version]
+        assert [k async for k in redis.scan_iter(f"{old.keys.root}:*")] == []
+        # Nothing of the active one is touched.
+        assert (await new.load("lead-1")) is not None

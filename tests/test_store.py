@@ -417,7 +417,8 @@ async def test_the_commit_script_checks_its_arguments_before_writing(
                        shard.outbox, shard.fits, shard.marker, shard.active, shard.progress]
         head = {"v": [-1], "ids": [], "cap": 50, "hist": [], "now": T0, "uncool": ["a"],
                 "cool": [], "fits": ["0.0"], "ranks": [[[-1.0, "a"], []]],
-                "gen": store.generation, "live": True, "prog": [], **head_change}
+                "gen": store.generation, "live": True, "prog": [], "mark": store.markers[0],
+                **head_change}
         before = await keys_under(redis, prefix)
         with pytest.raises(ResponseError, match=f"COMMIT refused, nothing written: {reason}"):
             await redis.eval(COMMIT, len(stored_keys), *stored_keys, orjson.dumps(head),
@@ -437,9 +438,31 @@ async def test_redis_emptied_under_a_running_store_is_noticed_and_nothing_writte
         await store.apply([ev("d", "demo_request", T0, lead="a")], now_ms=T0)
         await redis.delete(*[key async for key in redis.scan_iter(f"{prefix}:*")])
         with pytest.raises(DataLost, match=f"Redis lost Leadscore's data under the prefix "
-                                           f"{prefix!r} \\(shard \\d's marker is gone\\)"):
+                                           f"{prefix!r} \\(shard \\d's marker is gone or new\\)"):
             await store.apply([ev("e", "page_view", T0 + HOUR, lead="a")], now_ms=T0)
         assert await keys_under(redis, prefix) == {}
+
+
+async def test_every_worker_notices_the_loss_even_after_another_wrote_new_markers(
+        redis_url: str) -> None:
+    """Two workers of one generation; Redis emptied. The first to commit notices and
+    writes new markers as it starts its rebuild; the second, committing after that,
+    must notice too (its marker is not the one it found), or it would score its leads
+    on from nothing."""
+    from scoring.errors import DataLost
+
+    async with Redis.from_url(redis_url) as redis:
+        prefix = f"test-store-{next(_prefixes)}"
+        first, second = (RedisStore(redis, RULES, prefix, shards=2) for _ in range(2))
+        for store in (first, second):
+            await store.apply([ev("d", "demo_request", T0, lead="a")], now_ms=T0)
+        await redis.delete(*[key async for key in redis.scan_iter(f"{prefix}:*")])
+        with pytest.raises(DataLost):
+            await first.apply([ev("e", "page_view", T0 + HOUR, lead="a")], now_ms=T0)
+        first.reopen()
+        await first.apply([ev("e", "page_view", T0 + HOUR, lead="a")], now_ms=T0)
+        with pytest.raises(DataLost, match="marker is gone or new"):
+            await second.apply([ev("f", "page_view", T0 + HOUR, lead="b")], now_ms=T0)
 
 
 async def test_a_start_on_empty_redis_after_events_were_consumed_rebuilds_quietly(
@@ -457,13 +480,13 @@ async def test_a_start_on_empty_redis_after_events_were_consumed_rebuilds_quietl
         lost = RedisStore(redis, RULES, prefix, shards=2, committed=offsets)
         await lost.open()
         assert lost.replay_until == {0: 5, 3: 9} and lost.active
-        assert orjson.loads(await redis.get(f"{prefix}:{RULES.version}:replay_until")) == {
-            "0": 5, "3": 9}
+        assert await redis.hgetall(f"{prefix}:{RULES.version}:replay_until") == {
+            b"0": b"5", b"3": b"9"}
         await lost.replayed_to({0: 5, 3: 8})  # partition 0 is done, 3 is not
         assert lost.replay_until == {3: 9}
         await lost.replayed_to({0: 6, 3: 9})
         assert lost.replay_until == {}
-        assert await redis.get(f"{prefix}:{RULES.version}:replay_until") is None
+        assert await redis.exists(f"{prefix}:{RULES.version}:replay_until") == 0
 
         prefix = f"test-store-{next(_prefixes)}"
         store = RedisStore(redis, RULES, prefix, shards=2)

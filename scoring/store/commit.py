@@ -71,10 +71,11 @@ return out
 #          ...]] per ranking], "cool": [due, lead, ...], "uncool": [lead, ...],
 #          "fits": [fit, ...], "now": ms, "gen": rules_version, "live": true|false,
 #          "prog": [next offset, partition, ...], "flip": absent or [fence, [next
-#          offset, partition, ...] of the old generation as read]}
+#          offset, partition, ...] of the old generation as read], "fence": absent or
+#          the fence of the cutover making this commit, "mark": the shard's marker}
 #          then the new state records (n; scoring.store.record), the new history entries
 #          (per history, oldest first), the outbox entries: raw, as JSON would escape them
-#   ->     0 when written; -1 when the shard's marker is gone (Redis lost the data:
+#   ->     0 when written; -1 when the shard's marker is gone or another (Redis lost the data:
 #          scoring.errors.DataLost); -2 a cutover is fencing the shard (retry soon); -3
 #          another generation is active (scoring.errors.Superseded); -4 the generation
 #          became active (commit live); -5 a flip's precondition failed; else how many
@@ -88,8 +89,12 @@ local tail = #KEYS - (flip and 1 or 0)
 local cooling, outbox, fits, marker = KEYS[tail - 5], KEYS[tail - 4], KEYS[tail - 3],
   KEYS[tail - 2]
 local active_key, progress = KEYS[tail - 1], KEYS[tail]
-if redis.call('EXISTS', marker) == 0 then return -1 end
+if redis.call('GET', marker) ~= head.mark then return -1 end
 local active = redis.call('GET', active_key)
+-- A cutover's fence: "fence:<deadline>:<old>:<new>" holds OLD's live commits,
+-- "closed:..." NEW's rebuilding ones too, except the cutover's own (head.fence).
+local kind, deadline, old, new = string.match(active or '', '^(%a+):(%d+):([^:]+):([^:]+)$')
+local held = kind ~= nil and tonumber(deadline) > head.now
 if flip then
   if active ~= flip[1] or type(flip[2]) ~= 'table' then return -5 end
   local was = redis.call('HGETALL', KEYS[#KEYS])
@@ -99,14 +104,20 @@ if flip then
   for i = 1, #was, 2 do
     if read[was[i]] ~= tonumber(was[i + 1]) then return -5 end
   end
+elseif head.fence ~= nil and active == head.fence then
+  -- the cutover's own commit (carrying counters over): written as it is
 elseif head.live then
   if active ~= head.gen then
-    local deadline, old = string.match(active or '', '^fence:(%d+):([^:]+):')
-    if deadline and tonumber(deadline) > head.now then return -2 end
-    if old ~= head.gen then return -3 end  -- (an expired fence: still the old one's)
+    if old ~= head.gen then return -3 end
+    if held then return -2 end
+    -- An expired fence: OLD is active again, and says so, so that the cutover that set
+    -- it cannot renew it unnoticed (it compares the exact value).
+    redis.call('SET', active_key, head.gen)
   end
 elseif active == head.gen then
   return -4
+elseif held and kind == 'closed' and new == head.gen then
+  return -2
 end
 
 -- Everything checked before the first write (see above). The loops run over every
@@ -280,8 +291,10 @@ class Mode:
 
     generation: str
     live: bool
+    marker: str  # the shard's marker as this store wrote or found it (a loss changes it)
     progress: dict[int, int] = field(default_factory=dict)
     flip: tuple[str, str, dict[int, int]] | None = None  # (fence, old progress key, as read)
+    fence: str | None = None  # a cutover's own commit: it may write through its fence
 
 
 def _flat(progress: dict[int, int]) -> list[int]:
@@ -332,7 +345,9 @@ def commit_arguments(shard: Shard, leads: dict[str, Stored], notes: list[Notific
         "v": versions, "ids": id_sets, "cap": history_size,
         "hist": [len(some) for some in histories], "ranks": ranks, "cool": cool,
         "uncool": uncool, "fits": fits, "now": now_ms, "gen": mode.generation,
-        "live": mode.live, "prog": _flat(mode.progress)}
+        "live": mode.live, "prog": _flat(mode.progress), "mark": mode.marker}
+    if mode.fence is not None:
+        head["fence"] = mode.fence
     keys = [*(shard.state(lead_id) for lead_id in leads), *id_keys, *history_keys,
             *rank_keys, shard.cooling, shard.outbox, shard.fits, shard.marker,
             shard.active, shard.progress]
@@ -344,10 +359,19 @@ def commit_arguments(shard: Shard, leads: dict[str, Stored], notes: list[Notific
                      *(entry for some in histories for entry in some), *entries]
 
 
-def fence_value(deadline_ms: int, old: str, new: str) -> str:
+def fence_value(deadline_ms: int, old: str, new: str, kind: str = "fence") -> str:
     """The shard's active key while a cutover from ``old`` to ``new`` fences it: until
-    ``deadline_ms`` the old generation's live commits wait (COMMIT's -2)."""
-    return f"fence:{deadline_ms}:{old}:{new}"
+    ``deadline_ms`` the old generation's live commits wait (COMMIT's -2), and, once
+    ``kind`` is "closed", the new generation's rebuilding ones too."""
+    return f"{kind}:{deadline_ms}:{old}:{new}"
+
+
+def fenced_generations(value: str) -> tuple[str, str] | None:
+    """(old, new) of a fence or closed fence, None for anything else."""
+    parts = value.split(":")
+    if len(parts) == 4 and parts[0] in ("fence", "closed"):
+        return parts[2], parts[3]
+    return None
 
 
 def _rankings(shard: Shard, leads: dict[str, Stored], half_life: int | None

@@ -6,14 +6,15 @@ reads in the same atomic step as its writes. A cutover from the active generatio
 to NEW, run by one worker of NEW at a time (the ``cutover`` lock):
 
 1. fence every shard: OLD's live commits wait (COMMIT answers -2) until the fence's
-   deadline (renewed at each step below), so OLD's progress freezes and NEW can catch
-   up with it exactly;
+   deadline, renewed at each step below, so OLD's progress freezes;
 2. wait until NEW has applied, in every shard, every event OLD applied (the
    progress hashes, written by the same COMMITs as the states they count);
-3. carry every lead's notification counter over (ids stay unique per lead);
-4. per shard, one COMMIT that re-checks the fence and OLD's progress, writes NEW's
+3. close the fences: NEW's own rebuilding commits wait too, but the cutover's;
+4. carry every lead's notification counter over (ids stay unique per lead);
+5. per shard, one COMMIT that re-checks the fence and OLD's progress, writes NEW's
    leads whose hot flag at the cutover instant X differs from OLD's with their
-   ``cause: "rescore"`` notification in the outbox, and makes NEW active there.
+   ``cause: "rescore"`` notification (and OLD's ``lead.cooled`` that was due but not
+   sent) in the outbox, and makes NEW active there.
 
 A worker killed at any step leaves every shard either OLD's (its fence expires and
 OLD goes on; nothing was sent by NEW) or NEW's (flipped with its notifications in the
@@ -32,7 +33,7 @@ from typing import Any
 import orjson
 
 from scoring import history
-from scoring.engine import hot_at, rescore
+from scoring.engine import LeadState, Notification, cool, hot_at, rescore
 from scoring.errors import HandingOver
 from scoring.rules import Ruleset, parse_rules
 from scoring.store import record
@@ -54,20 +55,25 @@ CATCH_UP_MS = 8_000  # how long NEW may take to catch up with OLD's frozen progr
 CHUNK = 500  # leads per commit when carrying counters over
 
 # Fence a shard for a cutover from ARGV[1] to ARGV[3] (ARGV[2]: the fence): 1 fenced,
-# 2 already NEW's, 0 someone else's (another generation became active meanwhile).
+# 2 already NEW's, 0 someone else's (another generation became active meanwhile). A
+# fence of an earlier attempt from OLD to NEW (whose worker died) is taken over.
 FENCE = """
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[3] then return 2 end
-if current == ARGV[1] or (current and string.match(current, '^fence:%d+:' .. ARGV[1] ..
+if current == ARGV[1] or (current and string.match(current, '^%a+:%d+:' .. ARGV[1] ..
                                                   ':' .. ARGV[3] .. '$')) then
   redis.call('SET', KEYS[1], ARGV[2])
   return 1
 end
 return 0
 """
-# Lift a fence (ARGV[1]) that is still there, giving the shard back to ARGV[2].
-UNFENCE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]) end
+# Set KEYS[1] to ARGV[2] if it is exactly ARGV[1] (renew a fence, close it, lift it):
+# 1 when swapped, else 0.
+SWAP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
 return 0
 """
 RELEASE = """
@@ -149,10 +155,11 @@ async def lag(store: RedisStore, active: str) -> Lag:
     """The store's generation against the active one, from their progress hashes. A
     partition's count is its next offset (the furthest any shard reached)."""
     mine, theirs = await store.progress(), await store.progress(active)
-    behind = 0
+    gaps: dict[int, int] = {}  # partition -> the largest gap of any shard
     for own, other in zip(mine, theirs, strict=True):
         for partition, offset in other.items():
-            behind += max(0, offset - own.get(partition, 0))
+            gaps[partition] = max(gaps.get(partition, 0), offset - own.get(partition, 0))
+    behind = sum(gaps.values())
     return Lag(sum(furthest(mine).values()), sum(furthest(theirs).values()), behind,
                behind == 0)
 
@@ -182,11 +189,12 @@ class Cutover:
         self.token = uuid.uuid4().hex
         self.fence = ""  # the fence this attempt set, as last renewed
         self.frozen: list[dict[int, int]] = []  # OLD's progress per shard, caught up with
+        self.todo: list[Shard] = []  # the shards not flipped yet
 
     async def run(self, wait: Callable[[], Awaitable[None]]) -> tuple[int, list[bytes]] | None:
         """Cut over, or give the shards back to OLD and return None when NEW does not
         catch up in time. ``wait`` paces the catch-up checks. Returns the cutover
-        instant and the outbox entries of the rescore notifications, for the caller to
+        instant and the outbox entries of the notifications it owes, for the caller to
         send."""
         store, redis, keys = self.store, self.store.redis, self.store.keys
         if not await redis.set(keys.cutover_lock, self.token, nx=True, px=LOCK_MS):
@@ -196,28 +204,30 @@ class Cutover:
             fenced = [shard for shard in keys.shards if await redis.eval(
                 FENCE, 1, shard.active, self.old, self.fence, store.generation) == 1]
             await store.refresh_active()
-            todo = [shard for shard in keys.shards if shard.number not in store.active_shards]
-            if any(shard not in fenced for shard in todo):
-                await self._unfence(fenced)  # a third generation is active somewhere
+            self.todo = [s for s in keys.shards if s.number not in store.active_shards]
+            if any(shard not in fenced for shard in self.todo):
+                await self._unfence()  # a third generation is active somewhere
                 return None
             give_up = self.now() + CATCH_UP_MS
             while not (await lag(store, self.old)).caught_up:
                 if self.now() > give_up:
-                    await self._unfence(fenced)
+                    await self._unfence()
                     return None
                 await wait()
             # OLD's progress as NEW caught up with it: each flip checks it is unchanged
             # (a fence that expired would have let OLD apply, and notify, more).
             self.frozen = await store.progress(self.old)
-            at = self.now()
-            entries: list[bytes] = []
             try:
-                for shard in todo:
-                    await self._carry_counters(shard, todo)
-                    await self._renew(todo)
+                await self._renew("closed")  # NEW's own commits wait now too
+                at = self.now()
+                await self._carry_counters()
+                entries: list[bytes] = []
+                for shard in list(self.todo):
+                    await self._renew("closed")
                     entries += await self._flip(shard, at)
+                    self.todo.remove(shard)
             except HandingOver:  # the fence expired under us: OLD wrote again
-                await self._unfence(fenced)
+                await self._unfence()
                 return None
             pipe: Any = redis.pipeline(transaction=False)
             pipe.set(keys.active, store.generation)
@@ -228,80 +238,83 @@ class Cutover:
         finally:
             await redis.eval(RELEASE, 1, keys.cutover_lock, self.token)
 
-    async def _renew(self, shards: list[Shard]) -> None:
-        """Push the fence's deadline and the lock's expiry on: this worker is alive."""
+    async def _renew(self, kind: str) -> None:
+        """Push the fence's deadline and the lock's expiry on (this worker is alive),
+        each only if it is still exactly as this attempt left it."""
         redis, store = self.store.redis, self.store
         if not await redis.eval(RENEW, 1, store.keys.cutover_lock, self.token, LOCK_MS):
             raise HandingOver("the cutover lock expired")
-        fence = fence_value(self.now() + FENCE_MS, self.old, store.generation)
-        for shard in shards:
-            if shard.number not in store.active_shards and await redis.eval(
-                    FENCE, 1, shard.active, self.old, fence, store.generation) != 1:
-                raise HandingOver(f"shard {shard.number} is no longer fenced")
+        fence = fence_value(self.now() + FENCE_MS, self.old, store.generation, kind)
+        for shard in self.todo:
+            if await redis.eval(SWAP, 1, shard.active, self.fence, fence) != 1:
+                raise HandingOver(f"shard {shard.number} is no longer fenced by this cutover")
         self.fence = fence
 
-    async def _unfence(self, shards: list[Shard]) -> None:
-        for shard in shards:
-            await self.store.redis.eval(UNFENCE, 1, shard.active, self.fence, self.old)
+    async def _unfence(self) -> None:
+        for shard in self.todo:
+            await self.store.redis.eval(SWAP, 1, shard.active, self.fence, self.old)
 
-    async def _carry_counters(self, shard: Shard, fenced: list[Shard]) -> None:
-        """NEW's notification counter of every lead becomes at least OLD's (renewing
-        the fences of ``fenced`` as it goes)."""
-        old_shard = self.old_keys.shards[shard.number]
-        prefix = f"{old_shard.tag}:state:"
-        redis, store = self.store.redis, self.store
-        leads: list[str] = []
-        async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
-            leads.append(as_text(key)[len(prefix):])
-        for start in range(0, len(leads), CHUNK):
-            chunk = leads[start:start + CHUNK]
-            await self._renew(fenced)
-            counters = {lead: n for lead, n in (await self._old(shard, chunk)).items() if n[1]}
-            if counters:
-                await store._transact(shard, {lead: [] for lead in counters},
-                                      _raise_counters(counters), self.now(), silent=True)
+    async def _carry_counters(self) -> None:
+        """NEW's notification counter of every lead becomes at least OLD's. One SCAN of
+        OLD's states (a pattern does not narrow a SCAN to one slot), in commits of
+        CHUNK leads per shard, renewing the fences as it goes."""
+        todo = {shard.number: shard for shard in self.todo}
+        pattern = f"{self.old_keys.root}:{{*}}:state:*"
+        found: dict[int, list[str]] = {}
+        async for key in self.store.redis.scan_iter(match=pattern, count=1000):
+            tag, _, lead = as_text(key)[len(self.old_keys.root) + 2:].partition("}:state:")
+            if int(tag) in todo:
+                found.setdefault(int(tag), []).append(lead)
+        for number, leads in found.items():
+            shard = todo[number]
+            for start in range(0, len(leads), CHUNK):
+                await self._renew("closed")
+                old = await self._old(shard, leads[start:start + CHUNK])
+                counters = {lead: state.notified for lead, state in old.items()
+                            if state.notified}
+                if counters:
+                    await self.store._transact(
+                        shard, {lead: [] for lead in counters}, _raise_counters(counters),
+                        self.now(), silent=True, fence=self.fence)
 
-    async def _old(self, shard: Shard, leads: list[str]) -> dict[str, tuple[bool, int]]:
-        """(hot at no instant yet: the state's flag, the notification counter) of OLD's
-        leads."""
+    async def _old(self, shard: Shard, leads: list[str]) -> dict[str, LeadState]:
+        """OLD's states of these leads (those it has)."""
         old_shard = self.old_keys.shards[shard.number]
         raws = await self.store.redis.execute_command(
-            "MGET", *[old_shard.state(lead) for lead in leads])
-        found = {}
-        for lead, raw in zip(leads, raws, strict=True):
-            if raw is not None:
-                state = record.decode(raw, {}).state
-                found[lead] = (state.hot, state.notified)
-        return found
+            "MGET", *[old_shard.state(lead) for lead in leads]) if leads else []
+        return {lead: record.decode(raw, {}).state
+                for lead, raw in zip(leads, raws, strict=True) if raw is not None}
 
     async def _flip(self, shard: Shard, at: int) -> list[bytes]:
-        """Make NEW active in the shard, with the rescore notifications it owes."""
-        old_shard = self.old_keys.shards[shard.number]
+        """Make NEW active in the shard, with the notifications it owes: for a lead OLD
+        left hot whose cooling by decay was due by ``at`` but not yet sent (the sweep
+        runs every minute, and waits on the fence), OLD's ``lead.cooled``; then the
+        rescore of every lead whose hot flag at ``at`` differs."""
+        old_shard, old_rules = self.old_keys.shards[shard.number], self.old_rules
         candidates = sorted(await self._hot(old_shard) | await self._hot(shard))
-        old_rules = self.old_rules
-        raws = await self.store.redis.execute_command(
-            "MGET", *[old_shard.state(lead) for lead in candidates]) if candidates else []
-        was = {}
-        for lead, raw in zip(candidates, raws, strict=True):
-            if raw is not None:
-                state = record.decode(raw, {}).state
-                was[lead] = (hot_at(state, at, old_rules), state.notified)
+        owed: dict[str, tuple[bool, int, Notification | None]] = {}
+        for lead, state in (await self._old(shard, candidates)).items():
+            hot = hot_at(state, at, old_rules)
+            cooled = None if hot else cool(state, at, old_rules)  # (OLD's, not written)
+            owed[lead] = (hot, state.notified, cooled)
         rules = self.store.rules
 
         def change(leads: dict[str, Stored]) -> Outcome:
             outcome = Outcome()
             for lead_id, stored in leads.items():
-                hot, notified = was.get(lead_id, (False, 0))
+                hot, notified, cooled = owed.get(lead_id, (False, 0, None))
+                if cooled is not None:
+                    outcome.notifications.append(cooled)
+                    stored.history.append(history.cooling(cooled))
                 note = rescore(stored.state, hot, notified, at, rules)
                 if note is not None:
                     outcome.notifications.append(note)
                     stored.history.append(history.rescored(note))
             return outcome
 
-        old_progress = self.frozen[shard.number]
         outcome = await self.store._transact(
             shard, {lead: [] for lead in candidates}, change, self.now(),
-            flip=(self.fence, old_shard.progress, old_progress))
+            flip=(self.fence, old_shard.progress, self.frozen[shard.number]))
         return outcome.entries
 
     async def _hot(self, shard: Shard) -> set[str]:
@@ -315,11 +328,10 @@ class Cutover:
         return found
 
 
-def _raise_counters(counters: dict[str, tuple[bool, int]]) -> Callable[[dict[str, Stored]],
-                                                                      Outcome]:
+def _raise_counters(counters: dict[str, int]) -> Callable[[dict[str, Stored]], Outcome]:
     def change(leads: dict[str, Stored]) -> Outcome:
         for lead_id, stored in leads.items():
-            stored.state.notified = max(stored.state.notified, counters[lead_id][1])
+            stored.state.notified = max(stored.state.notified, counters[lead_id])
         return Outcome()
     return change
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -38,7 +39,14 @@ from scoring.events import Event
 from scoring.rules import Ruleset
 from scoring.store import record
 from scoring.store.batch import Batch, Outcome, PartlyApplied, apply_batch, numbered
-from scoring.store.commit import COMMIT, READ_IDS, Mode, Stored, commit_arguments
+from scoring.store.commit import (
+    COMMIT,
+    READ_IDS,
+    Mode,
+    Stored,
+    commit_arguments,
+    fenced_generations,
+)
 from scoring.store.keys import PREFIX, Layout, Shard, layout_key
 from scoring.store.queries import Queries, as_text
 from scoring.store.ranking import groups
@@ -97,6 +105,8 @@ class RedisStore:
         # Partition -> offset below which this generation sends nothing: set while it
         # rebuilds after Redis lost its data (the notifications were sent before).
         self.replay_until: dict[int, int] = {}
+        self.markers: list[str] = []  # per shard, the marker as written or found by open()
+        self._lost_seen = False
         reads = Queries(redis, rules, self.keys)
         self.load, self.exists, self.history = reads.load, reads.exists, reads.history
         self.top, self.pending, self.outbox_size = reads.top, reads.pending, reads.outbox_size
@@ -139,11 +149,12 @@ class RedisStore:
         COMMIT checks, and the generation in the registry. The first generation of a
         deployment becomes active at once; any other starts rebuilding. Markers gone in
         some shards but not others, or in all of them while the consumer group has
-        committed offsets, mean Redis lost the generation's data (restarted without
-        persistence, flushed, a cluster master replaced empty): the generation is then
-        rebuilt from the topic, sending nothing for the events its group had already
-        consumed (``replay_until``), so that no notification is sent twice or lost and
-        every id is re-derived as it was."""
+        committed offsets, or a commit that found its marker gone or another (``lost``:
+        another worker may have written new ones since), mean Redis lost the
+        generation's data (restarted without persistence, flushed, a cluster master
+        replaced empty): the generation is then rebuilt from the topic, sending nothing
+        for the events its group had already consumed (``replay_until``), so that no
+        notification is sent twice or lost and every id is re-derived as it was."""
         if self._opened:
             return
         await self.check_layout()
@@ -151,21 +162,21 @@ class RedisStore:
         reads: Any = self.redis.pipeline(transaction=False)
         for shard in keys.shards:
             reads.exists(shard.marker)
-        reads.get(keys.replay_until)
         reads.exists(keys.active)
-        *markers, replay, generations = await reads.execute()
-        if replay is not None:
-            self.replay_until = {int(p): o for p, o in orjson.loads(replay).items()}
-        elif not all(markers):
+        *markers, generations = await reads.execute()
+        if self._lost_seen or not all(markers):
             committed = await self.committed()
             if not committed and not generations:
                 # The first generation of a deployment that ran before generations
                 # existed: its notifications went out up to the old group's offsets.
                 committed = await self.legacy()
             if committed:  # (none: a new generation, rebuilt from the earliest offset)
-                self.replay_until = committed
-                await self.redis.set(keys.replay_until, orjson.dumps(
-                    {str(p): o for p, o in committed.items()}))
+                pipe: Any = self.redis.pipeline(transaction=False)
+                for partition, offset in committed.items():  # (another worker's first)
+                    pipe.hsetnx(keys.replay_until, str(partition), offset)
+                await pipe.execute()
+        self._lost_seen = False
+        await self.read_replay()
         # One generation is active: the first to claim the deployment-wide key, also when
         # two rules versions start at once; a shard whose key is gone gets it again.
         mine = keys.generation
@@ -173,14 +184,17 @@ class RedisStore:
         active = as_text(await self.redis.get(keys.active))
         writes: Any = self.redis.pipeline(transaction=False)
         writes.set(keys.layout_key, orjson.dumps({"shards": n}), nx=True)
+        token = uuid.uuid4().hex  # (a marker written after a loss is another)
         for shard in keys.shards:
-            writes.set(shard.marker, b"1", nx=True)
+            writes.set(shard.marker, token, nx=True)
             writes.set(shard.active, active, nx=True)
         seconds, micros = await self.redis.time()  # (Redis's clock: the store has none)
         writes.hsetnx(keys.generations, mine, orjson.dumps(
             {"rules": self.rules.text.decode(errors="replace"), "name": self.rules.name,
              "created_at": seconds * 1000 + micros // 1000}))
         await writes.execute()
+        found = await _all(self.redis.get(shard.marker) for shard in keys.shards)
+        self.markers = [as_text(value or b"") for value in found]
         await self.check_layout()  # another process may have recorded another count first
         await self.refresh_active()
         self._opened = True
@@ -196,14 +210,24 @@ class RedisStore:
         return self._opened
 
     def reopen(self) -> None:
-        """Look at the keyspace afresh at the next write (it was found gone)."""
+        """A commit found the data lost: look at the keyspace afresh, as lost, at the next
+        write (another worker may have written the markers again meanwhile)."""
         self._opened = False
+        self._lost_seen = True
+
+    async def active_values(self) -> list[str]:
+        """What each shard's active key says: a generation, a cutover's fence, or ""."""
+        values = await _all(self.redis.get(shard.active) for shard in self.keys.shards)
+        return [as_text(value or b"") for value in values]
 
     async def refresh_active(self) -> None:
-        """Read which shards this generation is active in."""
-        actives = await _all(self.redis.get(shard.active) for shard in self.keys.shards)
-        self.active_shards = {shard.number for shard, value in zip(
-            self.keys.shards, actives, strict=True) if as_text(value or b"") == self.generation}
+        """Read which shards this generation is active in: its own, and those a cutover
+        from it fences (its commits there wait for the fence, COMMIT's -2)."""
+        mine = self.generation
+        self.active_shards = {
+            shard.number for shard, value in zip(self.keys.shards, await self.active_values(),
+                                                 strict=True)
+            if value == mine or (fenced_generations(value) or ("",))[0] == mine}
 
     async def progress(self, generation: str | None = None) -> list[dict[int, int]]:
         """Per shard, partition -> next offset applied, of this or another generation."""
@@ -211,18 +235,19 @@ class RedisStore:
         found = await _all(self.redis.hgetall(shard.progress) for shard in keys.shards)
         return [{int(p): int(o) for p, o in one.items()} for one in found]
 
+    async def read_replay(self) -> None:
+        """Read ``replay_until``: what is left of a rebuild after a loss, every worker's
+        partitions (each forgets its own as it passes them)."""
+        found = await self.redis.hgetall(self.keys.replay_until)
+        self.replay_until = {int(p): int(o) for p, o in found.items()}
+
     async def replayed_to(self, positions: dict[int, int]) -> None:
-        """The rebuild after a loss has reached these next offsets: forget the partitions
-        it is done with (all of them: the rebuild is over)."""
-        left = {p: o for p, o in self.replay_until.items() if positions.get(p, -1) < o}
-        if left == self.replay_until:
-            return
-        self.replay_until = left
-        if left:
-            await self.redis.set(self.keys.replay_until, orjson.dumps(
-                {str(p): o for p, o in left.items()}))
-        else:
-            await self.redis.delete(self.keys.replay_until)
+        """The rebuild after a loss has reached these next offsets (of this worker's
+        partitions): forget the partitions it is done with."""
+        done = [p for p, o in self.replay_until.items() if positions.get(p, -1) >= o]
+        if done:
+            await self.redis.hdel(self.keys.replay_until, *map(str, done))
+            await self.read_replay()
 
     def _lost(self, what: str) -> str:
         return (f"Redis lost Leadscore's data under the prefix {self.keys.prefix!r} ({what}): "
@@ -292,7 +317,7 @@ class RedisStore:
             return outcome
 
         async def sweep_shard(shard: Shard) -> list[bytes]:
-            if shard.number not in self.active_shards:
+            if shard.number not in self.active_shards or self.replay_until:
                 return []  # (a rebuild is replayed in event time: no wall-clock cooling)
             due = await self.redis.zrangebyscore(shard.cooling, "-inf", now_ms, 0, limit)
             if not due:
@@ -376,13 +401,15 @@ class RedisStore:
     async def _transact(self, shard: Shard, ids: dict[str, list[str]], change: Change,
                         now_ms: int, progress: dict[int, int] | None = None,
                         silent: bool = False,
-                        flip: tuple[str, str, dict[int, int]] | None = None) -> Outcome:
+                        flip: tuple[str, str, dict[int, int]] | None = None,
+                        fence: str | None = None) -> Outcome:
         """Read the leads of one shard (and the given event ids of each), apply
         ``change``, write back with COMMIT; all or nothing, retried while another writer
         (a second worker during a rebalance, the sweep, an erasure) changes one of these
         leads in between. Every write of a lead writes its state record with a new
         version, so the versions guard the id sets, histories and rankings too.
-        ``progress``: the source offsets this commit completes; ``flip``: see Mode."""
+        ``progress``: the source offsets this commit completes; ``flip``, ``fence``: a
+        cutover's commits (see Mode)."""
         await self.open()
         leads = list(ids)
         keys = [shard.state(lead_id) for lead_id in leads]
@@ -394,7 +421,8 @@ class RedisStore:
             live = shard.number in self.active_shards
             if not (live or flip) or silent:
                 outcome.notifications = []  # rebuilding: nothing to send
-            mode = Mode(self.generation, live, progress or {}, flip)
+            mode = Mode(self.generation, live, self.markers[shard.number], progress or {},
+                        flip, fence)
             outcome.entries, commit = commit_arguments(
                 shard, stored, outcome.notifications, now_ms, self.rules, self.history_size,
                 mode)
@@ -406,13 +434,13 @@ class RedisStore:
                     self.active_shards.add(shard.number)
                 return outcome
             if stale == -1:
-                raise DataLost(self._lost(f"shard {shard.number}'s marker is gone"))
+                raise DataLost(self._lost(f"shard {shard.number}'s marker is gone or new"))
             if stale == -2:
                 raise HandingOver(f"shard {shard.number} is fenced for a cutover to another "
                                   "generation; retrying")
             if stale == -3:
                 self.active_shards.discard(shard.number)
-                raise Superseded(await self._superseded())
+                raise Superseded(await self.superseded())
             if stale == -4:  # became active: commit again, live
                 self.active_shards.add(shard.number)
                 continue
@@ -421,10 +449,13 @@ class RedisStore:
         raise StoreError(f"gave up after {MAX_RETRIES} conflicting writes to the same "
                              "leads; is another process writing with this key prefix?")
 
-    async def _superseded(self) -> str:
-        active = await self.redis.get(self.keys.active)
+    async def superseded(self) -> str:
+        """Why this generation no longer scores, for the log and /readyz."""
+        others = [value for value in await self.active_values()
+                  if value not in ("", self.generation) and not value.startswith("fence:")]
+        active = others[0] if others else as_text(await self.redis.get(self.keys.active) or b"?")
         return (f"generation {self.generation} (rules {self.rules.name!r}) is no longer "
-                f"active: generation {as_text(active or b'?')} is, so this worker stopped "
+                f"active: generation {active} is, so this worker stopped "
                 "scoring; it sends nothing. Stop it, or restart it with the active rules "
                 "file (docs/generations.md)")
 

@@ -30,9 +30,11 @@ writes, which generation is active there.
     <gen>:{n}:rank:fits             SET of the fit scores F that have rankings in the shard
     <gen>:{n}:progress              HASH partition -> next offset: every event of the shard's
                                     leads below it is applied (written by each COMMIT)
-    <gen>:{n}:marker                "1": the shard's data exists; every COMMIT checks it, so
-                                    a Redis emptied under a running worker is noticed
-    <gen>:replay_until              JSON {partition: offset}: a generation rebuilding after
+    <gen>:{n}:marker                a random token: the shard's data exists; every COMMIT
+                                    checks it is the one its store found, so a Redis
+                                    emptied under a running worker is noticed, also once
+                                    another worker wrote a new marker
+    <gen>:replay_until              HASH partition -> offset: a generation rebuilding after
                                     Redis lost it sends nothing for events below these
     <prefix>:{n}:active             the rules_version active in shard n, or
                                     "fence:<deadline ms>:<old>:<new>" during a cutover
