@@ -182,9 +182,7 @@ class Rebuild:
         for generation in await registry(store.redis, store.keys.prefix):
             if generation.active or generation.version == store.generation:
                 continue
-            last = max(generation.seen_at or 0, generation.deactivated_at or 0,
-                       generation.created_at or 0)
-            if now - last > keep_ms:
+            if now - generation.last_seen > keep_ms:
                 deleted = await delete_generation(store.redis, store.keys.prefix,
                                                   generation.version)
                 metrics.GENERATIONS_DELETED.inc()

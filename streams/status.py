@@ -88,6 +88,4 @@ def _state(generation: Generation, now: int, settings: Settings) -> str:
             generation.deactivated_at is None
             or generation.seen_at > generation.deactivated_at):
         return "rebuilding"
-    last = max(generation.seen_at or 0, generation.deactivated_at or 0,
-               generation.created_at or 0)
-    return f"kept until {format_ts(last + int(settings.generation_keep * 1000))}"
+    return f"kept until {format_ts(generation.last_seen + int(settings.generation_keep * 1000))}"

@@ -101,6 +101,11 @@ class Generation:
     seen_at: int | None = None  # the last heartbeat of one of its workers
     progress: dict[str, Any] = field(default_factory=dict)  # applied, target, rate
 
+    @property
+    def last_seen(self) -> int:
+        """When it was last active, alive or created: its kept window starts there."""
+        return max(self.seen_at or 0, self.deactivated_at or 0, self.created_at or 0)
+
     def ruleset(self) -> Ruleset:
         return parse_rules(self.rules.encode(), f"the rules of generation {self.version}")
 
@@ -148,7 +153,10 @@ class Lag:
     applied: int  # events applied, summed over partitions
     target: int  # events the active generation applied
     behind: int  # events still to apply before the shards all caught up
-    caught_up: bool
+
+    @property
+    def caught_up(self) -> bool:
+        return self.behind == 0
 
 
 async def lag(store: RedisStore, active: str) -> Lag:
@@ -160,8 +168,7 @@ async def lag(store: RedisStore, active: str) -> Lag:
         for partition, offset in other.items():
             gaps[partition] = max(gaps.get(partition, 0), offset - own.get(partition, 0))
     behind = sum(gaps.values())
-    return Lag(sum(furthest(mine).values()), sum(furthest(theirs).values()), behind,
-               behind == 0)
+    return Lag(sum(furthest(mine).values()), sum(furthest(theirs).values()), behind)
 
 
 def furthest(progress: list[dict[int, int]]) -> dict[int, int]:
