@@ -1,8 +1,9 @@
 """``make bench``: Leadscore's performance on this machine, against the embedded servers.
 
-One broker (Tansu) and one Redis-compatible server (valkey) for the whole run; the
-benchmark mix (default 1,000,000 events, 100,000 leads, Zipf-like activity, 5% late,
-1% duplicates) is produced once to a 4-partition topic. Then:
+The benchmark mix (default 1,000,000 events, 100,000 leads, Zipf-like activity, 5%
+late, 1% duplicates) is generated once. The embedded broker (Tansu) slows as its
+topics grow, so every measured run gets a fresh broker and Redis-compatible server
+(valkey) with the mix produced anew to a 4-partition topic (``servers_with``). Then:
 
 1. throughput of one ``leadscore worker`` process, pre-filled topic to last state
    write (median of --runs), its peak RSS, Redis commands per event, Redis memory
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import random
@@ -33,7 +35,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,6 +47,9 @@ from rich.table import Table
 
 from bench.offline import measure as measure_offline
 from scoring.events import parse_ts
+from scoring.rules import load_rules
+from scoring.store.generations import furthest
+from scoring.store.keys import Layout, layout_key
 from streams.demo import Traffic
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, create_topics, free_port
 
@@ -115,6 +120,19 @@ async def produce(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]
         await producer.stop()
 
 
+@contextlib.contextmanager
+def servers_with(messages: list[tuple[bytes, bytes]]
+                 ) -> Iterator[tuple[EmbeddedBroker, EmbeddedRedis]]:
+    """A fresh broker and Redis-compatible server, the mix produced to a 4-partition
+    topic: the embedded broker slows as its topics grow, so each measured run gets its
+    own, and no figure depends on what ran before it."""
+    with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
+        console.print("  a fresh broker: producing the mix to a 4-partition topic ...")
+        asyncio.run(create_topics(broker.bootstrap, {"bench-events": 4}))
+        asyncio.run(produce(broker.bootstrap, "bench-events", messages))
+        yield broker, redis
+
+
 class Broker(Protocol):
     """The embedded broker, or one given by address (``python -m bench.latency --broker``)."""
 
@@ -131,28 +149,37 @@ class RedisServer(Protocol):
     def url(self) -> str: ...
 
 
+def venv_bin(checkout: Path) -> Path:
+    """The scripts of ``checkout``'s virtualenv (this one's, for this tree)."""
+    return BIN if checkout == ROOT else checkout / ".venv" / "bin"
+
+
 def worker_env(broker: Broker, redis: RedisServer, topic: str, name: str,
-               port: int) -> dict[str, str]:
+               port: int, checkout: Path = ROOT) -> dict[str, str]:
     return {**os.environ, "LEADSCORE_BROKER": broker.url, "LEADSCORE_REDIS_URL": redis.url,
             "LEADSCORE_TOPIC_EVENTS": topic, "LEADSCORE_TOPIC_HOT": f"{topic}-hot",
             "LEADSCORE_TOPIC_DLQ": f"{topic}-dlq", "LEADSCORE_GROUP_ID": name,
             "LEADSCORE_KEY_PREFIX": name, "LEADSCORE_WEB_PORT": str(port),
             "LEADSCORE_WEB_HOST": "127.0.0.1", "LEADSCORE_BROKER_SESSION_TIMEOUT": "3",
             "LEADSCORE_SWEEP_INTERVAL": "3600",
-            "LEADSCORE_RULES": str(ROOT / "config" / "rules.yaml")}
+            "LEADSCORE_RULES": str(checkout / "config" / "rules.yaml")}
 
 
 def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, run: int,
-                      events: int, log: Path, prefix: int) -> dict[str, Any]:
+                      events: int, log: Path, prefix: int,
+                      checkout: Path = ROOT) -> dict[str, Any]:
     """Events/s over all ``events``, and over the first ``prefix`` of them: the part of
     the mix the baselines are measured on (its first events, of leads mostly new, are
-    cheaper than the rest), so that the ratios compare the same work."""
+    cheaper than the rest), so that the ratios compare the same work. ``checkout``: the
+    source tree whose ``.venv`` runs the worker (bench.compare measures several)."""
     port = free_port()
     client = Redis.from_url(redis.url)
     calls_before = redis_calls(client)
     with log.open("ab") as sink:
-        worker = subprocess.Popen([str(BIN / "leadscore"), "worker"], stdout=sink, stderr=sink,
-                                  env=worker_env(broker, redis, topic, f"bench-w{run}", port))
+        worker = subprocess.Popen([str(venv_bin(checkout) / "leadscore"), "worker"],
+                                  stdout=sink, stderr=sink, cwd=checkout,
+                                  env=worker_env(broker, redis, topic, f"bench-w{run}", port,
+                                                 checkout))
     try:
         while processed(port) == 0:
             time.sleep(0.02)  # polling the worker's counter
@@ -180,21 +207,24 @@ def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, 
 def rebuild_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, run: int,
                        events: int, log: Path, rules: Path) -> dict[str, float]:
     """A rules change after run ``run``: a worker with ``rules`` rebuilds its generation
-    from the topic beside the run's (sending nothing, in rebuild batches) and cuts over.
-    Events/s from its first batch to its last, as for ``worker_throughput``, and the
-    seconds from then to the cutover."""
+    from the topic beside the run's (sending nothing, in rebuild batches, on the
+    processes LEADSCORE_REBUILD_PROCESSES allows) and cuts over. Events/s from its first
+    commit to its last, read from the generation's progress in Redis (which every process
+    of the rebuild writes), and the seconds from then to the cutover."""
     port = free_port()
     env = {**worker_env(broker, redis, topic, f"bench-w{run}", port),
            "LEADSCORE_RULES": str(rules)}
+    client = Redis.from_url(redis.url)
+    generation = load_rules(rules).version
     with log.open("ab") as sink:
         worker = subprocess.Popen([str(BIN / "leadscore"), "worker"], stdout=sink, stderr=sink,
                                   env=env)
     try:
-        while processed(port) == 0:
-            time.sleep(0.02)  # polling the worker's counter
+        while rebuilt(client, f"bench-w{run}", generation) == 0:
+            time.sleep(0.02)  # polling the generation's progress
         first = time.perf_counter()
-        while processed(port) < events:
-            time.sleep(0.25)  # (as in worker_throughput)
+        while rebuilt(client, f"bench-w{run}", generation) < events:
+            time.sleep(0.1)  # (a few cheap reads of Redis per poll)
         seconds = time.perf_counter() - first
         while metric(port, "leadscore_generation_active") != 1:
             time.sleep(0.05)  # polling for the cutover
@@ -203,6 +233,17 @@ def rebuild_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str,
         worker.terminate()
         worker.wait(30)
     return {"events_per_s": events / seconds, "cutover_s": cutover}
+
+
+def rebuilt(client: Redis, prefix: str, generation: str) -> int:
+    """Events a generation has applied: its progress, summed over partitions."""
+    raw = client.get(layout_key(prefix))
+    if raw is None:
+        return 0
+    layout = Layout(prefix, int(orjson.loads(raw)["shards"]), generation)
+    progress = [{int(p): int(o) for p, o in client.hgetall(shard.progress).items()}
+                for shard in layout.shards]
+    return sum(furthest(progress).values())
 
 
 def redis_bytes_per_lead(redis: EmbeddedRedis, prefix: str, sample: int = 2000
@@ -225,10 +266,12 @@ def redis_bytes_per_lead(redis: EmbeddedRedis, prefix: str, sample: int = 2000
 
 
 def baseline(mode: str, broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str,
-             events: int) -> float:
+             events: int, checkout: Path = ROOT) -> float:
+    """Events/s of a bench.baselines agent (of ``checkout``, with its store)."""
     with tempfile.NamedTemporaryFile() as result:
-        subprocess.run([sys.executable, "-m", "bench.baselines", mode, broker.url, redis.url,
-                        topic, str(events), result.name], check=True, cwd=ROOT,
+        subprocess.run([str(venv_bin(checkout) / "python"), "-m", "bench.baselines", mode,
+                        broker.url, redis.url, topic, str(events), result.name], check=True,
+                       cwd=checkout,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
         return float(Path(result.name).read_text())
 
@@ -411,57 +454,57 @@ def main() -> None:
                                "machine": f"{platform.machine()} {os.cpu_count()} cores",
                                "python": platform.python_version()}
     began = time.perf_counter()
-    with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
-        console.print(f"generating {args.events:,} events over {args.leads:,} leads ...")
-        traffic = Traffic(args.leads, seed=1).history(args.events, START_MS, 30 * 86_400_000)
-        messages = [(e["lead_id"].encode(), orjson.dumps(e)) for e in traffic]
-        mix = out / "events.jsonl"
-        mix.write_bytes(b"\n".join(value for _, value in messages) + b"\n")
-        console.print("producing them to a 4-partition topic ...")
-        asyncio.run(create_topics(broker.bootstrap, {"bench-events": 4}))
-        asyncio.run(produce(broker.bootstrap, "bench-events", messages))
+    console.print(f"generating {args.events:,} events over {args.leads:,} leads ...")
+    traffic = Traffic(args.leads, seed=1).history(args.events, START_MS, 30 * 86_400_000)
+    messages = [(e["lead_id"].encode(), orjson.dumps(e)) for e in traffic]
+    mix = out / "events.jsonl"
+    mix.write_bytes(b"\n".join(value for _, value in messages) + b"\n")
+    changed = out / "rules-b.yaml"  # a rules change: a lower bar
+    changed.write_text((ROOT / "config" / "rules.yaml").read_text().replace(
+        "hot: {threshold: 70, rearm_below: 50}", "hot: {threshold: 60, rearm_below: 45}"))
 
-        changed = out / "rules-b.yaml"  # a rules change: a lower bar
-        changed.write_text((ROOT / "config" / "rules.yaml").read_text().replace(
-            "hot: {threshold: 70, rearm_below: 50}", "hot: {threshold: 60, rearm_below: 45}"))
-        runs, rebuilds = [], []
-        for run in range(args.runs):
+    runs, rebuilds = [], []
+    for run in range(args.runs):
+        with servers_with(messages) as (broker, redis):
             console.print(f"worker throughput, run {run + 1} of {args.runs} ...")
             runs.append(worker_throughput(broker, redis, "bench-events", run, args.events,
                                           out / "worker.log", prefix=args.take_events))
             console.print(f"rebuild under changed rules, run {run + 1} of {args.runs} ...")
             rebuilds.append(rebuild_throughput(broker, redis, "bench-events", run, args.events,
                                                out / "rebuild.log", changed))
-            if run < args.runs - 1:  # (the last run's data is measured below)
-                Redis.from_url(redis.url).flushall()
-        per_lead = redis_bytes_per_lead(redis, runs[-1]["prefix"])
-        rebuild_rate = statistics.median(r["events_per_s"] for r in rebuilds)
-        worker_rate = statistics.median(r["events_per_s"] for r in runs)
-        prefix_rate = statistics.median(r["prefix_events_per_s"] for r in runs)
-        results.update({
-            "worker_events_per_s": round(worker_rate),
-            "worker_runs": [round(r["events_per_s"]) for r in runs],
-            "worker_prefix_events_per_s": round(prefix_rate), "take_events": args.take_events,
-            "rebuild_events_per_s": round(rebuild_rate),
-            "rebuild_runs": [round(r["events_per_s"]) for r in rebuilds],
-            "x_rebuild": round(rebuild_rate / worker_rate, 2),
-            "cutover_s": round(statistics.median(r["cutover_s"] for r in rebuilds), 2),
-            "worker_peak_rss_mb": round(max(r["rss_mb"] for r in runs), 1),
-            "redis_calls_per_event": round(statistics.median(
-                r["redis_calls_per_event"] for r in runs), 4),
-            **{f"redis_bytes_per_lead_{part}": round(size) for part, size in per_lead.items()}})
+            if run == args.runs - 1:
+                per_lead = redis_bytes_per_lead(redis, runs[-1]["prefix"])
+    rebuild_rate = statistics.median(r["events_per_s"] for r in rebuilds)
+    worker_rate = statistics.median(r["events_per_s"] for r in runs)
+    prefix_rate = statistics.median(r["prefix_events_per_s"] for r in runs)
+    results.update({
+        "worker_events_per_s": round(worker_rate),
+        "worker_runs": [round(r["events_per_s"]) for r in runs],
+        "worker_prefix_events_per_s": round(prefix_rate), "take_events": args.take_events,
+        "rebuild_events_per_s": round(rebuild_rate),
+        "rebuild_runs": [round(r["events_per_s"]) for r in rebuilds],
+        "x_rebuild": round(rebuild_rate / worker_rate, 2),
+        "cutover_s": round(statistics.median(r["cutover_s"] for r in rebuilds), 2),
+        "worker_peak_rss_mb": round(max(r["rss_mb"] for r in runs), 1),
+        "redis_calls_per_event": round(statistics.median(
+            r["redis_calls_per_event"] for r in runs), 4),
+        **{f"redis_bytes_per_lead_{part}": round(size) for part, size in per_lead.items()}})
 
+    with servers_with(messages) as (broker, redis):
         console.print(f"baseline: naive Faust agent, {args.naive_events:,} events ...")
         naive = baseline("naive", broker, redis, "bench-events", args.naive_events)
+    with servers_with(messages) as (broker, redis):
         console.print(f"baseline: Faust stream.take agent, {args.take_events:,} events ...")
         take = baseline("take", broker, redis, "bench-events", args.take_events)
-        results.update({"naive_events_per_s": round(naive), "take_events_per_s": round(take),
-                        "x_naive": round(prefix_rate / naive, 2),
-                        "x_take": round(prefix_rate / take, 2)})
+    results.update({"naive_events_per_s": round(naive), "take_events_per_s": round(take),
+                    "x_naive": round(prefix_rate / naive, 2),
+                    "x_take": round(prefix_rate / take, 2)})
 
+    with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
         console.print(f"latency at {args.rate:,} events/s for {args.seconds} s ...")
         lat = asyncio.run(latency(broker, redis, args.rate, args.seconds, out / "live.log"))
         results.update({f"latency_{k}": round(v, 2) for k, v in lat.items()})
+    with EmbeddedBroker() as broker:
         console.print(f"the broker alone at {args.rate:,} events/s for 21 s ...")
         floor = asyncio.run(broker_floor(broker.bootstrap, args.rate, 21))
         results.update({f"broker_hop_{k}": round(v, 2) for k, v in floor.items()})
