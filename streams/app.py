@@ -73,8 +73,9 @@ def create_app(runtime: Runtime) -> faust.App:
                              feed))
 
     @app.on_before_shutdown.connect
-    async def close_feed(sender: Any, /, *args: Any, **kwargs: Any) -> None:
+    async def before_stop(sender: Any, /, *args: Any, **kwargs: Any) -> None:
         await feed.close()  # open dashboards end their streams so the web server can stop
+        await rebuild.helpers.stop()  # (they would die with this process anyway)
 
     return app
 

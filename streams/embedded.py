@@ -38,6 +38,7 @@ __all__ = [
     "EmbeddedRedis",
     "EmbeddedServerError",
     "create_topics",
+    "die_with_parent_fn",
     "free_port",
 ]
 
@@ -57,8 +58,9 @@ def free_port(host: str = HOST) -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent_fn() -> Callable[[], None] | None:
-    """Return a ``preexec_fn`` that makes the child get SIGTERM when the parent dies (Linux).
+def die_with_parent_fn() -> Callable[[], None] | None:
+    """Return a ``preexec_fn`` that makes the child get SIGTERM when the parent dies (Linux):
+    for the embedded servers, and for rebuild helpers (streams.rebuilders).
 
     The kernel sends it when the *thread* that forked the child exits, so start servers from a
     thread that lives as long as they should (the main thread, in practice).
@@ -168,7 +170,7 @@ class _EmbeddedServer:
                 cwd=self._workdir,
                 env={**os.environ, "NO_COLOR": "1"},  # plain-text logs
                 process_group=0,
-                preexec_fn=_die_with_parent_fn(),
+                preexec_fn=die_with_parent_fn(),
             )
         atexit.register(self.stop)
         self._wait_until_ready()

@@ -3,7 +3,8 @@ to cut over, and the clean-up of generations no longer kept.
 
 Every second a worker whose generation is not active measures its lag behind the
 active one, reports it (/readyz, the metrics, the registry for ``leadscore rules
-status``), and, once the lag is under two rebuild batches, tries the cutover
+status``), starts or stops its rebuild helpers by it (streams.rebuilders), and, once
+the lag is under two rebuild batches with no helper left, tries the cutover
 (scoring.store.generations.Cutover), whose notifications it then sends. A worker of
 the active generation deletes, every minute, the generations that stopped being
 active, and have had no live worker, for longer than LEADSCORE_GENERATION_KEEP.
@@ -31,6 +32,7 @@ from scoring.store.generations import (
 from streams import metrics
 from streams.delivery import Delivery
 from streams.health import Health
+from streams.rebuilders import Helpers
 from streams.runtime import now_ms
 from streams.settings import Settings
 
@@ -52,6 +54,7 @@ class Rebuild:
         self.rate = 0.0
         self._said = 0.0  # when the progress was last logged
         self._cutover: asyncio.Task[None] | None = None
+        self.helpers = Helpers(settings, store.rules)
 
     def problems(self) -> list[str]:
         """Why this worker is not ready (its generation is not active, or is rebuilding
@@ -77,6 +80,7 @@ class Rebuild:
         if store.replay_until:
             await store.read_replay()  # (other workers' partitions pass too)
         if store.active:
+            await self.helpers.stop()  # (they stopped at the flip; one may still be leaving)
             # An idle worker makes no commit that would tell it of a cutover: look. (Its
             # next commit is refused: the consume loop stops then.)
             values = await store.active_values()
@@ -99,7 +103,9 @@ class Rebuild:
         self._measure(behind.applied)
         share = 100.0 * behind.applied / behind.target if behind.target else 100.0
         left = f", about {behind.behind / self.rate:.0f} s left" if self.rate > 0 else ""
-        self.status = (f"rebuilding: {behind.applied} of {behind.target} events "
+        helpers = len(self.helpers.running)
+        on = f" on {1 + helpers} processes" if helpers else ""
+        self.status = (f"rebuilding{on}: {behind.applied} of {behind.target} events "
                        f"({share:.1f}%) under rules {generation}; generation {active} is "
                        f"active{left}")
         if time.monotonic() - self._said >= SAY_SECONDS:
@@ -109,7 +115,8 @@ class Rebuild:
         metrics.REBUILD_TARGET.set(behind.target)
         await heartbeat(store, now_ms(), {"applied": behind.applied, "target": behind.target,
                                           "behind": behind.behind, "rate": round(self.rate)})
-        if behind.behind > 2 * self.settings.rebuild_batch_size:
+        await self.helpers.adjust(behind.behind)
+        if behind.behind > 2 * self.settings.rebuild_batch_size or self.helpers.running:
             return
         old = next((g for g in await registry(store.redis, store.keys.prefix)
                     if g.version == active), None)

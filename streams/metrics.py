@@ -75,6 +75,8 @@ REBUILD_APPLIED = Gauge("leadscore_rebuild_applied_events", "Events the rebuildi
                         "has applied, summed over partitions", registry=REGISTRY)
 REBUILD_TARGET = Gauge("leadscore_rebuild_target_events", "Events the active generation has "
                        "applied, summed over partitions", registry=REGISTRY)
+REBUILD_PROCESSES = Gauge("leadscore_rebuild_processes", "Processes this worker's rebuild "
+                          "runs on, itself included (streams.rebuilders)", registry=REGISTRY)
 CUTOVERS = Counter("leadscore_cutovers_total", "Cutovers this worker ran", registry=REGISTRY)
 RESCORES = Counter("leadscore_rescore_notifications_total", "Notifications with cause rescore "
                    "sent at cutovers", registry=REGISTRY)

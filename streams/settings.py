@@ -84,6 +84,9 @@ class Settings(_Secrets):
     batch_size: int = Field(1000, ge=1, le=100_000, description="events per Redis round trip")
     rebuild_batch_size: int = Field(20_000, ge=1, le=100_000, description="events per Redis "
                                     "round trip while a generation rebuilds")
+    rebuild_processes: int = Field(0, ge=0, le=64, description="processes a rebuild runs "
+                                   "on, this worker's included (streams.rebuilders); 0 = one "
+                                   "per CPU this process may use, at most 8")
     generation_keep: Seconds = Field(86_400.0, ge=0, description="how long a generation is "
                                      "kept after it stopped being active (rollback window)")
     partitions: int = Field(8, ge=1, description="partitions when Leadscore creates topics")

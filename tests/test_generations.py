@@ -264,7 +264,7 @@ async def test_a_rebuilding_worker_says_how_far_it_got(redis_url: str) -> None:
         old, new = await stores(redis, shards=2)
         await old.apply(events, T0, [(i % 2, i // 2) for i in range(900)])
         await new.apply(events[:600], T0, [(i % 2, i // 2) for i in range(600)])
-        settings = Settings(key_prefix=old.keys.prefix, rebuild_batch_size=1,
+        settings = Settings(key_prefix=old.keys.prefix, rebuild_batch_size=1, rebuild_processes=1,
                             redis_url=redis_url)  # type: ignore[arg-type]
         rebuild = Rebuild(settings, new, None, Health(60))  # type: ignore[arg-type]
         await rebuild.tick()

@@ -43,7 +43,7 @@ def rules_b(tmp: Path) -> Path:
 @pytest.fixture
 def deployment(bootstrap: str, redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
     deployment = Deployment(bootstrap, redis_url, RULES_A, tmp_path, partitions=3,
-                            LEADSCORE_REBUILD_BATCH_SIZE="200")
+                            rebuild_batch_size="200")
     yield deployment
     deployment.stop_all()
 
@@ -224,7 +224,9 @@ async def test_workers_killed_during_the_rebuild_and_at_the_cutover_lose_nothing
     async with Redis.from_url(deployment.redis_url) as redis:
         await redis.zadd(f"{deployment.prefix}:{a.version}:{{0}}:outbox",
                          {orjson.dumps(orphan): 1})
-    slow = {"LEADSCORE_REBUILD_BATCH_SIZE": "20"}
+    # One process each (no rebuild helpers: tests/test_rebuilders.py), so that the first
+    # worker surely has partitions to rebuild when it is killed.
+    slow = {"LEADSCORE_REBUILD_BATCH_SIZE": "20", "LEADSCORE_REBUILD_PROCESSES": "1"}
     first, second = worker(deployment, rules_b(tmp_path), **slow).start(), \
         worker(deployment, rules_b(tmp_path), **slow).start()
     await wait_for(lambda: first.metric("leadscore_rebuild_events_total") > 0, 90,

@@ -33,6 +33,8 @@ class Deployment:
 
     def __init__(self, bootstrap: str, redis_url: str, rules_path: Path, tmp: Path,
                  partitions: int = 4, **settings: str) -> None:
+        # Settings by field name: a LEADSCORE_ prefix here would be doubled, unnoticed.
+        assert not [k for k in settings if k.upper().startswith("LEADSCORE_")], settings
         n = next(_runs)
         self.bootstrap, self.redis_url, self.tmp = bootstrap, redis_url, tmp
         self.partitions = partitions

@@ -107,6 +107,9 @@ class RedisStore:
         self.replay_until: dict[int, int] = {}
         self.markers: list[str] = []  # per shard, the marker as written or found by open()
         self._lost_seen = False
+        # A rebuild helper's store (streams.rebuilders): it only ever rebuilds, and stops
+        # (Superseded) where a worker's store would turn live.
+        self.rebuild_only = False
         reads = Queries(redis, rules, self.keys)
         self.load, self.exists, self.history = reads.load, reads.exists, reads.history
         self.top, self.pending, self.outbox_size = reads.top, reads.pending, reads.outbox_size
@@ -197,6 +200,8 @@ class RedisStore:
         self.markers = [as_text(value or b"") for value in found]
         await self.check_layout()  # another process may have recorded another count first
         await self.refresh_active()
+        if self.rebuild_only and self.active_shards:
+            raise Superseded(self._rebuilt())
         self._opened = True
 
     def sibling(self, generation: str) -> RedisStore:
@@ -248,6 +253,10 @@ class RedisStore:
         if done:
             await self.redis.hdel(self.keys.replay_until, *map(str, done))
             await self.read_replay()
+
+    def _rebuilt(self) -> str:
+        return (f"generation {self.generation} is active: this rebuild helper's work is "
+                "done (the workers score live)")
 
     def _lost(self, what: str) -> str:
         return (f"Redis lost Leadscore's data under the prefix {self.keys.prefix!r} ({what}): "
@@ -442,6 +451,8 @@ class RedisStore:
                 self.active_shards.discard(shard.number)
                 raise Superseded(await self.superseded())
             if stale == -4:  # became active: commit again, live
+                if self.rebuild_only:
+                    raise Superseded(self._rebuilt())
                 self.active_shards.add(shard.number)
                 continue
             if stale == -5:

@@ -1,0 +1,114 @@
+"""A rebuild on several processes (streams.rebuilders), through real workers and
+helpers: the helpers share the partitions, leave before the cutover, never score live,
+and the result is exactly the one-process rebuild's (offline's)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from test_rescoring import RULES_A, active_since, assert_exact, rules_b, sent, worker
+from worker import Deployment, keyed, wait_for
+
+from scoring.events import format_ts
+from scoring.rules import load_rules
+from scoring.store.generations import lag
+from streams.demo import Traffic
+from streams.rebuilders import Helpers
+from streams.runtime import connected
+
+pytestmark = pytest.mark.integration
+
+START = 1_793_577_600_000  # 2026-11-02T00:00:00Z
+DAY = 86_400_000
+
+
+@pytest.fixture
+def deployment(bootstrap: str, redis_url: str, tmp_path: Path) -> Iterator[Deployment]:
+    # Rebuild batches of 10: a rebuild of thousands of events is "long" (helpers start
+    # beyond 10 batches behind) and lasts long enough for them to take part.
+    deployment = Deployment(bootstrap, redis_url, RULES_A, tmp_path, partitions=4,
+                            rebuild_batch_size="10")
+    yield deployment
+    deployment.stop_all()
+
+
+async def test_a_rebuild_on_three_processes_is_exact_and_its_helpers_leave_first(
+        deployment: Deployment, tmp_path: Path) -> None:
+    await deployment.create_topics()
+    b = load_rules(rules_b(tmp_path))
+    history = list(Traffic(400, seed=5).history(20_000, START, 20 * DAY))
+    await deployment.produce(keyed(history))
+    old = worker(deployment, RULES_A).start()
+    await wait_for(lambda: old.metric("leadscore_events_consumed_total") == len(history), 120,
+                   f"A never applied the history; log:\n{old.log_tail()}")
+
+    new = worker(deployment, rules_b(tmp_path), LEADSCORE_REBUILD_PROCESSES="3").start()
+    await new.wait_ready(timeout=180)
+    log = new.log_path.read_text()
+    assert "rebuilding on 3 processes" in log
+    # The helpers were gone before the generation went live.
+    assert log.index("rebuild helpers stopped") < log.index("cutover: rules")
+    assert new.metric("leadscore_rebuild_processes") == 1
+    x = await active_since(deployment, b.version)
+    await assert_exact(deployment, history, b, x)
+    # The helpers' share, as the worker's: this worker consumed only part of the topic.
+    assert 0 < new.metric("leadscore_rebuild_events_total") < len(history)
+
+
+async def test_a_helper_rebuilds_its_share_exactly_and_stops_when_the_generation_is_live(
+        deployment: Deployment, tmp_path: Path) -> None:
+    await deployment.create_topics()
+    a, b = load_rules(RULES_A), load_rules(rules_b(tmp_path))
+    history = list(Traffic(60, seed=9).history(3_000, START, 12 * DAY))
+    await deployment.produce(keyed(history))
+    old = worker(deployment, RULES_A).start()
+    await wait_for(lambda: old.metric("leadscore_events_consumed_total") == len(history), 120,
+                   f"A never applied the history; log:\n{old.log_tail()}")
+
+    # One helper alone, started as a worker starts it: it rebuilds every partition.
+    helpers = Helpers(deployment.settings(), b)
+    await helpers.start(1)
+    [helper] = helpers.running
+    try:
+        async with connected(deployment.settings(), b) as runtime:
+            async def caught_up() -> bool:
+                return (await lag(runtime.store, a.version)).behind == 0
+            await wait_for(caught_up, 120, "the helper did not rebuild the generation")
+            await runtime.store.refresh_active()
+            assert not runtime.store.active_shards  # a helper never makes its generation live
+        # Not active: no sweep has run, so the states are the events' alone (``at`` before
+        # them all cools nothing).
+        await assert_exact(deployment, history, b, START)
+
+        # A worker of the generation joins, cuts over (nothing left to rebuild) and scores
+        # live; the helper, still in the group, stops at its first commit after that.
+        new = worker(deployment, rules_b(tmp_path), LEADSCORE_REBUILD_PROCESSES="1").start()
+        await new.wait_ready(timeout=120)
+        x = await active_since(deployment, b.version)
+        # New leads, after the cutover in event time too: what they do is the live
+        # generation's alone (no cooling at the cutover involved).
+        push = [{"event_id": f"push-{i}-{t}", "lead_id": f"new-{i}", "type": t,
+                 "ts": format_ts(x + 1000 + i)}
+                for i in range(40) for t in ("demo_request", "add_to_cart", "form_submit")]
+        await deployment.produce(keyed(push))
+        assert await asyncio.wait_for(helper.wait(), 60) == 0
+        await assert_exact(deployment, push, b, x)
+    finally:
+        await helpers.stop()
+
+    # Every pushed event scored live exactly once, by the worker.
+    pushed = {e["event_id"] for e in push}
+    want = sorted((n["lead_id"], n["type"], n["event_id"]) for n in sent(push, b))
+    assert want, "the push must make some leads hot"
+
+    def live(records: list[Any]) -> list[tuple[str, str, str]]:
+        return sorted((n["lead_id"], n["type"], n["event_id"])
+                      for n in map(lambda r: orjson.loads(r.value), records)
+                      if n["event_id"] in pushed)
+    records = await deployment.read_all(deployment.hot, lambda rs: len(live(rs)) >= len(want))
+    assert live(records) == want
