@@ -1,8 +1,16 @@
-"""Synthetic but realistic lead traffic: the bundled sample, benchmarks and ``dev --demo``.
+"""Synthetic but realistic lead traffic, of two kinds.
 
-Leads have personas (buyers, evaluators, browsers, students) with their own mix of
-events; activity across leads is Zipf-like (a few leads do most of it); a share of
-events arrives late and a share twice, as they do from real trackers and retries.
+``Traffic``, for the bundled sample, the benchmarks and the tests' histories: leads
+have personas (buyers, evaluators, browsers, students) with their own mix of events;
+activity across leads is Zipf-like (a few leads do most of it); a share of events
+arrives late and a share twice, as they do from real trackers and retries. Its mix
+(``PERSONAS``) is what bench/ measures: changing it changes every benchmark.
+
+``LiveDemo``, for ``leadscore dev --demo``: a funnel told in real time (``FUNNEL``),
+one scripted journey per lead, so that the demo shows what scoring does within its
+first minutes under config/demo-rules.yaml: many anonymous visitors, warm leads, a
+few hot ones that cool by decay, unsubscribes, conversions, profile updates that
+change fit, scores across the whole range.
 """
 
 from __future__ import annotations
@@ -10,9 +18,10 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LiveDemo", "Traffic"]
+__all__ = ["DECK", "FUNNEL", "NEW_LEAD_EVERY", "TICK_SECONDS", "LiveDemo", "Persona", "Traffic"]
 
 PERSONAS: dict[str, dict[str, Any]] = {
     "buyer": {
@@ -109,53 +118,211 @@ class Traffic:
             yield event
 
 
-# Live demo: a new lead starts a journey every few ticks; buyers reach the hot
-# threshold within seconds, others browse and drift away.
-JOURNEYS: dict[str, list[tuple[str, dict[str, Any]]]] = {
-    "buyer": [("page_view", {"url": "/"}), ("page_view", {"url": "/products/scoring"}),
-              ("page_view", {"url": "/pricing"}), ("content_download", {}),
-              ("webinar_attended", {}), ("add_to_cart", {}), ("consultation_requested", {})],
-    "evaluator": [("page_view", {"url": "/blog/lead-scoring-101"}), ("email_open", {}),
-                  ("email_click", {}), ("page_view", {"url": "/pricing"}),
-                  ("form_submit", {}), ("page_view", {"url": "/docs"})],
-    "browser": [("page_view", {"url": "/"}), ("page_view", {"url": "/careers"}),
-                ("email_unsubscribed", {})],
-    "student": [("page_view", {"url": "/blog/lead-scoring-101"}), ("content_download", {})],
+# ---------------------------------------------------------------------------- live demo
+# ``leadscore dev --demo``: a funnel, dealt as a deck. Every DECK (26) new leads hold
+# exactly ``per_deck`` leads of each persona below, in a shuffled order, so that every 26
+# seconds (a new lead a second) the demo tells the whole story whatever the seed: 12
+# anonymous visitors; 8 known and engaged (readers, evaluators, a student, one that a
+# profile update reveals); 4 hot by design (2 bingers, a buyer, a customer who
+# converts); 2 that unsubscribe. The points in the comments are
+# config/demo-rules.yaml's (the default rules, with a half-life of 2 minutes).
+
+TICK_SECONDS = 0.5  # how often dev calls LiveDemo.tick
+NEW_LEAD_EVERY = 2  # ticks: a new lead every second
+
+Step = tuple[int, str, dict[str, Any]]  # (ticks after the previous step, type, properties)
+
+
+def _do(kind: str, gap: int = 2, **properties: Any) -> Step:
+    """A journey step ``gap`` to ``2 * gap`` ticks after the one before."""
+    return (gap, kind, properties)
+
+
+def _view(url: str, gap: int = 2) -> Step:
+    return _do("page_view", gap, url=url)
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    """Who a kind of lead is and what it does: its first event is a ``profile_update``
+    with one of ``profiles`` (none: it stays anonymous unless a journey says who it is),
+    then it follows one of ``journeys``, step by step, and goes quiet."""
+
+    per_deck: int
+    profiles: tuple[dict[str, Any], ...]
+    journeys: tuple[tuple[Step, ...], ...]
+
+
+MANAGER = {"job_title": "Marketing Manager", "company_size": 80, "industry": "software"}  # fit 35
+ENGINEER = {"job_title": "Engineer", "company_size": 15, "industry": "manufacturing"}  # fit 0
+FREE_MAIL = {"email": "someone@gmail.com"}  # fit -5
+
+FUNNEL: dict[str, Persona] = {
+    # Anonymous: a page or two (1-2 points; 17 with a product page), then gone.
+    "visitor": Persona(12, (), (
+        (_view("/", 0),),
+        (_view("/careers", 0),),
+        (_view("/blog/lead-scoring-101", 0), _view("/")),
+        (_view("/docs", 0), _view("/about", 4)),
+        (_view("/", 0), _view("/products/scoring")),
+    )),
+    # Known and reading: warm at most, then fading back to their fit.
+    "reader": Persona(4, (MANAGER, ENGINEER, FREE_MAIL,
+                          {"job_title": "Analyst", "company_size": 2500,
+                           "industry": "retail"}), (  # fit 10
+        (_view("/blog/lead-scoring-101"), _do("email_open"), _do("email_click"),
+         _view("/docs")),  # +12
+        (_do("email_open"), _do("email_click"), _do("content_download", 3)),  # +35
+        (_do("workshop_attended"), _do("workshop_attended", 4),
+         _do("workshop_attended", 4)),  # +30, on the third
+        (_view("/"), _do("review_submitted", 3, rating=2)),  # +1 -30
+        (_do("email_click"), _do("email_open", 60), _do("email_click", 60),
+         _view("/pricing")),  # +10, back 30-60 s later, again, then pricing: +36
+    )),
+    # Anonymous until a download form says who they are: the profile update changes
+    # the fit, the engagement stays.
+    "enriched": Persona(1, (), (
+        (_view("/", 0), _view("/products/scoring"), _do("content_download"),
+         _do("profile_update", 1, job_title="Director of Marketing", company_size=400,
+             industry="saas")),  # +42, then fit 0 -> 45: hot for who they turn out to be
+        (_view("/pricing", 0), _view("/products/alerts"),
+         _do("profile_update", 1, company="HubSpot",
+             job_title="Product Marketing Manager")),  # +32, then fit -40: a competitor
+    )),
+    # Marketing-qualified (a form: stage mql), warm, not hot.
+    "evaluator": Persona(2, ({"job_title": "Team Lead", "company_size": 30,
+                              "industry": "marketing"},  # fit 20
+                             {"job_title": "Analyst", "company_size": 2500,
+                              "industry": "fintech"},  # fit 20
+                             {"job_title": "Coordinator", "company_size": 150,
+                              "industry": "retail"}), (  # fit 15
+        (_view("/blog/lead-scoring-101"), _do("email_click"), _do("form_submit"),
+         _view("/docs")),  # +37
+        (_view("/products/scoring"), _do("form_submit", 3)),  # +41
+        (_do("email_open"), _do("webinar_attended"), _do("form_submit", 3)),  # +45
+    )),
+    # Hot on engagement alone: a binge of content, with no fit to speak of. They cool
+    # soonest, about a minute later.
+    "binger": Persona(2, (FREE_MAIL, {"job_title": "Freelancer", "email": "me@hotmail.com"}), (
+        (_view("/products/scoring", 1), _view("/pricing", 1), _do("webinar_attended", 1),
+         _do("content_download", 1), _do("email_click", 1)),  # +87
+        (_view("/products/scoring", 1), _view("/products/alerts", 1), _view("/pricing", 1),
+         _do("webinar_attended", 1), _do("email_click", 1)),  # +78
+    )),
+    # Hot (stage sql) in a few seconds on fit and intent, then silence: they cool by
+    # decay in 2-4 minutes; some come back later and turn hot again.
+    "buyer": Persona(1, ({"job_title": "Founder", "company_size": 60,
+                          "industry": "retail"},  # fit 35
+                         {"job_title": "Director of Sales", "company_size": 3000,
+                          "industry": "retail"},  # fit 30
+                         {"job_title": "Operations Manager", "company_size": 200,
+                          "industry": "logistics"}), (  # fit 25
+        (_view("/products/scoring"), _view("/pricing"), _do("webinar_attended")),  # +52
+        (_do("email_click"), _view("/pricing"), _do("add_to_cart", 3)),  # +66
+        (_view("/products/alerts"), _do("consultation_requested", 3)),  # +66
+        (_view("/products/scoring"), _view("/pricing"), _do("webinar_attended"),
+         _view("/pricing", 480), _do("consultation_requested", 3)),  # +52; 4-8 min: +66
+    )),
+    # Hot, then a customer (``converted``), then the onboarding docs: still scored.
+    "customer": Persona(1, ({"job_title": "CTO", "company_size": 600,
+                             "industry": "fintech"},  # fit 45
+                            {"job_title": "Head of Marketing", "company_size": 120,
+                             "industry": "e-commerce"},  # fit 45
+                            {"job_title": "CFO", "company_size": 1500,
+                             "industry": "software"}), (  # fit 40
+        (_view("/products/scoring"), _view("/pricing"), _do("consultation_requested"),
+         _do("converted", 6, plan="growth"), _view("/docs", 4)),  # +83
+        (_do("webinar_attended"), _do("form_submit"), _do("converted", 6, plan="starter"),
+         _view("/docs", 4), _view("/docs/api")),  # +47
+    )),
+    # Engaged, then unsubscribed (-50); one that had turned hot cools at once.
+    "unsubscriber": Persona(2, (FREE_MAIL, ENGINEER, MANAGER), (
+        (_do("email_open"), _do("email_click"), _do("email_open"),
+         _do("email_unsubscribed", 3)),  # +10 -50
+        (_view("/products/scoring"), _view("/pricing"), _do("form_submit"),
+         _do("email_unsubscribed", 6)),  # +57 -50
+    )),
+    # Not buyers: negative fit (student -10, free mail -5), but they download.
+    "student": Persona(1, ({"job_title": "Student", "email": "me@yahoo.com"},  # fit -15
+                           {"job_title": "Marketing Intern", "company_size": 40,
+                            "industry": "marketing"}), (  # fit 0
+        (_view("/blog/lead-scoring-101"), _do("content_download")),  # +26
+        (_do("content_download"), _do("webinar_attended"), _view("/careers")),  # +46
+    )),
 }
+DECK = sum(persona.per_deck for persona in FUNNEL.values())
+
+
+@dataclass(slots=True)
+class _Plan:
+    steps: list[Step]  # still to come
+    due: int  # the tick of the next step
+    sent: int = 0  # events sent so far: the next event id
 
 
 class LiveDemo:
-    """Events for ``leadscore dev --demo``, one tick at a time, stamped with real time."""
+    """Events for ``leadscore dev --demo``, one tick at a time, stamped with real time.
 
-    def __init__(self, seed: int = 7, new_lead_every: int = 3) -> None:
+    A new lead every ``new_lead_every`` ticks, its persona dealt from a shuffled deck of
+    ``FUNNEL`` (every ``DECK`` leads hold each persona ``per_deck`` times); each lead
+    sends its profile at once, then one of its persona's journeys, a step every few
+    ticks. Reproducible: the same seed gives the same events tick for tick, whatever
+    the clock.
+    """
+
+    # The default seed deals a first deck that opens the story at once: two bingers, a
+    # customer and an enriched lead turn hot in the first ten seconds; a binger cools
+    # by decay in the second minute (any seed deals the same funnel, in another order).
+    def __init__(self, seed: int = 14, new_lead_every: int = NEW_LEAD_EVERY) -> None:
         self.rng = random.Random(seed)
         self.every = new_lead_every
         self.ticks = 0
         self.leads = 0
-        self.active: dict[str, tuple[str, int]] = {}  # lead -> (persona, next step)
+        self.deck: list[str] = []
+        self.personas: dict[str, str] = {}  # every lead so far -> its persona
+        self.active: dict[str, _Plan] = {}  # leads with steps to come
 
     def tick(self, now_ms: int) -> list[dict[str, Any]]:
-        rng = self.rng
+        """The events of this tick, all at ``now_ms``; a lead's in its own order."""
         events: list[dict[str, Any]] = []
+        if self.ticks % self.every == 0:
+            events += self._new_lead(now_ms)
+        for lead, plan in list(self.active.items()):
+            while plan.due <= self.ticks:
+                _gap, kind, properties = plan.steps.pop(0)
+                events.append(self._event(lead, plan, kind, properties, now_ms))
+                if not plan.steps:
+                    del self.active[lead]
+                    break
+                plan.due = self.ticks + self._gap(plan.steps[0])
         self.ticks += 1
-        if self.ticks % self.every == 1:
-            self.leads += 1
-            lead = f"demo-{self.leads}"
-            names = list(PERSONAS)
-            persona = rng.choices(names, [PERSONAS[n]["share"] for n in names])[0]
-            self.active[lead] = (persona, 0)
-            events.append({"event_id": f"{lead}-profile", "lead_id": lead,
-                           "type": "profile_update", "ts": now_ms,
-                           "properties": dict(rng.choice(PERSONAS[persona]["profile"]))})
-        for lead, (persona, step) in list(self.active.items()):
-            if rng.random() < 0.5:
-                continue
-            journey = JOURNEYS[persona]
-            kind, props = journey[step]
-            events.append({"event_id": f"{lead}-{step}", "lead_id": lead, "type": kind,
-                           "ts": now_ms, "properties": props})
-            if step + 1 == len(journey):
-                del self.active[lead]
-            else:
-                self.active[lead] = (persona, step + 1)
         return events
+
+    def _new_lead(self, now_ms: int) -> list[dict[str, Any]]:
+        rng = self.rng
+        if not self.deck:
+            self.deck = [name for name, persona in FUNNEL.items()
+                         for _ in range(persona.per_deck)]
+            rng.shuffle(self.deck)
+        name = self.deck.pop()
+        persona = FUNNEL[name]
+        self.leads += 1
+        lead = f"demo-{self.leads}"
+        self.personas[lead] = name
+        steps = list(rng.choice(persona.journeys))
+        plan = _Plan(steps, self.ticks + self._gap(steps[0]))
+        self.active[lead] = plan
+        if not persona.profiles:
+            return []
+        profile = dict(rng.choice(persona.profiles))
+        return [self._event(lead, plan, "profile_update", profile, now_ms)]
+
+    def _gap(self, step: Step) -> int:
+        return step[0] + self.rng.randint(0, step[0])
+
+    @staticmethod
+    def _event(lead: str, plan: _Plan, kind: str, properties: dict[str, Any],
+               now_ms: int) -> dict[str, Any]:
+        plan.sent += 1
+        return {"event_id": f"{lead}-{plan.sent}", "lead_id": lead, "type": kind,
+                "ts": now_ms, "properties": dict(properties)}

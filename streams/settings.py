@@ -17,7 +17,7 @@ from scoring.events import MAX_EVENT_BYTES
 from scoring.rules import parse_duration
 from scoring.store import keys
 
-__all__ = ["CLUSTER_SCHEMES", "Settings", "load_settings"]
+__all__ = ["CLUSTER_SCHEMES", "DEMO_RULES", "Settings", "load_settings"]
 
 
 def _seconds(value: object) -> object:
@@ -31,8 +31,12 @@ def _seconds(value: object) -> object:
 Seconds = Annotated[float, BeforeValidator(_seconds)]
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RULES = Path("config/rules.yaml")  # relative to the working directory
-BUNDLED_RULES = ROOT / DEFAULT_RULES  # what it falls back to when there is none there
+# The default rules file, relative to the working directory; when there is none there,
+# the bundled one (ROOT / DEFAULT_RULES). The same for DEMO_RULES, `leadscore dev
+# --demo`'s unless LEADSCORE_RULES is set: the default rules with a half-life of
+# minutes (streams.dev).
+DEFAULT_RULES = Path("config/rules.yaml")
+DEMO_RULES = Path("config/demo-rules.yaml")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")  # a Redis Cluster, found from one node
 # Transaction shards for new data when LEADSCORE_REDIS_SHARDS is unset: on a cluster, a
 # few per master, so that the shards spread over the masters; on one Redis, a few let
@@ -168,9 +172,10 @@ class Settings(_Secrets):
         return f"{self.group_id}.{rules_version}"
 
     def rules_path(self) -> Path:
-        """The rules file; the bundled default when the default path is not here."""
-        if self.rules == DEFAULT_RULES and not self.rules.exists():
-            return BUNDLED_RULES
+        """The rules file; the bundled one when a default path (DEFAULT_RULES, or
+        DEMO_RULES for ``dev --demo``) is not here."""
+        if self.rules in (DEFAULT_RULES, DEMO_RULES) and not self.rules.exists():
+            return ROOT / self.rules
         return self.rules
 
     def describe(self) -> str:

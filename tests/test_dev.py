@@ -7,19 +7,27 @@ import re
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
+import orjson
 import psutil
 import pytest
 from worker import LEADSCORE, wait_for
 
+from scoring.preview import band
 from streams.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
-# The environment of the tests, without a web host of their own: dev's default applies.
-ENV = {name: value for name, value in os.environ.items() if name != "LEADSCORE_WEB_HOST"}
+# The environment of the tests, without a web host, rules or sweep interval of their own:
+# dev's defaults apply.
+ENV = {name: value for name, value in os.environ.items()
+       if name not in ("LEADSCORE_WEB_HOST", "LEADSCORE_RULES", "LEADSCORE_SWEEP_INTERVAL")}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def listening_on(pid: int, port: int) -> set[str]:
@@ -53,6 +61,9 @@ async def test_dev_demo_turns_leads_hot_and_ctrl_c_leaves_nothing_running(
         # A laptop's API is its own: loopback only, as the banner says.
         assert listening_on(dev.pid, port) == {"127.0.0.1"}
         assert banner_address(text, port) == "127.0.0.1"
+        # No LEADSCORE_RULES: the demo scores with its own rules (the bundled file, as
+        # there is no config/ in the working directory).
+        assert f"  rules      {ROOT / 'config' / 'demo-rules.yaml'}: save" in text
         children = psutil.Process(dev.pid).children(recursive=True)
         assert {c.name() for c in children} >= {"tansu", "valkey-server"}
     finally:
@@ -89,7 +100,7 @@ async def test_saving_a_changed_rules_file_in_dev_rebuilds_and_cuts_over(
     and the worker goes on; a good one restarts the worker with it, which rebuilds its
     generation on the same broker and Redis and cuts over, as the output shows."""
     rules = tmp_path / "rules.yaml"
-    original = (Path(__file__).resolve().parent.parent / "config" / "rules.yaml").read_text()
+    original = (ROOT / "config" / "rules.yaml").read_text()
     rules.write_text(original)
     port = free_port()
     out = tmp_path / "dev.out"
@@ -114,6 +125,59 @@ async def test_saving_a_changed_rules_file_in_dev_rebuilds_and_cuts_over(
                          r"restarts with it", text)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as r:
             assert r.status == 200
+    finally:
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(30) == 0
+
+
+def get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as response:
+        return orjson.loads(response.read())
+
+
+async def test_dev_demo_tells_the_funnel_story_leads_spread_cool_and_convert(
+        tmp_path: Path) -> None:
+    """The demo as README's "Make it faster" says: config/demo-rules.yaml copied with a
+    half-life of 15 seconds and named by LEADSCORE_RULES (a user's rules win). Within
+    seconds the leads spread over at least five score bands (SPEC 9's), most of them in
+    the lowest, one has converted (stage customer, SPEC 3) and one has cooled by decay
+    (its lead.cooled printed, as the sweep sent it)."""
+    shipped = (ROOT / "config" / "demo-rules.yaml").read_text()
+    assert "\nhalf_life: 2m " in shipped
+    rules = tmp_path / "fast-demo.yaml"
+    rules.write_text(shipped.replace("\nhalf_life: 2m ", "\nhalf_life: 15s"))
+    port = free_port()
+    out = tmp_path / "dev.out"
+    with out.open("wb") as sink:
+        dev = subprocess.Popen([LEADSCORE, "dev", "--demo"], stdout=sink,
+                               stderr=subprocess.STDOUT, cwd=tmp_path,
+                               env={**ENV, "LEADSCORE_WEB_PORT": str(port),
+                                    "LEADSCORE_RULES": str(rules)})
+    seen: dict[str, Any] = {}
+
+    def story() -> bool:
+        try:
+            leads = get(port, "/leads?limit=1000")["leads"]
+        except (urllib.error.URLError, ConnectionError):  # (not listening yet)
+            return False
+        bands = Counter(band(lead["score"]) for lead in leads)
+        seen["bands"] = [bands[b] for b in range(10)]  # leads per band
+        seen["customers"] = [lead["lead_id"] for lead in leads if lead["stage"] == "customer"]
+        seen["cooled"] = re.findall(r"^cooled (demo-\d+) .*\(decay\)$", out.read_text(),
+                                    re.MULTILINE)
+        # A funnel: leads in five bands or more, the most of them in the lowest (the long
+        # tail of anonymous visitors), a conversion, a cooling.
+        return (len(bands) >= 5 and bands.most_common(1)[0][0] == 0
+                and bool(seen["customers"]) and bool(seen["cooled"]))
+
+    try:
+        try:
+            await wait_for(story, 45, "")
+        except AssertionError:
+            raise AssertionError(f"no story within 45 s: {seen}\n{out.read_text()[-3000:]}"
+                                 ) from None
+        assert f"  rules      {rules}: save" in out.read_text()
+        assert get(port, f"/leads/{seen['cooled'][0]}")["hot"] is False
     finally:
         dev.send_signal(signal.SIGINT)
         assert dev.wait(30) == 0

@@ -1,0 +1,125 @@
+"""The live demo's funnel (streams.demo.LiveDemo) and its rules (config/demo-rules.yaml),
+without servers: the deck's exact shape, reproducibility, and the story it tells when
+its events are scored as the worker scores them, tick by tick, swept every second as
+``leadscore dev`` sweeps. tests/test_dev.py runs the same demo through ``leadscore dev``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+
+from scoring.engine import Notification, score_at
+from scoring.events import parse_event
+from scoring.preview import band
+from scoring.rules import Ruleset, load_rules, parse_duration
+from scoring.store.in_memory import MemoryStore
+from streams.demo import DECK, FUNNEL, NEW_LEAD_EVERY, TICK_SECONDS, LiveDemo
+
+CONFIG = Path(__file__).resolve().parent.parent / "config"
+DEMO_RULES = load_rules(CONFIG / "demo-rules.yaml")
+T0 = 1_793_923_200_000  # 2026-11-06T00:00:00Z
+TICK_MS = int(TICK_SECONDS * 1000)
+
+
+def test_the_demo_rules_are_the_default_rules_with_a_half_life_of_minutes() -> None:
+    demo = yaml.safe_load((CONFIG / "demo-rules.yaml").read_text())
+    default = yaml.safe_load((CONFIG / "rules.yaml").read_text())
+    assert (demo.pop("name"), demo.pop("half_life")) == ("demo", "2m")
+    assert (default.pop("name"), default.pop("half_life")) == ("default", "30d")
+    assert demo == default
+    assert DEMO_RULES.half_life_ms == parse_duration("2m")
+
+
+@pytest.mark.parametrize("seed", [1, 14, 99])
+def test_every_deck_of_the_demo_holds_the_funnel_exactly(seed: int) -> None:
+    demo = LiveDemo(seed)
+    decks = 4
+    for tick in range(decks * DECK * NEW_LEAD_EVERY):
+        demo.tick(T0 + tick * TICK_MS)
+    assert demo.leads == decks * DECK == 104
+    dealt = list(demo.personas.values())  # in the order the leads came
+    shape = {name: persona.per_deck for name, persona in FUNNEL.items()}
+    assert shape == {"visitor": 12, "reader": 4, "enriched": 1, "evaluator": 2, "binger": 2,
+                     "buyer": 1, "customer": 1, "unsubscriber": 2, "student": 1}
+    for deck in range(decks):
+        assert Counter(dealt[deck * DECK:(deck + 1) * DECK]) == shape
+
+
+def test_the_demo_is_reproducible_tick_for_tick_and_its_events_are_valid() -> None:
+    one, two, other = LiveDemo(5), LiveDemo(5), LiveDemo(6)
+    ticks = [T0 + tick * TICK_MS for tick in range(400)]
+    first = [one.tick(now) for now in ticks]
+    assert first == [two.tick(now) for now in ticks]
+    assert first != [other.tick(now) for now in ticks]
+    events = [event for batch in first for event in batch]
+    assert len({(e["lead_id"], e["event_id"]) for e in events}) == len(events)
+    by_lead: dict[str, list[dict[str, Any]]] = {}
+    for batch, now in zip(first, ticks, strict=True):
+        for event in batch:
+            assert event["ts"] == now
+            parse_event(orjson.dumps(event), latest_ms=now)  # the worker would accept it
+            by_lead.setdefault(event["lead_id"], []).append(event)
+    for lead, sent in by_lead.items():
+        profiled = bool(FUNNEL[one.personas[lead]].profiles)
+        assert (sent[0]["type"] == "profile_update") == profiled, lead
+    # Anonymous visitors send a page or two and nothing else.
+    visitors = [sent for lead, sent in by_lead.items() if one.personas[lead] == "visitor"]
+    assert visitors and all(1 <= len(sent) <= 2 for sent in visitors)
+    assert {e["type"] for sent in visitors for e in sent} == {"page_view"}
+
+
+@dataclass
+class Played:
+    """What the worker would have made of ``seconds`` of the demo."""
+
+    notes: list[tuple[float, Notification]] = field(default_factory=list)  # (second, n)
+    customer_at: float | None = None  # the second the first lead became a customer
+    bands: dict[float, list[int]] = field(default_factory=dict)  # second -> leads per band
+
+
+def play(demo: LiveDemo, rules: Ruleset, seconds: int, bands_at: set[float]) -> Played:
+    store, played = MemoryStore(rules, history_size=0), Played()
+    for tick in range(int(seconds / TICK_SECONDS)):
+        now, second = T0 + tick * TICK_MS, tick * TICK_SECONDS
+        events = [parse_event(orjson.dumps(e), latest_ms=now) for e in demo.tick(now)]
+        notes = store.apply_now(events).notifications
+        if tick % NEW_LEAD_EVERY == 0:  # dev sweeps every second
+            notes += store.sweep_now(now)
+        played.notes += [(second, n) for n in notes]
+        states = store.states()
+        if played.customer_at is None and any(s.stage == "customer" for s in states.values()):
+            played.customer_at = second
+        if second in bands_at:
+            count = Counter(band(score_at(s, now, rules)) for s in states.values())
+            played.bands[second] = [count[b] for b in range(10)]
+    return played
+
+
+def first(played: Played, kind: str, cause: str) -> float:
+    return next(second for second, n in played.notes
+                if n["type"] == kind and n["cause"] == cause and n["group"] is None)
+
+
+def test_the_demo_tells_the_story_within_its_first_minutes() -> None:
+    """`make run` as README says: a lead turns hot within seconds, one converts within
+    half a minute, one cools by decay within two minutes, and at two minutes the leads
+    span every score band, hot for many different reasons."""
+    played = play(LiveDemo(), DEMO_RULES, 300, {30.0, 120.0, 299.5})
+    assert first(played, "lead.hot", "event") <= 10
+    assert played.customer_at is not None and played.customer_at <= 30
+    assert first(played, "lead.cooled", "event") <= 30  # a hot lead that unsubscribed
+    assert first(played, "lead.cooled", "decay") <= 120
+    assert sum(1 for leads in played.bands[30.0] if leads) >= 7
+    assert all(played.bands[120.0]) and all(played.bands[299.5])
+    # The long tail: most leads never get far, as in a real funnel.
+    assert played.bands[299.5][0] > sum(played.bands[299.5]) / 2
+    hot = [n for _, n in played.notes if n["type"] == "lead.hot"]
+    assert len({n["reasons"][0]["rule"] for n in hot}) >= 4
+    assert len({tuple(r["rule"] for r in n["reasons"][:3]) for n in hot}) >= 8
