@@ -21,12 +21,12 @@ from scoring.engine import STAGES, LeadState, Notification, engagement_at, reaso
 from scoring.events import format_ts, parse_ts
 from scoring.offline import Replay
 from scoring.rules import Ruleset
+from scoring.views import BANDS, band
 
-__all__ = ["LARGEST_CHANGES", "Backtest", "Preview", "Side", "alerts", "backtest", "band",
-           "compare", "iso_week"]
+__all__ = ["BANDS", "LARGEST_CHANGES", "Backtest", "Preview", "Side", "alerts", "backtest",
+           "band", "compare", "iso_week"]
 
 LARGEST_CHANGES = 20  # SPEC 9: "the 20 largest score changes"
-BANDS = 10
 HOUR_MS = 3_600_000
 
 
@@ -127,14 +127,6 @@ def compare(old: Replay, old_rules: Ruleset, new: Replay, new_rules: Ruleset,
                                          new_scores, at),
         changed_scores=sum(1 for lead in both
                            if round(new_scores[lead], 2) != round(old_scores[lead], 2)))
-
-
-def band(score: float) -> int:
-    """The band of a score: [0,10) is 0, ... [90,100] is 9 (100 itself is in the last);
-    a score outside 0..100 (rules with another score range) goes to the nearest band.
-    Unrounded, as SPEC 3 compares: 9.999 is in [0,10) though it is shown as 10.0."""
-    index = int(score // 10)
-    return 0 if index < 0 else BANDS - 1 if index >= BANDS else index
 
 
 def iso_week(ms: int) -> str:

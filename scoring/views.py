@@ -15,7 +15,11 @@ from typing import Any
 from scoring.engine import LeadState, cool, engagement_at, reasons, score_at
 from scoring.rules import Ruleset
 
-__all__ = ["Ranked", "as_of", "best", "describe", "lead_now", "ranked", "summary"]
+__all__ = ["BANDS", "BAND_WIDTH", "Ranked", "as_of", "band", "best", "describe", "lead_now",
+           "ranked", "summary"]
+
+BANDS = 10  # SPEC 9: ten score bands of BAND_WIDTH points
+BAND_WIDTH = 10
 
 
 def as_of(state: LeadState, at: int, rules: Ruleset) -> LeadState:
@@ -23,6 +27,18 @@ def as_of(state: LeadState, at: int, rules: Ruleset) -> LeadState:
     Changes ``state`` (a copy read for showing, never written back)."""
     cool(state, at, rules)
     return state
+
+
+def band(score: float) -> int:
+    """The band of a score: [0,10) is 0, ... [90,100] is 9 (100 itself is in the last);
+    a score outside 0..100 (rules with another score range) goes to the nearest band.
+    Unrounded, as SPEC 3 compares: 9.999 is in [0,10) though it is shown as 10.0.
+
+    For 1 <= i < BANDS, ``band(s) >= i`` exactly when ``s >= BAND_WIDTH * i`` (float
+    floor division is exact here): the store counts bands by those edges
+    (``scoring.store.queries``, "bands")."""
+    index = int(score // BAND_WIDTH)
+    return 0 if index < 0 else BANDS - 1 if index >= BANDS else index
 
 
 def summary(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:

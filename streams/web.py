@@ -6,13 +6,19 @@
     GET /leads/{id}               one lead now; 404 if unknown
     DELETE /leads/{id}            erase the lead (admin token) and tombstone it downstream
     GET /leads/{id}/history       its last changes, newest first
+    GET /lead?id=, /lead/history?id=  the same two, the id in the query (for browsers)
+    GET /bands?stage=             how many leads score in each band now (SPEC 9's bands)
     GET /healthz /readyz /metrics
 
 Each endpoint is a function of the ``Api`` (what the answers come from) and the
 request, so that it can be called on its own; ``install`` puts them on the app.
 
 A lead id is any string of 1 to 200 characters (as the events accept it), sent
-percent-encoded as one path segment: ``/`` as ``%2F``, ``%`` as ``%25``.
+percent-encoded as one path segment: ``/`` as ``%2F``, ``%`` as ``%25``. A browser
+cannot send every such path: its URL parser drops the segments ``.`` and ``..``, also
+written ``%2E`` and ``%2E%2E``, before the request leaves. So ``/lead?id=`` and
+``/lead/history?id=`` answer the same with the id as a query parameter, which no
+client rewrites; the dashboard uses them.
 
 With LEADSCORE_API_TOKEN set, the lead endpoints and the stream need a bearer token
 (``Authorization: Bearer ...`` or ``?access_token=...``); the probes, the metrics and
@@ -30,7 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import faust
 import orjson
@@ -49,12 +55,16 @@ from streams.feed import Feed
 from streams.runtime import now_ms
 from streams.settings import Settings
 
-__all__ = ["ROUTES", "Api", "RateLimiter", "dashboard", "erase", "healthz", "history_of",
-           "install", "lead_path", "leads", "prometheus", "readyz", "show", "stream"]
+__all__ = ["ROUTES", "Api", "RateLimiter", "bands", "dashboard", "erase", "healthz",
+           "history_of", "install", "lead_path", "lead_query", "leads", "prometheus", "readyz",
+           "show", "stream"]
 
 DASHBOARD = Path(__file__).resolve().parent / "static" / "dashboard.html"
 MAX_LIMIT = 1000
 KEEP_ALIVE_SECONDS = 15.0
+# /bands: how far apart two workers' clocks may be (NTP keeps them to milliseconds), for
+# a lead's last event to be dated beyond LEADSCORE_MAX_CLOCK_SKEW of this one's (``bands``).
+CLOCKS_APART_MS = 1_000
 
 Request = aiohttp_web.Request
 Response = aiohttp_web.StreamResponse
@@ -188,6 +198,31 @@ async def leads(api: Api, request: Request) -> Response:
                   "rearm_below": plain(api.rules.rearm_below), "leads": found})
 
 
+async def bands(api: Api, request: Request) -> Response:
+    """GET /bands: how many leads score in each of SPEC 9's ten bands now, [0,10) ...
+    [90,100] (outside 0..100 in the nearest), by the unrounded score; ``?stage=`` for
+    one stage's leads. Counted from the lead index, exactly, in a few reads per shard
+    however many leads there are (``RedisStore.bands``).
+
+    The index must be told how far ahead of this clock a lead's last event may be dated,
+    since its engagement does not decay before then: what the consume loop accepts
+    (LEADSCORE_MAX_CLOCK_SKEW), plus CLOCKS_APART_MS for the worker that consumed it
+    to have had a clock ahead of this one. A longer reach costs reads, never exactness.
+    """
+    if (no := _refused(api, request, "read")) is not None:
+        return no
+    try:
+        stage = _stage(request)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    now = now_ms()
+    ahead = int(api.settings.max_clock_skew * 1000) + CLOCKS_APART_MS
+    counts = await api.store.bands(now, f"stage:{stage}" if stage else "all", ahead)
+    return _json({"at": format_ts(now), "stage": stage, "leads": sum(counts), "bands": counts,
+                  "threshold": plain(api.rules.threshold),
+                  "rearm_below": plain(api.rules.rearm_below)})
+
+
 async def show(api: Api, request: Request, lead_id: str) -> Response:
     """GET /leads/{id}: the lead now (a cooling that is due shows, swept or not)."""
     if (no := _refused(api, request, "read") or _bad_id(lead_id)) is not None:
@@ -258,6 +293,19 @@ async def lead_path(api: Api, request: Request) -> Response:
     return await handler(api, request, found[0])
 
 
+async def lead_query(api: Api, request: Request) -> Response:
+    """GET /lead?id= and /lead/history?id=: ``show`` and ``history_of`` with the lead id
+    as a query parameter, percent-encoded as UTF-8 (``+`` is a space there, as in any
+    query: send ``%2B``), for a client that cannot send the path (a browser, for the
+    ids ``.`` and ``..``). Exactly one ``id``, decoded once; anything else is a 400."""
+    try:
+        lead_id = _query_id(request)
+    except BadRequest as exc:  # (before the token, as a path under /leads/ that is not one)
+        return _error(400, str(exc))
+    handler = history_of if request.rel_url.raw_path.endswith("/history") else show
+    return await handler(api, request, lead_id)
+
+
 async def stream(api: Api, request: Request) -> Response:
     """GET /stream: every notification as it is sent, as Server-Sent Events."""
     if (no := _refused(api, request, "read")) is not None:
@@ -287,6 +335,9 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/metrics": {"get": prometheus},
     "/leads": {"get": leads},
     "/leads/{path:(?s:.*)}": {"get": lead_path, "delete": lead_path},
+    "/lead": {"get": lead_query},
+    "/lead/history": {"get": lead_query},
+    "/bands": {"get": bands},
     "/stream": {"get": stream},
 }
 
@@ -352,6 +403,19 @@ def _decoded(segment: str) -> str:
     except UnicodeError:
         raise BadRequest("a lead id in the path must be UTF-8, percent-encoded") from None
     return text
+
+
+def _query_id(request: Request) -> str:
+    """``?id=``, given once and not empty, percent-decoded as UTF-8; else a BadRequest."""
+    try:
+        ids = [value for name, value in parse_qsl(request.rel_url.raw_query_string,
+                                                  keep_blank_values=True, errors="strict")
+               if name == "id"]
+    except UnicodeError:
+        raise BadRequest("the query must be UTF-8, percent-encoded") from None
+    if len(ids) != 1 or not ids[0]:
+        raise BadRequest("give the lead id once, percent-encoded: ?id=<lead_id>")
+    return ids[0]
 
 
 def _bad_id(lead_id: str) -> Response | None:

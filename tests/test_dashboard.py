@@ -1,8 +1,12 @@
 """The live dashboard in a real headless Chromium (Debian's), against a real worker.
 
 A lead made hot by produced events must appear on the page by itself (Server-Sent
-Events), and its history must name the rules that fired. The screenshots it takes
-are the README's: ``LEADSCORE_UPDATE_SCREENSHOTS=1`` copies them into docs/.
+Events), and its history must name the rules that fired. Then each tool of a sales
+floor, with leads of known scores: search by id, the stage filter, the cooling feed
+beside "turning hot now", and the leads per score band, all following the data live.
+
+The README's screenshots come from the demo (``make screenshots``, tests/screenshots.py);
+``LEADSCORE_UPDATE_SCREENSHOTS=1`` copies this test's own pictures into docs/ instead.
 """
 
 from __future__ import annotations
@@ -129,4 +133,112 @@ async def test_a_lead_turning_hot_appears_live_and_its_history_says_why(
             await expect(rows.nth(i).locator(".notif")).to_have_text("lead.hot")
     assert any(change[8] == "lead.hot" for change in changes)
     await screenshot(page, tmp_path, "dashboard-lead.png")
+    assert errors == []
+
+
+def profile(lead: str, ts: int, title: str = "CEO") -> dict[str, Any]:
+    return {"event_id": f"{lead}-p", "lead_id": lead, "type": "profile_update", "ts": ts,
+            "properties": {"job_title": title}}
+
+
+def act(lead: str, n: int, kind: str, ts: int) -> dict[str, Any]:
+    return {"event_id": f"{lead}-{n}", "lead_id": lead, "type": kind, "ts": ts}
+
+
+async def band_counts(page: Page) -> list[str]:
+    return await page.locator("#bands .band .count").all_inner_texts()
+
+
+async def test_search_stage_filter_cooling_feed_and_score_bands_all_live(
+        browser: Browser, served: tuple[Deployment, Worker]) -> None:
+    """Known scores in config/rules.yaml (half-life 30 days, so a minute's decay moves
+    no lead out of its band): a CEO is fit 20; form_submit +25; consultation_requested
+    +50 (hot at 70); add_to_cart +40; email_unsubscribed -50."""
+    deployment, worker = served
+    page = await browser.new_page(viewport={"width": 1440, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"http://127.0.0.1:{worker.port}/")
+    await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15_000)
+    await expect(page.locator("#bands .band")).to_have_count(10, timeout=15_000)
+    assert await band_counts(page) == ["0"] * 10
+
+    t = now_ms() - 120_000
+    odd = "a/b %2F?&#+ é"  # an id a URL must encode, and "..", which a URL path cannot carry
+    await deployment.produce(keyed([
+        profile("pat@prospect.example", t),  # 20: band 2, prospect
+        profile("..", t), profile(odd, t),  # 20 and 20
+        profile("max@mql.example", t), act("max@mql.example", 1, "form_submit", t + 1000),
+        # 20 + 25 = 45, just under after a minute's decay: band 4, mql
+        profile("sue@sql.example", t), act("sue@sql.example", 1, "consultation_requested",
+                                           t + 1000),
+        act("sue@sql.example", 2, "add_to_cart", t + 2000),  # 110, clamped to 100: band 9
+        profile("cal@cool.example", t),
+        act("cal@cool.example", 1, "consultation_requested", t + 1000)]))  # hot at 70
+    hot = page.locator("#feed .feed-item")
+    await expect(hot).to_have_count(2, timeout=15_000)
+    await expect(page.locator("#bands .band .count")).to_have_text(
+        ["0", "0", "3", "0", "1", "0", "1", "0", "0", "1"], timeout=15_000)
+
+    # Cooling: an unsubscribe takes cal from 70 to 20 minus a little (band 1), live.
+    await expect(page.locator("#cooling-feed .feed-item")).to_have_count(0)
+    await deployment.produce(keyed([act("cal@cool.example", 2, "email_unsubscribed",
+                                        t + 2000)]))
+    cooled = page.locator('#cooling-feed .feed-item[data-lead-id="cal@cool.example"]')
+    await expect(cooled).to_be_visible(timeout=15_000)
+    await expect(cooled).to_contain_text("Cooled")
+    await expect(cooled).to_contain_text("an event lowered its score")
+    await expect(cooled.locator(".score")).to_contain_text("20")
+    await expect(page.locator("#cooling-feed .feed-item")).to_have_count(1)
+    await expect(hot).to_have_count(2)  # the hot feed has only lead.hot: sue and cal
+    assert await page.locator("#feed .feed-item.cooled").count() == 0
+    await expect(page.locator("#cooled-count")).to_have_text("1")
+    await expect(page.locator("#bands .band .count")).to_have_text(
+        ["0", "1", "3", "0", "1", "0", "0", "0", "0", "1"], timeout=15_000)
+    await expect(page.locator("#bands-meta")).to_contain_text("6 leads")
+
+    # The stage filter: the table and the distribution show that stage's leads only.
+    rows = page.locator("#leads-body tr.lead-row .lead")
+    for stage, leads, bands in [
+            ("sql", ["sue@sql.example", "cal@cool.example"], [0, 1, 0, 0, 0, 0, 0, 0, 0, 1]),
+            ("mql", ["max@mql.example"], [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]),
+            ("prospect", sorted([odd, "..", "pat@prospect.example"]),
+             [0, 0, 3, 0, 0, 0, 0, 0, 0, 0]),
+            ("customer", [], [0] * 10)]:
+        await page.locator("#stage-filter").select_option(stage)
+        await expect(rows).to_have_text(leads, timeout=15_000)
+        await expect(page.locator("#bands .band .count")).to_have_text(
+            [str(n) for n in bands], timeout=15_000)
+    await expect(page.locator("#leads-empty")).to_contain_text("No customer leads right now")
+    await page.locator("#stage-filter").select_option("sql")
+    await page.locator("#hot-only").check()
+    await expect(rows).to_have_text(["sue@sql.example"], timeout=15_000)
+    await page.locator("#hot-only").uncheck()
+    await page.locator("#stage-filter").select_option("")
+    await expect(rows).to_have_count(6, timeout=15_000)
+
+    # The distribution follows new leads without a reload.
+    await deployment.produce(keyed([profile("new@mql.example", t),
+                                    act("new@mql.example", 1, "form_submit", t + 1000)]))
+    await expect(page.locator("#bands .band .count")).to_have_text(
+        ["0", "1", "3", "0", "2", "0", "0", "0", "0", "1"], timeout=15_000)
+
+    # Search: an unknown id says so in the page; any id opens its lead, exactly as typed.
+    search = page.locator("#search-id")
+    await search.fill("nobody@nowhere.example")
+    await search.press("Enter")
+    await expect(page.locator("#search-msg")).to_have_text(
+        "No lead with the id “nobody@nowhere.example”.")
+    detail = page.locator("#lead-detail")
+    await expect(detail).to_be_hidden()
+    for lead in ["..", odd, "max@mql.example"]:
+        await search.fill(lead)
+        await search.press("Enter")
+        await expect(detail).to_be_visible()
+        await expect(page.locator("#detail-title")).to_have_text(lead)
+        await expect(page.locator("#detail-score")).to_contain_text(
+            "45" if lead.startswith("max") else "20")
+        await expect(page.locator("#search-msg")).to_be_hidden()
+        await page.keyboard.press("Escape")
+        await expect(detail).to_be_hidden()
     assert errors == []

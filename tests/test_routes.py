@@ -66,3 +66,31 @@ async def test_erasing_needs_the_admin_token() -> None:
     response = await web.lead_path(api(admin_token=SecretStr("s3cret")), request)
     assert answer(response) == (401, {"error": "an admin bearer token is needed"})
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="leadscore"'
+
+
+async def test_bands_and_the_query_form_of_a_lead_refuse_bad_queries_before_redis() -> None:
+    served = api()
+    assert answer(await web.bands(served, make_mocked_request("GET", "/bands?stage=lost"))) == (
+        400, {"error": "stage must be one of prospect, mql, sql, customer, got 'lost'"})
+    assert answer(await web.bands(served, make_mocked_request("GET", "/bands?stage=SQL"))) == (
+        400, {"error": "stage must be one of prospect, mql, sql, customer, got 'SQL'"})
+    once = {"error": "give the lead id once, percent-encoded: ?id=<lead_id>"}
+    for path in ("/lead", "/lead?id=", "/lead?id=a&id=b", "/lead?ids=a", "/lead/history",
+                 "/lead/history?id=a&id=a"):
+        assert answer(await web.lead_query(served, make_mocked_request("GET", path))) == (
+            400, once), path
+    for path in ("/lead?id=%FF", "/lead/history?id=a%E9"):
+        assert answer(await web.lead_query(served, make_mocked_request("GET", path))) == (
+            400, {"error": "the query must be UTF-8, percent-encoded"}), path
+    too_long = "/lead?id=" + "%C3%A9" * 201
+    assert answer(await web.lead_query(served, make_mocked_request("GET", too_long))) == (
+        400, {"error": "lead_id is 201 characters, more than 200"})
+
+
+async def test_bands_and_the_query_form_of_a_lead_need_the_token() -> None:
+    guarded = api(api_token=SecretStr("read-token"))
+    for handler, path in [(web.bands, "/bands"), (web.lead_query, "/lead?id=a"),
+                          (web.lead_query, "/lead/history?id=a")]:
+        response = await handler(guarded, make_mocked_request("GET", path))
+        assert answer(response) == (401, {"error": "a bearer token is needed "
+                                                   "(LEADSCORE_API_TOKEN)"}), path

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import aiohttp
 import orjson
@@ -22,7 +23,7 @@ from scoring.engine import LeadState, cool, engagement_at, score_at
 from scoring.events import event_from_dict, parse_ts
 from scoring.rules import Ruleset, load_rules
 from scoring.store import MemoryStore
-from scoring.views import describe
+from scoring.views import BANDS, band, describe
 from streams.demo import Traffic
 from streams.runtime import now_ms
 
@@ -171,6 +172,12 @@ async def test_unknown_leads_and_bad_queries_get_json_errors(
     _, worker = served
     assert get_json(worker, "/leads/nobody") == (404, {"error": "no lead 'nobody'"})
     assert get_json(worker, "/leads/nobody/history") == (404, {"error": "no lead 'nobody'"})
+    assert get_json(worker, "/lead?id=nobody") == (404, {"error": "no lead 'nobody'"})
+    assert get_json(worker, "/lead/history?id=nobody") == (404, {"error": "no lead 'nobody'"})
+    status, shown = get_json(worker, "/bands")
+    parse_ts(shown.pop("at"))
+    assert (status, shown) == (200, {"stage": None, "leads": 0, "bands": [0] * 10,
+                                     "threshold": 70, "rearm_below": 50})
     assert get_json(worker, "/leads?limit=0") == (
         400, {"error": "limit must be a whole number from 1 to 1000, got '0'"})
     assert get_json(worker, "/leads?hot=yes") == (400, {"error": "hot must be true or false, "
@@ -203,6 +210,12 @@ async def test_every_lead_id_the_events_accept_is_readable_and_erasable(
             assert (status, shown["lead_id"]) == (200, lead), (lead, shown)
             status, shown = call(worker, lead_path(lead) + "/history")
             assert (status, shown["lead_id"], len(shown["history"])) == (200, lead, 1), lead
+        for lead in ODD_IDS:  # the query form, for browsers (which drop "." and ".." paths)
+            status, shown = call(worker, "/lead?id=" + quote(lead, safe=""))
+            assert (status, shown["lead_id"]) == (200, lead), (lead, shown)
+            status, shown = call(worker, "/lead/history?limit=5&id=" + quote(lead, safe=""))
+            assert (status, shown["lead_id"], len(shown["history"])) == (200, lead, 1), lead
+        assert call(worker, "/lead?id=a+b")[1] == {"error": "no lead 'a b'"}  # + is a space
         # Braces need no encoding, and lower-case escapes decode like upper-case ones.
         assert call(worker, "/leads/a{b}c")[1]["lead_id"] == "a{b}c"
         assert call(worker, "/leads/a%2fb/history")[1]["lead_id"] == "a/b"
@@ -242,6 +255,7 @@ async def test_unknown_paths_and_odd_limits_get_json_errors(
 
 async def test_the_live_stream_carries_each_notification_as_it_is_sent(
         served: tuple[Deployment, Worker]) -> None:
+    """lead.hot, then lead.cooled (the dashboard's two feeds), each as it is sent."""
     deployment, worker = served
     now = now_ms()
     events = [{"event_id": f"s{i}", "lead_id": "streamed", "type": kind, "ts": now + i}
@@ -251,12 +265,101 @@ async def test_the_live_stream_carries_each_notification_as_it_is_sent(
             f"http://127.0.0.1:{worker.port}/stream") as response:
         assert response.headers["Content-Type"] == "text/event-stream"
         assert await response.content.readline() == b": connected\n"
+
+        async def next_notification() -> Any:
+            lines: list[bytes] = []
+            while not lines or not lines[-1].startswith(b"data: "):
+                lines.append(await asyncio.wait_for(response.content.readline(), 30))
+            assert lines[-2:-1] == [b"event: notification\n"]
+            return orjson.loads(lines[-1][len(b"data: "):])
+
         await deployment.produce(keyed(events))
-        lines: list[bytes] = []
-        while not lines or not lines[-1].startswith(b"data: "):
-            lines.append(await asyncio.wait_for(response.content.readline(), 30))
-    assert lines[-2:-1] == [b"event: notification\n"]
-    note = orjson.loads(lines[-1][len(b"data: "):])
-    records = await deployment.read_all(deployment.hot, lambda rs: len(rs) >= 1)
-    assert note == orjson.loads(records[0].value)
-    assert (note["type"], note["lead_id"], note["event_id"]) == ("lead.hot", "streamed", "s1")
+        hot = await next_notification()
+        # Two unsubscribes: 115 - 50 is 65, still hot; 115 - 100 is below rearm_below (50).
+        await deployment.produce(keyed([
+            {"event_id": f"u{i}", "lead_id": "streamed", "type": "email_unsubscribed",
+             "ts": now + 10 + i} for i in range(2)]))
+        cooled = await next_notification()
+    records = await deployment.read_all(deployment.hot, lambda rs: len(rs) >= 2)
+    assert [hot, cooled] == [orjson.loads(record.value) for record in records]
+    assert (hot["type"], hot["lead_id"], hot["event_id"]) == ("lead.hot", "streamed", "s1")
+    assert (cooled["type"], cooled["lead_id"], cooled["event_id"], cooled["cause"]) == (
+        "lead.cooled", "streamed", "u1", "event")
+
+
+async def test_bands_and_the_stage_filter_count_and_rank_known_scores_exactly(
+        served: tuple[Deployment, Worker]) -> None:
+    """Seven leads whose scores now are known (config/rules.yaml: a CEO is fit 20, a
+    form_submit +25, a consultation_requested +50, an add_to_cart +40, an unsubscribe
+    -50; the half-life is 30 days, so a minute's decay takes 8e-4 from 50 points)."""
+    deployment, worker = served
+    t = now_ms() - 60_000
+    ahead = now_ms() + 1_800_000  # half an hour ahead: within LEADSCORE_MAX_CLOCK_SKEW (1h)
+
+    def lead(lead_id: str, start: int, *kinds: str) -> list[dict[str, Any]]:
+        return [{"event_id": f"{lead_id}-{i}", "lead_id": lead_id, "ts": start + i * 1000,
+                 **({"type": kind} if kind != "ceo" else {
+                     "type": "profile_update", "properties": {"job_title": "CEO"}})}
+                for i, kind in enumerate(kinds)]
+
+    # A late form_submit, dated so long before the lead's last event that its 25 points
+    # count 9.98 there: 79.98 now (band 7), though the index key, which reads every lead
+    # as decaying since its last event, has this one's E grown back by 2^(30 min/30 d),
+    # to 80.009 (band 8): the leads dated ahead must be read, not counted by key.
+    half_life = RULES.half_life_ms
+    assert half_life is not None
+    late = ahead + 1000 - round(half_life * math.log2(25 / 9.98))
+    events = (lead("zero", t, "email_unsubscribed")  # -50, clamped to 0: band 0
+              + lead("fit-20", t, "ceo")  # 20 exactly: band 2
+              + lead("mql-45", t, "ceo", "form_submit")  # 45 less decay: band 4
+              + lead("hot-69", t, "ceo", "consultation_requested")  # 70 when sent, now
+              #   69.9992, shown as 70.0: band 6 (SPEC 3 compares unrounded)
+              + lead("hot-70", ahead, "ceo", "consultation_requested")  # dated ahead: no
+              #   decay before its time, so 70 exactly: band 7
+              + lead("hot-80-less", ahead, "ceo", "consultation_requested")
+              + [{"event_id": "late", "lead_id": "hot-80-less", "type": "form_submit",
+                  "ts": late}]  # 79.98: band 7
+              + lead("hot-100", t, "ceo", "consultation_requested", "add_to_cart"))  # 110,
+    #   clamped to 100: band 9
+    await deployment.produce(keyed(events))
+    await wait_for(lambda: worker.metric("leadscore_events_applied_total") == len(events),
+                   60, f"events not applied; log:\n{worker.log_tail()}")
+    offline = Offline(events, RULES)
+
+    for query, want in [
+            ("", [1, 0, 1, 0, 1, 0, 1, 2, 0, 1]),
+            ("?stage=prospect", [1, 0, 1, 0, 0, 0, 0, 0, 0, 0]),
+            ("?stage=mql", [0, 0, 0, 0, 1, 0, 0, 0, 0, 0]),
+            ("?stage=sql", [0, 0, 0, 0, 0, 0, 1, 2, 0, 1]),
+            ("?stage=customer", [0] * 10)]:
+        status, shown = call(worker, "/bands" + query)
+        assert status == 200, shown
+        at = parse_ts(shown.pop("at"))
+        stage = query.partition("=")[2] or None
+        assert shown == {"stage": stage, "leads": sum(want), "bands": want,
+                         "threshold": 70, "rearm_below": 50}, query
+        brute = [0] * BANDS
+        for lead_id, state in offline.states.items():
+            if stage in (None, state.stage):
+                brute[band(score_at(offline.at(lead_id, at), at, RULES))] += 1
+        assert brute == want, query
+    assert call(worker, "/bands?stage=lost") == (
+        400, {"error": "stage must be one of prospect, mql, sql, customer, got 'lost'"})
+
+    # The stage filter of the lead list: exactly these leads, in this order (hot-70 before
+    # hot-69, both shown as 70.0: the unrounded score orders them).
+    for query, want in [("stage=sql", [("hot-100", 100.0), ("hot-80-less", 79.98),
+                                       ("hot-70", 70.0), ("hot-69", 70.0)]),
+                        ("stage=sql&limit=2", [("hot-100", 100.0), ("hot-80-less", 79.98)]),
+                        ("stage=sql&hot=true&limit=1", [("hot-100", 100.0)]),
+                        ("stage=sql&hot=false", []),
+                        ("stage=mql", [("mql-45", 45.0)]),
+                        ("stage=prospect", [("fit-20", 20.0), ("zero", 0.0)]),
+                        ("stage=customer", [])]:
+        status, page = call(worker, f"/leads?{query}")
+        assert status == 200, page
+        assert [(view["lead_id"], view["score"]) for view in page["leads"]] == want, query
+        given = dict(parse_qsl(query))
+        hot = {"true": True, "false": False}.get(given.get("hot", ""))
+        assert page["leads"] == offline.top(parse_ts(page["at"]), int(given.get("limit", 20)),
+                                            hot, given["stage"]), query

@@ -8,8 +8,8 @@
       queries
     in_memory.MemoryStore  a dict: ``leadscore score`` and the tests
 
-Both offer ``apply``, ``sweep``, ``load``, ``exists``, ``history``, ``top`` and
-``forget`` with the same meaning, so that offline and streaming differ only in where
+Both offer ``apply``, ``sweep``, ``load``, ``exists``, ``history``, ``top``, ``bands``
+and ``forget`` with the same meaning, so that offline and streaming differ only in where
 the state lives; the outbox, dead letters and layout are Redis's alone.
 """
 

@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 
 from scoring import history
-from scoring.engine import LeadState, Notification, cool, stamp
+from scoring.engine import LeadState, Notification, cool, score_at, stamp
 from scoring.events import Event
 from scoring.rules import Ruleset
 from scoring.store.batch import Lead, Outcome, apply_batch, numbered
-from scoring.store.ranking import members
-from scoring.views import Ranked, as_of, best, ranked
+from scoring.store.ranking import counted, members
+from scoring.views import BANDS, Ranked, as_of, band, best, ranked
 
 __all__ = ["MemoryStore"]
 
@@ -105,6 +105,16 @@ class MemoryStore:
             if entry is not None:
                 found.append(entry)
         return best(found, limit)
+
+    async def bands(self, now_ms: int, group: str = "all", ahead_ms: int = 0) -> list[int]:
+        """As ``RedisStore.bands``, by brute force over every lead (``ahead_ms``, which
+        only widens what the Redis store reads, does not matter here)."""
+        wanted = set(counted(group))
+        counts = [0] * BANDS
+        for lead in self.leads.values():
+            if f"stage:{lead.state.stage}" in wanted:
+                counts[band(score_at(lead.state, now_ms, self.rules))] += 1
+        return counts
 
     async def forget(self, lead_id: str) -> bool:
         self.updated_at.pop(lead_id, None)

@@ -112,7 +112,8 @@ class RedisStore:
         self.rebuild_only = False
         reads = Queries(redis, rules, self.keys)
         self.load, self.exists, self.history = reads.load, reads.exists, reads.history
-        self.top, self.pending, self.outbox_size = reads.top, reads.pending, reads.outbox_size
+        self.top, self.bands = reads.top, reads.bands
+        self.pending, self.outbox_size = reads.pending, reads.outbox_size
 
     @property
     def generation(self) -> str:

@@ -1,24 +1,30 @@
-"""The read side of the store: one lead, its history, the top leads now, the outbox.
+"""The read side of the store: one lead, its history, the top leads now, how many
+leads score in each band now, the outbox.
 
-Reads need no transaction: each reads keys that one transaction wrote together.
+Reads need no transaction: each reads keys that one transaction wrote together. The
+band counts are the exception: they read many keys of a shard, so they read them in
+one MULTI per shard, and each lead is counted once, as it is at that instant.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
 
 from scoring import history
-from scoring.engine import LeadState
+from scoring.engine import LeadState, score_at
+from scoring.errors import StoreError
 from scoring.rules import Ruleset
 from scoring.store import record
 from scoring.store.keys import Layout, Shard
-from scoring.store.ranking import members
-from scoring.views import Ranked, as_of, best, ranked
+from scoring.store.ranking import KeyBounds, counted, level_bounds, members
+from scoring.views import BAND_WIDTH, BANDS, Ranked, as_of, band, best, ranked
 
 MAX_PAGE = 1000
+MAX_SNAPSHOTS = 8  # band counts: reads of a shard until its windows hold no new lead
 
 
 class Queries:
@@ -101,6 +107,84 @@ class Queries:
             page = min(2 * page, MAX_PAGE)
         return best(found, limit)
 
+    async def bands(self, now_ms: int, group: str = "all", ahead_ms: int = 0) -> list[int]:
+        """How many leads of ``group`` (all, stage:<stage>) score in each of the BANDS
+        bands at ``now_ms``, as ``band(score_at(...))`` puts them (SPEC 9's bands), in
+        a few reads of each shard however many leads there are.
+
+        A band count is a difference of "at least" counts at the band edges 10, 20 ...
+        90, and one of those is, per ranking, a ZCOUNT above a key bound (see
+        scoring.store.ranking, ``level_bounds``) plus the leads of a narrow window of keys
+        read and scored exactly. An edge at or below the score range's min holds every
+        lead (they are clamped up to it), one above its max none. ``ahead_ms``: how far
+        past ``now_ms`` an event may be dated (the wider it is, the more leads a window
+        holds, never a wrong count).
+        """
+        counted(group)  # a group that can be counted, or ValueError
+        counts = await asyncio.gather(*(self._shard_bands(shard, group, now_ms, ahead_ms)
+                                        for shard in self.keys.shards))
+        return [sum(column) for column in zip(*counts, strict=True)]
+
+    async def _shard_bands(self, shard: Shard, group: str, now_ms: int, ahead_ms: int
+                           ) -> list[int]:
+        """One shard's band counts, from one MULTI: the fit scores, each ranking's size,
+        "at least" counts and windows, and the states of the leads in the windows (as
+        found by the previous read; read again until no window holds a lead not read)."""
+        rules = self.rules
+        fits = {as_text(fit) for fit in await self.redis.smembers(shard.fits)}
+        read: set[str] = set()  # leads of the windows, read with the counts
+        for _ in range(MAX_SNAPSHOTS):
+            # (ranking key, per edge: its bounds, or True: every lead, False: none)
+            plan = [(shard.rank(ranking, fit), [_edge(float(fit), BAND_WIDTH * i, now_ms,
+                                                      rules, ahead_ms)
+                                                for i in range(1, BANDS)])
+                    for fit in sorted(fits) for ranking in counted(group)]
+            leads = sorted(read)
+            async with self.redis.pipeline(transaction=True) as tx:
+                # By name, not .smembers: a cluster transaction passes SMEMBERS's reply
+                # callback an argument it does not take (redis-py 8.1).
+                tx.execute_command("SMEMBERS", shard.fits)
+                if leads:  # (cluster pipelines refuse .mget by name)
+                    tx.execute_command("MGET", *[shard.state(lead) for lead in leads])
+                for key, edges in plan:
+                    tx.zcard(key)
+                    for edge in edges:
+                        if isinstance(edge, tuple):
+                            low, high = edge  # keys are stored negated (see commit.py)
+                            tx.zcount(key, "-inf", _score(-high))
+                            if low < high:
+                                tx.zrangebyscore(key, "(" + _score(-high), _score(-low))
+                replies = iter(await tx.execute())
+            now_fits = {as_text(fit) for fit in next(replies)}
+            states = {}
+            for lead, raw in zip(leads, next(replies) if leads else (), strict=True):
+                if raw is not None:
+                    states[lead] = record.decode(raw, {}).state
+            at_least = [0] * BANDS  # leads at or above each band's lower edge
+            windows: set[str] = set()
+            for _, edges in plan:
+                size = next(replies)
+                at_least[0] += size
+                for i, edge in enumerate(edges, start=1):
+                    if edge is True:
+                        at_least[i] += size
+                    elif isinstance(edge, tuple):
+                        at_least[i] += next(replies)
+                        if edge[0] < edge[1]:
+                            found = [as_text(lead) for lead in next(replies)]
+                            windows.update(found)
+                            at_least[i] += sum(
+                                1 for lead in found if lead in states
+                                and band(score_at(states[lead], now_ms, rules)) >= i)
+            if now_fits != fits:  # a ranking of a new fit score: count it too
+                fits |= now_fits
+            elif windows <= read:
+                return [at_least[i] - (at_least[i + 1] if i + 1 < BANDS else 0)
+                        for i in range(BANDS)]
+            read |= windows
+        raise StoreError(f"could not count the bands of shard {shard.number}: its leads "
+                         f"kept changing over {MAX_SNAPSHOTS} reads")
+
     async def _peek(self, leads: list[str], now_ms: int) -> dict[str, LeadState]:
         """The states of some leads as of ``now_ms`` (cooled if due), without their ids."""
         by_shard: dict[Shard, list[str]] = {}
@@ -136,6 +220,23 @@ class Queries:
             reads.zcard(shard.outbox)
         return sum(await reads.execute())
 
+
+
+def _edge(fit: float, edge: float, now_ms: int, rules: Ruleset, ahead_ms: int
+          ) -> KeyBounds | bool:
+    """Which leads of the ranking of ``fit`` score at least ``edge`` at ``now_ms``: all
+    (True) or none (False) when the score range's clamp decides, else key bounds."""
+    if edge <= rules.score_min:
+        return True
+    if edge > rules.score_max:
+        return False
+    return level_bounds(fit, edge, now_ms, rules.half_life_ms, ahead_ms)
+
+
+def _score(value: float) -> str:
+    """A sorted-set score bound, exactly (repr round-trips a double)."""
+    return "+inf" if value == float("inf") else "-inf" if value == float("-inf") \
+        else repr(value)
 
 
 def as_text(value: object) -> str:
