@@ -56,6 +56,15 @@ _DURATION = re.compile(r"^([0-9]+)([smhdw])$")
 DURATION_HINT = "use 30s, 15m, 12h, 7d or 2w"
 
 
+def format_duration(ms: int) -> str:
+    """Milliseconds -> a duration as a rules file writes it, in the largest unit that
+    divides it (``parse_duration``'s inverse for whole seconds)."""
+    for unit, size in sorted(_UNITS_MS.items(), key=lambda item: -item[1]):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms / 1000:g}s"
+
+
 def parse_duration(value: object) -> int:
     """``"7d"`` -> milliseconds. Raises a pydantic error that names the bad value."""
     match = _DURATION.match(value) if isinstance(value, str) else None

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 from scoring.errors import EventError, LeadscoreError, SettingsError
 from scoring.events import parse_ts
 from scoring.offline import replay
-from scoring.rules import Ruleset, load_rules, parse_duration
+from scoring.rules import Ruleset, format_duration, load_rules, parse_duration
 from scoring.views import summary
 from streams.runtime import now_ms
 from streams.settings import load_settings
@@ -256,7 +256,7 @@ def _rules_status(args: argparse.Namespace) -> int:
 def _rules_check(args: argparse.Namespace) -> int:
     rules = load_rules(args.file)
     half_life = "no decay" if rules.half_life_ms is None else \
-        f"half-life {rules.half_life_ms / 86_400_000:g}d"
+        f"half-life {format_duration(rules.half_life_ms)}"
     print(f"{args.file}: ok: {rules.name} (rules_version {rules.version}): "
           f"{len(rules.fit)} fit and {len(rules.engagement)} engagement rules, {half_life}, "
           f"hot at {rules.threshold:g}, re-armed below {rules.rearm_below:g}")

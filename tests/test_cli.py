@@ -40,6 +40,16 @@ def test_rules_check_accepts_a_good_file(capsys: pytest.CaptureFixture[str]) -> 
                         "re-armed below 50\n")
 
 
+def test_rules_check_shows_the_half_life_as_a_rules_file_writes_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for written, shown in (("2m", "2m"), ("90s", "90s"), ("36h", "36h"), ("14d", "2w")):
+        path = tmp_path / "r.yaml"
+        path.write_text(f"name: x\nhalf_life: {written}\n"
+                        "hot: {threshold: 70, rearm_below: 50}\n")
+        assert main(["rules", "check", str(path)]) == 0
+        assert f", half-life {shown}, " in capsys.readouterr().out
+
+
 def test_rules_check_lists_every_problem_and_exits_1(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
