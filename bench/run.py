@@ -8,8 +8,9 @@ topics grow, so every measured run gets a fresh broker and Redis-compatible serv
 1. throughput of one ``leadscore worker`` process, pre-filled topic to last state
    write (median of --runs), its peak RSS, Redis commands per event, Redis memory
    per lead (MEMORY USAGE of a sample of state keys); after each run, a worker with
-   a changed rules file rebuilding its generation from the same topic (its rate, and
-   the time to the cutover);
+   a changed rules file rebuilding its generation from the same topic (its rate on
+   the processes LEADSCORE_REBUILD_PROCESSES gives it, one per CPU by default, and
+   the time to the cutover), then another rules change rebuilt on one process;
 2. the same for the two baselines of bench/baselines.py (naive and take agents),
    over the first --naive-events / --take-events events, and the ratios to the
    worker's rate over the first --take-events events (the same work);
@@ -52,6 +53,8 @@ from scoring.store.generations import furthest
 from scoring.store.keys import Layout, layout_key
 from streams.demo import Traffic
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, create_topics, free_port
+from streams.rebuilders import processes
+from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -205,15 +208,19 @@ def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, 
 
 
 def rebuild_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, run: int,
-                       events: int, log: Path, rules: Path) -> dict[str, float]:
+                       events: int, log: Path, rules: Path,
+                       processes: int | None = None) -> dict[str, float]:
     """A rules change after run ``run``: a worker with ``rules`` rebuilds its generation
     from the topic beside the run's (sending nothing, in rebuild batches, on the
     processes LEADSCORE_REBUILD_PROCESSES allows) and cuts over. Events/s from its first
     commit to its last, read from the generation's progress in Redis (which every process
-    of the rebuild writes), and the seconds from then to the cutover."""
+    of the rebuild writes), and the seconds from then to the cutover. ``processes``:
+    LEADSCORE_REBUILD_PROCESSES (default: the worker's, one per CPU)."""
     port = free_port()
     env = {**worker_env(broker, redis, topic, f"bench-w{run}", port),
            "LEADSCORE_RULES": str(rules)}
+    if processes is not None:
+        env["LEADSCORE_REBUILD_PROCESSES"] = str(processes)
     client = Redis.from_url(redis.url)
     generation = load_rules(rules).version
     with log.open("ab") as sink:
@@ -462,8 +469,11 @@ def main() -> None:
     changed = out / "rules-b.yaml"  # a rules change: a lower bar
     changed.write_text((ROOT / "config" / "rules.yaml").read_text().replace(
         "hot: {threshold: 70, rearm_below: 50}", "hot: {threshold: 60, rearm_below: 45}"))
+    again = out / "rules-c.yaml"  # another, rebuilt on one process
+    again.write_text((ROOT / "config" / "rules.yaml").read_text().replace(
+        "hot: {threshold: 70, rearm_below: 50}", "hot: {threshold: 65, rearm_below: 45}"))
 
-    runs, rebuilds = [], []
+    runs, rebuilds, singles = [], [], []
     for run in range(args.runs):
         with servers_with(messages) as (broker, redis):
             console.print(f"worker throughput, run {run + 1} of {args.runs} ...")
@@ -472,9 +482,13 @@ def main() -> None:
             console.print(f"rebuild under changed rules, run {run + 1} of {args.runs} ...")
             rebuilds.append(rebuild_throughput(broker, redis, "bench-events", run, args.events,
                                                out / "rebuild.log", changed))
+            console.print(f"rebuild on one process, run {run + 1} of {args.runs} ...")
+            singles.append(rebuild_throughput(broker, redis, "bench-events", run, args.events,
+                                              out / "rebuild.log", again, processes=1))
             if run == args.runs - 1:
                 per_lead = redis_bytes_per_lead(redis, runs[-1]["prefix"])
     rebuild_rate = statistics.median(r["events_per_s"] for r in rebuilds)
+    single_rate = statistics.median(r["events_per_s"] for r in singles)
     worker_rate = statistics.median(r["events_per_s"] for r in runs)
     prefix_rate = statistics.median(r["prefix_events_per_s"] for r in runs)
     results.update({
@@ -484,6 +498,10 @@ def main() -> None:
         "rebuild_events_per_s": round(rebuild_rate),
         "rebuild_runs": [round(r["events_per_s"]) for r in rebuilds],
         "x_rebuild": round(rebuild_rate / worker_rate, 2),
+        "rebuild_processes": processes(Settings()),
+        "rebuild_one_events_per_s": round(single_rate),
+        "rebuild_one_runs": [round(r["events_per_s"]) for r in singles],
+        "x_rebuild_one": round(single_rate / worker_rate, 2),
         "cutover_s": round(statistics.median(r["cutover_s"] for r in rebuilds), 2),
         "worker_peak_rss_mb": round(max(r["rss_mb"] for r in runs), 1),
         "redis_calls_per_event": round(statistics.median(
@@ -526,10 +544,13 @@ def _table(r: dict[str, Any]) -> None:
     rows = [
         ("worker throughput (median)", f"{r['worker_events_per_s']:,} events/s"),
         ("  runs", ", ".join(f"{x:,}" for x in r["worker_runs"])),
-        ("rebuild under changed rules (median)", f"{r['rebuild_events_per_s']:,} events/s, "
-                                                 f"{r['x_rebuild']}x the worker"),
+        (f"rebuild under changed rules, {r['rebuild_processes']} processes (median)",
+         f"{r['rebuild_events_per_s']:,} events/s, {r['x_rebuild']}x the worker"),
         ("  runs; cutover after the last event", ", ".join(
             f"{x:,}" for x in r["rebuild_runs"]) + f"; {r['cutover_s']} s"),
+        ("rebuild on one process (median)", f"{r['rebuild_one_events_per_s']:,} events/s, "
+                                            f"{r['x_rebuild_one']}x the worker"),
+        ("  runs", ", ".join(f"{x:,}" for x in r["rebuild_one_runs"])),
         ("baseline: naive Faust agent", f"{r['naive_events_per_s']:,} events/s"),
         ("baseline: Faust stream.take agent", f"{r['take_events_per_s']:,} events/s"),
         (f"  over the first {r['take_events']:,} events",

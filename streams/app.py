@@ -75,7 +75,7 @@ def create_app(runtime: Runtime) -> faust.App:
     @app.on_before_shutdown.connect
     async def before_stop(sender: Any, /, *args: Any, **kwargs: Any) -> None:
         await feed.close()  # open dashboards end their streams so the web server can stop
-        await rebuild.helpers.stop()  # (they would die with this process anyway)
+        await rebuild.helpers.close()  # (they would die with this process anyway)
 
     return app
 

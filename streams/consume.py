@@ -130,7 +130,8 @@ class EventsConsumer:
         self.positions.clear()  # (a restart after a loss reads the partitions again)
         await self.delivery.start()
         await self.store.open()  # DataLost stops here: see run()
-        await self.delivery.resend_pending()
+        if not self.store.rebuild_only:  # (a rebuild helper sends nothing: its worker does)
+            await self.delivery.resend_pending()
         settings = self.settings
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers(settings.broker),

@@ -43,6 +43,8 @@ from streams.settings import DEMO_RULES, Settings
 
 __all__ = ["run_dev"]
 
+DEMO_CLOCK_SKEW = 5.0  # seconds: LEADSCORE_MAX_CLOCK_SKEW for dev --demo unless set
+
 console = Console(highlight=False, soft_wrap=True)
 
 
@@ -60,6 +62,11 @@ def run_dev(settings: Settings, demo: bool,
             update["sweep_interval"] = 1.0
         if demo and "rules" not in settings.model_fields_set:
             update["rules"] = DEMO_RULES
+        if demo and "max_clock_skew" not in settings.model_fields_set:
+            # The demo's events carry this process's clock. With a half-life of minutes,
+            # the default hour of skew would put most leads in the windows that /bands
+            # must read lead by lead (README, "Counting leads by band").
+            update["max_clock_skew"] = DEMO_CLOCK_SKEW
         settings = settings.model_copy(update=update)
         asyncio.run(create_topics(broker.bootstrap, {
             settings.topic_events: settings.partitions, settings.topic_hot: settings.partitions,

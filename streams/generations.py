@@ -80,7 +80,7 @@ class Rebuild:
         if store.replay_until:
             await store.read_replay()  # (other workers' partitions pass too)
         if store.active:
-            await self.helpers.stop()  # (they stopped at the flip; one may still be leaving)
+            await self.helpers.stop()  # (none left, but after a cutover by another worker)
             # An idle worker makes no commit that would tell it of a cutover: look. (Its
             # next commit is refused: the consume loop stops then.)
             values = await store.active_values()
@@ -115,7 +115,8 @@ class Rebuild:
         metrics.REBUILD_TARGET.set(behind.target)
         await heartbeat(store, now_ms(), {"applied": behind.applied, "target": behind.target,
                                           "behind": behind.behind, "rate": round(self.rate)})
-        await self.helpers.adjust(behind.behind)
+        if await self.helpers.adjust(behind.behind, self.rate):
+            return  # (their partitions come back to this worker first)
         if behind.behind > 2 * self.settings.rebuild_batch_size or self.helpers.running:
             return
         old = next((g for g in await registry(store.redis, store.keys.prefix)

@@ -10,12 +10,13 @@ and the same COMMIT checks as the worker, so the result is the one a single proc
 would reach (a lead's events all come from one partition, read by one member at a time;
 a rebalance is a replay the store recognises by offset).
 
-Helpers never score live. The worker stops them once the rebuild is within
-LEAVE_BATCHES batches of the active generation (a helper commits its offsets and leaves
-the group on SIGTERM) and finishes the tail and the cutover alone, so that a generation
-goes live on the deployment's own workers. A helper also stops by itself if its
-generation becomes active or another replaces it, and dies with its worker
-(PR_SET_PDEATHSIG).
+Helpers never score live, never claim a generation active, and send nothing. The
+worker stops them a broker session timeout before the end at the rebuild's rate (a helper
+commits its offsets and leaves the group on SIGTERM) and finishes the tail and the
+cutover alone, so that a generation goes live on the deployment's own workers. A helper
+whose generation became active all the same (another worker cut over) stops at its next
+commit without writing, and one dies with its worker (PR_SET_PDEATHSIG; no helpers where
+that signal does not exist).
 
     python -m streams.rebuilders    a helper; reads its settings and rules as JSON on stdin
 """
@@ -48,12 +49,17 @@ __all__ = ["Helpers", "processes"]
 
 log = logging.getLogger("leadscore")
 START_BATCHES = 10  # helpers start only for a rebuild longer than this many batches
-LEAVE_BATCHES = 4  # and leave within this many of the end (the cutover waits for 2)
+LEAVE_BATCHES = 4  # and leave within this many of the end (the cutover waits for 2), or
+# LEADSCORE_BROKER_SESSION_TIMEOUT before it at the rebuild's rate, whichever is more: the
+# time the group may take to hand their partitions back to the worker
 MAX_AUTO = 8
 
 
 def processes(settings: Settings) -> int:
-    """How many processes a rebuild runs on, the worker included."""
+    """How many processes a rebuild runs on, the worker included: one where a helper
+    would not die with its worker (no PR_SET_PDEATHSIG outside Linux)."""
+    if die_with_parent_fn() is None:
+        return 1
     if settings.rebuild_processes:
         return settings.rebuild_processes
     return min(len(os.sched_getaffinity(0)), MAX_AUTO)
@@ -61,24 +67,36 @@ def processes(settings: Settings) -> int:
 
 class Helpers:
     """The rebuild helpers of one worker: started when its rebuild is long, stopped
-    near its end, at the worker's stop, or when the generation is active."""
+    near its end, at the worker's stop (``close``), or when the generation is active."""
 
     def __init__(self, settings: Settings, rules: Ruleset) -> None:
         self.settings, self.rules = settings, rules
         self.started = False  # once per worker: a helper that died is not replaced
-        self.running: list[asyncio.subprocess.Process] = []
+        self.closed = False  # the worker is stopping: no helper starts any more
+        self._helpers: list[asyncio.subprocess.Process] = []
 
-    async def adjust(self, behind: int) -> None:
-        """Start the helpers or stop them, by how many events the rebuild is behind."""
+    @property
+    def running(self) -> list[asyncio.subprocess.Process]:
+        """The helpers still alive."""
+        return [helper for helper in self._helpers if helper.returncode is None]
+
+    async def adjust(self, behind: int, rate: float) -> bool:
+        """Start the helpers or stop them, by how many events the rebuild is behind and
+        its rate (events/s); whether it stopped them. They leave a session timeout before
+        the end at that rate (at least LEAVE_BATCHES batches before it), so that this
+        worker owns their partitions again before it tries the cutover."""
         batch = self.settings.rebuild_batch_size
         if not self.started and behind > START_BATCHES * batch:
             await self.start(processes(self.settings) - 1)
-        elif self.running and behind <= LEAVE_BATCHES * batch:
+        elif self.running and behind <= max(LEAVE_BATCHES * batch,
+                                            rate * self.settings.broker_session_timeout):
             await self.stop()
+            return True
+        return False
 
     async def start(self, count: int) -> None:
         self.started = True
-        if count < 1:
+        if count < 1 or self.closed:
             return
         job = orjson.dumps({"settings": _settings_doc(self.settings),
                             "rules": self.rules.text.decode(),
@@ -87,11 +105,11 @@ class Helpers:
             helper = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "streams.rebuilders", stdin=asyncio.subprocess.PIPE,
                 preexec_fn=die_with_parent_fn())
+            self._helpers.append(helper)  # (before any await: a stop now stops it too)
             assert helper.stdin is not None
             helper.stdin.write(job)
             await helper.stdin.drain()
             helper.stdin.close()
-            self.running.append(helper)
         metrics.REBUILD_PROCESSES.set(1 + count)
         log.warning("leadscore: rebuilding on %d processes (LEADSCORE_REBUILD_PROCESSES)",
                     1 + count)
@@ -99,25 +117,36 @@ class Helpers:
     async def stop(self) -> None:
         """Stop every helper; each commits its offsets and leaves the consumer group (one
         that takes longer than LEADSCORE_STOP_TIMEOUT is killed: a replay is harmless)."""
-        running, self.running = self.running, []
-        for helper in running:
+        helpers, self._helpers = self._helpers, []
+        for helper in helpers:
             if helper.returncode is None:
                 helper.terminate()
-        for helper in running:
+        for helper in helpers:
             try:
                 await asyncio.wait_for(helper.wait(), self.settings.stop_timeout)
             except TimeoutError:
                 helper.kill()
                 await helper.wait()
-        if running:
+        if helpers:
             metrics.REBUILD_PROCESSES.set(1)
             log.warning("leadscore: rebuild helpers stopped; this worker finishes the rebuild")
 
+    async def close(self) -> None:
+        """The worker stops: stop the helpers, and start none after."""
+        self.closed = True
+        await self.stop()
+
+
+_NOT_FOR_HELPERS = ("api_token", "admin_token")  # a helper serves no HTTP
+
 
 def _settings_doc(settings: Settings) -> dict[str, Any]:
-    """The settings as JSON values, secrets included (they reach the helper on a pipe)."""
+    """The settings a helper needs, as JSON values, secrets included (they reach it on a
+    pipe, never the command line)."""
     doc: dict[str, Any] = {}
     for name, value in settings:
+        if name in _NOT_FOR_HELPERS:
+            continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
         elif isinstance(value, Path):
@@ -132,8 +161,13 @@ async def _help(settings: Settings, rules: Ruleset) -> None:
     task = asyncio.current_task()
     assert task is not None
     loop = asyncio.get_running_loop()
+    def stop() -> None:
+        task.cancel()
+        # The consumer's stop waits for the broker: with the broker out of reach (its
+        # worker killed during an outage), leave anyway; a replay is harmless.
+        loop.call_later(settings.stop_timeout, os._exit, 1)
     for sign in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sign, task.cancel)
+        loop.add_signal_handler(sign, stop)
     async with connected(settings, rules) as runtime:
         store = runtime.store
         store.rebuild_only = True

@@ -112,10 +112,11 @@ def test_the_demo_tells_the_story_within_its_first_minutes() -> None:
     half a minute, one cools by decay within two minutes, and at two minutes the leads
     span every score band, hot for many different reasons."""
     played = play(LiveDemo(), DEMO_RULES, 300, {30.0, 120.0, 299.5})
-    assert first(played, "lead.hot", "event") <= 10
-    assert played.customer_at is not None and played.customer_at <= 30
-    assert first(played, "lead.cooled", "event") <= 30  # a hot lead that unsubscribed
-    assert first(played, "lead.cooled", "decay") <= 120
+    # The play is deterministic (seed 14): the seconds README's "The demo" promises.
+    assert first(played, "lead.hot", "event") == 4.0
+    assert played.customer_at == 9.0
+    assert first(played, "lead.cooled", "event") == 21.5  # a hot lead that unsubscribed
+    assert first(played, "lead.cooled", "decay") == 83.0
     assert sum(1 for leads in played.bands[30.0] if leads) >= 7
     assert all(played.bands[120.0]) and all(played.bands[299.5])
     # The long tail: most leads never get far, as in a real funnel.

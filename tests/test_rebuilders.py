@@ -56,8 +56,47 @@ async def test_a_rebuild_on_three_processes_is_exact_and_its_helpers_leave_first
     assert new.metric("leadscore_rebuild_processes") == 1
     x = await active_since(deployment, b.version)
     await assert_exact(deployment, history, b, x)
-    # The helpers' share, as the worker's: this worker consumed only part of the topic.
-    assert 0 < new.metric("leadscore_rebuild_events_total") < len(history)
+
+
+def children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux: /proc/<pid>/task/*/children)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie nobody reaped (it runs no code)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+async def test_helpers_die_with_their_worker_and_the_next_worker_finishes_exactly(
+        deployment: Deployment, tmp_path: Path) -> None:
+    await deployment.create_topics()
+    b = load_rules(rules_b(tmp_path))
+    history = list(Traffic(400, seed=6).history(20_000, START, 20 * DAY))
+    await deployment.produce(keyed(history))
+    old = worker(deployment, RULES_A).start()
+    await wait_for(lambda: old.metric("leadscore_events_consumed_total") == len(history), 120,
+                   f"A never applied the history; log:\n{old.log_tail()}")
+
+    first = worker(deployment, rules_b(tmp_path), LEADSCORE_REBUILD_PROCESSES="3").start()
+    await wait_for(lambda: "rebuilding on 3 processes" in first.log_path.read_text(), 120,
+                   f"no helpers; log:\n{first.log_tail()}")
+    assert first.process is not None
+    helpers = children(first.process.pid)
+    assert len(helpers) == 2
+    first.kill()  # SIGKILL: the kernel sends each helper SIGTERM
+    await wait_for(lambda: all(map(gone, helpers)), 60, f"helpers left running: {helpers}")
+
+    second = worker(deployment, rules_b(tmp_path), LEADSCORE_REBUILD_PROCESSES="1").start()
+    await second.wait_ready(timeout=180)
+    x = await active_since(deployment, b.version)
+    await assert_exact(deployment, history, b, x)
 
 
 async def test_a_helper_rebuilds_its_share_exactly_and_stops_when_the_generation_is_live(

@@ -184,8 +184,12 @@ class RedisStore:
         # One generation is active: the first to claim the deployment-wide key, also when
         # two rules versions start at once; a shard whose key is gone gets it again.
         mine = keys.generation
-        await self.redis.set(keys.active, mine, nx=True)
-        active = as_text(await self.redis.get(keys.active))
+        if not self.rebuild_only:  # (a helper's generation is not ready to be the one)
+            await self.redis.set(keys.active, mine, nx=True)
+        active = as_text(await self.redis.get(keys.active) or b"")
+        if not active:
+            raise HandingOver("no generation is active yet (Redis lost its data?): a "
+                              "rebuild helper waits for a worker to claim it")
         writes: Any = self.redis.pipeline(transaction=False)
         writes.set(keys.layout_key, orjson.dumps({"shards": n}), nx=True)
         token = uuid.uuid4().hex  # (a marker written after a loss is another)

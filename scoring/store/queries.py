@@ -176,7 +176,7 @@ class Queries:
                             at_least[i] += sum(
                                 1 for lead in found if lead in states
                                 and band(score_at(states[lead], now_ms, rules)) >= i)
-            if now_fits != fits:  # a ranking of a new fit score: count it too
+            if not now_fits <= fits:  # a ranking of a new fit score: count it too
                 fits |= now_fits
             elif windows <= read:
                 return [at_least[i] - (at_least[i + 1] if i + 1 < BANDS else 0)
