@@ -53,6 +53,10 @@ LEAVE_BATCHES = 4  # and leave within this many of the end (the cutover waits fo
 # LEADSCORE_BROKER_SESSION_TIMEOUT before it at the rebuild's rate, whichever is more: the
 # time the group may take to hand their partitions back to the worker
 MAX_AUTO = 8
+# How long a helper may take to stop (commit, leave the group) before it is killed: a
+# commit or a leave waits for a rebalance in progress, and what a killed helper had not
+# committed is only replayed.
+STOP_SECONDS = 5.0
 
 
 def processes(settings: Settings) -> int:
@@ -116,14 +120,14 @@ class Helpers:
 
     async def stop(self) -> None:
         """Stop every helper; each commits its offsets and leaves the consumer group (one
-        that takes longer than LEADSCORE_STOP_TIMEOUT is killed: a replay is harmless)."""
+        that takes longer than STOP_SECONDS is killed: a replay is harmless)."""
         helpers, self._helpers = self._helpers, []
         for helper in helpers:
             if helper.returncode is None:
                 helper.terminate()
         for helper in helpers:
             try:
-                await asyncio.wait_for(helper.wait(), self.settings.stop_timeout)
+                await asyncio.wait_for(helper.wait(), _stop_seconds(self.settings))
             except TimeoutError:
                 helper.kill()
                 await helper.wait()
@@ -135,6 +139,10 @@ class Helpers:
         """The worker stops: stop the helpers, and start none after."""
         self.closed = True
         await self.stop()
+
+
+def _stop_seconds(settings: Settings) -> float:
+    return min(STOP_SECONDS, settings.stop_timeout)
 
 
 _NOT_FOR_HELPERS = ("api_token", "admin_token")  # a helper serves no HTTP
@@ -165,7 +173,7 @@ async def _help(settings: Settings, rules: Ruleset) -> None:
         task.cancel()
         # The consumer's stop waits for the broker: with the broker out of reach (its
         # worker killed during an outage), leave anyway; a replay is harmless.
-        loop.call_later(settings.stop_timeout, os._exit, 1)
+        loop.call_later(_stop_seconds(settings), os._exit, 1)
     for sign in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sign, stop)
     async with connected(settings, rules) as runtime:
