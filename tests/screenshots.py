@@ -2,9 +2,10 @@
 Chromium: ``make screenshots`` (docs/dashboard.png, docs/dashboard-lead.png).
 
 Starts the demo on a free port, opens the dashboard as it starts, waits until the page
-shows what the demo is for (leads turning hot, one cooling, scores in at least five
-bands), shoots it, then opens the hottest lead and shoots its drawer. It waits on what
-the page shows, never for a fixed time, and gives up after ``--timeout`` seconds.
+shows what the demo is for (leads turning hot, several cooling, scores in at least
+nine bands: about two minutes in), shoots it, then opens the hottest lead and shoots
+its drawer. It waits on what the page shows, never for a fixed time, and gives up
+after ``--timeout`` seconds.
 
 (The browser test takes the same two pictures of its own few leads;
 ``LEADSCORE_UPDATE_SCREENSHOTS=1`` copies those into docs/ instead.)
@@ -31,10 +32,11 @@ from streams.embedded import free_port
 
 LEADSCORE = str(Path(sys.executable).parent / "leadscore")
 # The page is ready to be shot: what the demo's first minutes are meant to show.
+# About two minutes in: scores in most bands, and coolings by decay as well as by events.
 READY = """() => document.querySelectorAll("#feed .feed-item").length >= 3
-  && document.querySelectorAll("#cooling-feed .feed-item").length >= 1
+  && document.querySelectorAll("#cooling-feed .feed-item").length >= 3
   && [...document.querySelectorAll("#bands .count")].filter((c) => c.textContent !== "0")
-       .length >= 5
+       .length >= 9
   && document.querySelectorAll("#leads-body tr.lead-row").length >= 10"""
 
 
