@@ -11,9 +11,10 @@ topics grow, so every measured run gets a fresh broker and Redis-compatible serv
    a changed rules file rebuilding its generation from the same topic (its rate on
    the processes LEADSCORE_REBUILD_PROCESSES gives it, one per CPU by default, and
    the time to the cutover), then another rules change rebuilt on one process;
-2. the same for the two baselines of bench/baselines.py (naive and take agents),
-   over the first --naive-events / --take-events events, and the ratios to the
-   worker's rate over the first --take-events events (the same work);
+2. the two baselines of bench/baselines.py (naive and take agents), over the first
+   --naive-events / --take-events events, and the ratios to the worker's rate over
+   the first --take-events events (the same work); the take agent runs after each
+   worker run, and x_take is the median of those pairs' ratios;
 3. end-to-end latency from produce to the lead.hot being readable on the
    notifications topic, at a fixed offered load (--rate events/s for --seconds),
    and the broker's own share: the same load produced and consumed, no worker;
@@ -473,7 +474,7 @@ def main() -> None:
     again.write_text((ROOT / "config" / "rules.yaml").read_text().replace(
         "hot: {threshold: 70, rearm_below: 50}", "hot: {threshold: 65, rearm_below: 45}"))
 
-    runs, rebuilds, singles = [], [], []
+    runs, rebuilds, singles, takes = [], [], [], []
     for run in range(args.runs):
         with servers_with(messages) as (broker, redis):
             console.print(f"worker throughput, run {run + 1} of {args.runs} ...")
@@ -487,6 +488,12 @@ def main() -> None:
                                               out / "rebuild.log", again, processes=1))
             if run == args.runs - 1:
                 per_lead = redis_bytes_per_lead(redis, runs[-1]["prefix"])
+        # The take agent right after each worker run: the machine's speed drifts over
+        # minutes, so each ratio pairs two measurements taken close together.
+        with servers_with(messages) as (broker, redis):
+            console.print(f"baseline: Faust stream.take agent, {args.take_events:,} events, "
+                          f"run {run + 1} of {args.runs} ...")
+            takes.append(baseline("take", broker, redis, "bench-events", args.take_events))
     rebuild_rate = statistics.median(r["events_per_s"] for r in rebuilds)
     single_rate = statistics.median(r["events_per_s"] for r in singles)
     worker_rate = statistics.median(r["events_per_s"] for r in runs)
@@ -511,12 +518,13 @@ def main() -> None:
     with servers_with(messages) as (broker, redis):
         console.print(f"baseline: naive Faust agent, {args.naive_events:,} events ...")
         naive = baseline("naive", broker, redis, "bench-events", args.naive_events)
-    with servers_with(messages) as (broker, redis):
-        console.print(f"baseline: Faust stream.take agent, {args.take_events:,} events ...")
-        take = baseline("take", broker, redis, "bench-events", args.take_events)
-    results.update({"naive_events_per_s": round(naive), "take_events_per_s": round(take),
+    ratios = [run["prefix_events_per_s"] / take for run, take in zip(runs, takes, strict=True)]
+    results.update({"naive_events_per_s": round(naive),
+                    "take_events_per_s": round(statistics.median(takes)),
+                    "take_runs": [round(take) for take in takes],
                     "x_naive": round(prefix_rate / naive, 2),
-                    "x_take": round(prefix_rate / take, 2)})
+                    "x_take": round(statistics.median(ratios), 2),
+                    "x_take_runs": [round(ratio, 2) for ratio in ratios]})
 
     with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
         console.print(f"latency at {args.rate:,} events/s for {args.seconds} s ...")
@@ -552,10 +560,13 @@ def _table(r: dict[str, Any]) -> None:
                                             f"{r['x_rebuild_one']}x the worker"),
         ("  runs", ", ".join(f"{x:,}" for x in r["rebuild_one_runs"])),
         ("baseline: naive Faust agent", f"{r['naive_events_per_s']:,} events/s"),
-        ("baseline: Faust stream.take agent", f"{r['take_events_per_s']:,} events/s"),
+        ("baseline: Faust stream.take agent (median)", f"{r['take_events_per_s']:,} events/s ("
+         + ", ".join(f"{x:,}" for x in r["take_runs"]) + ")"),
         (f"  over the first {r['take_events']:,} events",
          f"{r['worker_prefix_events_per_s']:,} events/s"),
-        ("worker / naive", f"{r['x_naive']}x"), ("worker / take", f"{r['x_take']}x"),
+        ("worker / naive", f"{r['x_naive']}x"),
+        ("worker / take (median of the runs' ratios)", f"{r['x_take']}x (" + ", ".join(
+            f"{x}" for x in r["x_take_runs"]) + ")"),
         ("latency p50 / p99 / max",
          f"{r['latency_p50_ms']} / {r['latency_p99_ms']} / {r['latency_max_ms']} ms"),
         ("  at offered load", f"{r['latency_offered_events_per_s']:,.0f} events/s, "
