@@ -82,14 +82,21 @@ async def screenshot(page: Page, tmp_path: Path, name: str) -> None:
         shutil.copy(path, ROOT / "docs" / name)
 
 
-async def test_a_lead_turning_hot_appears_live_and_its_history_says_why(
-        browser: Browser, served: tuple[Deployment, Worker], tmp_path: Path) -> None:
-    deployment, worker = served
+async def live_page(browser: Browser, worker: Worker) -> tuple[Page, list[str]]:
+    """The dashboard open and live (its stream connected), and the page's JavaScript
+    errors as they come."""
     page = await browser.new_page(viewport={"width": 1440, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await page.goto(f"http://127.0.0.1:{worker.port}/")
     await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15_000)
+    return page, errors
+
+
+async def test_a_lead_turning_hot_appears_live_and_its_history_says_why(
+        browser: Browser, served: tuple[Deployment, Worker], tmp_path: Path) -> None:
+    deployment, worker = served
+    page, errors = await live_page(browser, worker)
 
     # Some leads already known, then one that turns hot while the page is open.
     start = now_ms() - 3_600_000
@@ -155,11 +162,7 @@ async def test_search_stage_filter_cooling_feed_and_score_bands_all_live(
     no lead out of its band): a CEO is fit 20; form_submit +25; consultation_requested
     +50 (hot at 70); add_to_cart +40; email_unsubscribed -50."""
     deployment, worker = served
-    page = await browser.new_page(viewport={"width": 1440, "height": 900})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    await page.goto(f"http://127.0.0.1:{worker.port}/")
-    await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15_000)
+    page, errors = await live_page(browser, worker)
     await expect(page.locator("#bands .band")).to_have_count(10, timeout=15_000)
     assert await band_counts(page) == ["0"] * 10
 

@@ -30,6 +30,17 @@ ENV = {name: value for name, value in os.environ.items()
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def start_dev(tmp_path: Path, options: list[str], **env: str
+              ) -> tuple[subprocess.Popen[bytes], Path]:
+    """``leadscore dev OPTIONS`` in ``tmp_path`` with ``env`` added, and the file its
+    output goes to."""
+    out = tmp_path / "dev.out"
+    with out.open("wb") as sink:
+        dev = subprocess.Popen([LEADSCORE, "dev", *options], stdout=sink,
+                               stderr=subprocess.STDOUT, cwd=tmp_path, env={**ENV, **env})
+    return dev, out
+
+
 def listening_on(pid: int, port: int) -> set[str]:
     """The addresses the process listens on at ``port``."""
     return {c.laddr.ip for c in psutil.Process(pid).net_connections("tcp")
@@ -45,11 +56,7 @@ def banner_address(text: str, port: int) -> str | None:
 async def test_dev_demo_turns_leads_hot_and_ctrl_c_leaves_nothing_running(
         tmp_path: Path) -> None:
     port = free_port()
-    out = tmp_path / "dev.out"
-    with out.open("wb") as sink:
-        dev = subprocess.Popen([LEADSCORE, "dev", "--demo"], stdout=sink,
-                               stderr=subprocess.STDOUT, cwd=tmp_path,
-                               env={**ENV, "LEADSCORE_WEB_PORT": str(port)})
+    dev, out = start_dev(tmp_path, ["--demo"], LEADSCORE_WEB_PORT=str(port))
     try:
         await wait_for(lambda: b"HOT " in out.read_bytes(), 90,
                        "no demo lead turned hot")
@@ -79,11 +86,8 @@ async def test_dev_demo_turns_leads_hot_and_ctrl_c_leaves_nothing_running(
 async def test_dev_listens_where_leadscore_web_host_says_and_its_banner_tells(
         tmp_path: Path) -> None:
     port = free_port()
-    out = tmp_path / "dev.out"
-    with out.open("wb") as sink:
-        dev = subprocess.Popen([LEADSCORE, "dev"], stdout=sink, stderr=subprocess.STDOUT,
-                               cwd=tmp_path, env={**ENV, "LEADSCORE_WEB_PORT": str(port),
-                                                  "LEADSCORE_WEB_HOST": "0.0.0.0"})
+    dev, out = start_dev(tmp_path, [], LEADSCORE_WEB_PORT=str(port),
+                         LEADSCORE_WEB_HOST="0.0.0.0")
     try:
         await wait_for(lambda: bool(listening_on(dev.pid, port)), 90,
                        f"dev is not listening on {port}")
@@ -103,12 +107,8 @@ async def test_saving_a_changed_rules_file_in_dev_rebuilds_and_cuts_over(
     original = (ROOT / "config" / "rules.yaml").read_text()
     rules.write_text(original)
     port = free_port()
-    out = tmp_path / "dev.out"
-    with out.open("wb") as sink:
-        dev = subprocess.Popen([LEADSCORE, "dev", "--demo"], stdout=sink,
-                               stderr=subprocess.STDOUT, cwd=tmp_path,
-                               env={**ENV, "LEADSCORE_WEB_PORT": str(port),
-                                    "LEADSCORE_RULES": str(rules)})
+    dev, out = start_dev(tmp_path, ["--demo"], LEADSCORE_WEB_PORT=str(port),
+                         LEADSCORE_RULES=str(rules))
     try:
         await wait_for(lambda: b"HOT " in out.read_bytes(), 90, "no demo lead turned hot")
         rules.write_text(original.replace("hot: {threshold: 70, rearm_below: 50}",
@@ -147,12 +147,8 @@ async def test_dev_demo_tells_the_funnel_story_leads_spread_cool_and_convert(
     rules = tmp_path / "fast-demo.yaml"
     rules.write_text(shipped.replace("\nhalf_life: 2m ", "\nhalf_life: 15s"))
     port = free_port()
-    out = tmp_path / "dev.out"
-    with out.open("wb") as sink:
-        dev = subprocess.Popen([LEADSCORE, "dev", "--demo"], stdout=sink,
-                               stderr=subprocess.STDOUT, cwd=tmp_path,
-                               env={**ENV, "LEADSCORE_WEB_PORT": str(port),
-                                    "LEADSCORE_RULES": str(rules)})
+    dev, out = start_dev(tmp_path, ["--demo"], LEADSCORE_WEB_PORT=str(port),
+                         LEADSCORE_RULES=str(rules))
     seen: dict[str, Any] = {}
 
     def story() -> bool:

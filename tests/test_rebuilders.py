@@ -11,7 +11,15 @@ from typing import Any
 
 import orjson
 import pytest
-from test_rescoring import RULES_A, active_since, assert_exact, rules_b, sent, worker
+from test_rescoring import (
+    RULES_A,
+    active_since,
+    assert_exact,
+    first_generation,
+    rules_b,
+    sent,
+    worker,
+)
 from worker import Deployment, keyed, wait_for
 
 from scoring.events import format_ts
@@ -60,9 +68,7 @@ async def test_a_rebuild_on_three_processes_is_exact_helpers_die_with_their_work
     b = load_rules(rules_b(tmp_path))
     history = list(Traffic(300, seed=5).history(12_000, START, 20 * DAY))
     await deployment.produce(keyed(history))
-    old = worker(deployment, RULES_A).start()
-    await wait_for(lambda: old.metric("leadscore_events_consumed_total") == len(history), 120,
-                   f"A never applied the history; log:\n{old.log_tail()}")
+    await first_generation(deployment, history)
 
     # A worker of B starts its helpers at its first look at the lag, and is SIGKILLed
     # right then: the kernel sends each helper SIGTERM, and they go.
@@ -94,9 +100,7 @@ async def test_a_helper_rebuilds_its_share_exactly_and_stops_when_the_generation
     a, b = load_rules(RULES_A), load_rules(rules_b(tmp_path))
     history = list(Traffic(60, seed=9).history(3_000, START, 12 * DAY))
     await deployment.produce(keyed(history))
-    old = worker(deployment, RULES_A).start()
-    await wait_for(lambda: old.metric("leadscore_events_consumed_total") == len(history), 120,
-                   f"A never applied the history; log:\n{old.log_tail()}")
+    await first_generation(deployment, history)
 
     # One helper alone, started as a worker starts it: it rebuilds every partition.
     helpers = Helpers(deployment.settings(), b)

@@ -54,6 +54,14 @@ def worker(deployment: Deployment, rules: Path, **env: str) -> Worker:
     return started
 
 
+async def first_generation(deployment: Deployment, history: list[dict[str, Any]]) -> Worker:
+    """A worker of rules A that has applied ``history`` (the active generation)."""
+    old = worker(deployment, RULES_A).start()
+    await wait_for(lambda: old.metric("leadscore_events_consumed_total") == len(history), 120,
+                   f"A never applied the history; log:\n{old.log_tail()}")
+    return old
+
+
 def offline(events: list[dict[str, Any]], rules: Ruleset, at: int) -> MemoryStore:
     store = MemoryStore(rules, history_size=0)
     store.apply_now([event_from_dict(e) for e in events])
@@ -213,9 +221,7 @@ async def test_workers_killed_during_the_rebuild_and_at_the_cutover_lose_nothing
     a, b = load_rules(RULES_A), load_rules(rules_b(tmp_path))
     history = list(Traffic(60, seed=12).history(1200, START, 12 * DAY))
     await deployment.produce(keyed(history))
-    old = worker(deployment, RULES_A).start()
-    await wait_for(lambda: old.metric("leadscore_events_consumed_total") == len(history), 120,
-                   f"A never applied the history; log:\n{old.log_tail()}")
+    old = await first_generation(deployment, history)
     old.kill()  # (a rolling update: A's pods go once B is ready; here, before)
     # As a worker of A killed between its commit and the send leaves it: a notification
     # in A's outbox that nobody of A will re-send now. The cutover sends it.
