@@ -16,6 +16,7 @@ State is plain data (``LeadState.to_dict`` is JSON) so that it can live anywhere
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -24,7 +25,7 @@ import orjson
 from scoring.decay import crossing_time, factor
 from scoring.errors import EventError
 from scoring.events import PROFILE_UPDATE, Event, format_ts
-from scoring.rules import Ruleset
+from scoring.rules import Group, Ruleset
 
 STAGES = ("prospect", "mql", "sql", "customer")
 _RANK = {stage: rank for rank, stage in enumerate(STAGES)}
@@ -61,6 +62,10 @@ class LeadState:
     windows: dict[str, dict[int, float]] = field(default_factory=dict)
     seen: dict[str, int] = field(default_factory=dict)  # event id -> T when applied, for dedupe
     notified: int = 0  # notifications emitted so far; numbers notification ids
+    # Score groups (SPEC 10) whose own lead.hot was sent and that have not cooled since,
+    # in the rules file's order. A group's score is not kept: it is the sum of its
+    # rules' shares in ``contributions``, so it cannot drift from them.
+    groups_hot: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +75,7 @@ class LeadState:
             "windows": {rule: {str(w): used for w, used in ws.items()}
                         for rule, ws in self.windows.items()},
             "seen": self.seen, "notified": self.notified,
+            **({"groups_hot": self.groups_hot} if self.groups_hot else {}),
         }
 
 
@@ -111,12 +117,12 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> Applied:
 
     # Apply: from here on nothing raises.
     out: list[Notification] = []
-    # Step 1: a disarmed lead that decayed below rearm_below before this event cools first.
-    # (Validation keeps rearm_below inside the score range, so the clamp cannot matter.)
-    if state.hot and in_order and state.fit + state.engagement * f < rules.rearm_below:
-        cooled = cool(state, t, rules)
-        if cooled is not None:
-            out.append(cooled)
+    # Step 1: a disarmed lead (or group) that decayed below rearm_below before this event
+    # cools first. (Validation keeps rearm_below inside the score range, so the clamp
+    # cannot matter.)
+    if in_order and ((state.hot and state.fit + state.engagement * f < rules.rearm_below)
+                     or state.groups_hot):
+        out += cool(state, t, rules)
 
     if profile is not None:
         state.profile = profile
@@ -164,22 +170,52 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> Applied:
     elif state.hot and score < rules.rearm_below:
         state.hot = False
         out.append(_notification(state, rules, "lead.cooled", now, event.event_id, t, "event"))
+    if rules.alerting:  # then each group's, in the file's order, with F = 0 (SPEC 10)
+        for group in rules.alerting:
+            assert group.threshold is not None and group.rearm_below is not None
+            score = group_engagement(state, group)
+            score = rules.score_min if score < rules.score_min else \
+                rules.score_max if score > rules.score_max else score
+            was_hot = group.id in state.groups_hot
+            if not was_hot and score >= group.threshold:
+                _set_group_hot(state, group.id, True, rules)
+                out.append(_group_notification(state, rules, group, "lead.hot", now,
+                                               event.event_id, t, "event"))
+            elif was_hot and score < group.rearm_below:
+                _set_group_hot(state, group.id, False, rules)
+                out.append(_group_notification(state, rules, group, "lead.cooled", now,
+                                               event.event_id, t, "event"))
     return Applied(out, awards, False)
 
 
-def cool(state: LeadState, at: int, rules: Ruleset) -> Notification | None:
+def cool(state: LeadState, at: int, rules: Ruleset) -> list[Notification]:
     """Cooling by decay at instant ``at`` (docs/semantics.md, "Hot, cooled, and the crossing
-    time"): re-arm a disarmed lead whose score decayed below rearm_below by then, and
-    return its lead.cooled as of the exact crossing time."""
+    time"): re-arm a disarmed lead, and each disarmed group, whose score decayed below its
+    rearm_below by then; return their lead.cooled as of each one's exact crossing time,
+    the lead's own first, then its groups' in the file's order (SPEC 4)."""
     t_ref = state.t_ref
-    if not state.hot or t_ref is None or at < t_ref:
-        return None
-    if score_at(state, at, rules) >= rules.rearm_below:
-        return None
-    crossed = cooling_due(state, rules)
-    state.hot = False
-    when = t_ref if crossed is None else crossed
-    return _notification(state, rules, "lead.cooled", when, None, round(when), "decay")
+    out: list[Notification] = []
+    if t_ref is None or at < t_ref:
+        return out
+    if state.hot and score_at(state, at, rules) < rules.rearm_below:
+        crossed = cooling_due(state, rules, groups=False)
+        state.hot = False
+        when = t_ref if crossed is None else crossed
+        out.append(_notification(state, rules, "lead.cooled", when, None, round(when), "decay"))
+    if state.groups_hot:
+        for group in rules.alerting:
+            if group.id not in state.groups_hot:
+                continue
+            assert group.rearm_below is not None
+            if group_score_at(state, group, at, rules) >= group.rearm_below:
+                continue
+            crossed = crossing_time(t_ref, group_engagement(state, group), 0.0,
+                                    group.rearm_below, rules.half_life_ms)
+            _set_group_hot(state, group.id, False, rules)
+            when = t_ref if crossed is None else crossed
+            out.append(_group_notification(state, rules, group, "lead.cooled", when, None,
+                                           round(when), "decay"))
+    return out
 
 
 def hot_at(state: LeadState, at: int, rules: Ruleset) -> bool:
@@ -188,29 +224,97 @@ def hot_at(state: LeadState, at: int, rules: Ruleset) -> bool:
                           or score_at(state, at, rules) >= rules.rearm_below)
 
 
-def rescore(state: LeadState, was_hot: bool, notified: int, at: int, rules: Ruleset
-            ) -> Notification | None:
+def group_hot_at(state: LeadState, group: Group, at: int, rules: Ruleset) -> bool:
+    """Whether the lead is hot for ``group`` at ``at`` once a cooling by decay due by then
+    is done (False for a group without alerts)."""
+    if group.id not in state.groups_hot:
+        return False
+    assert group.rearm_below is not None
+    return (state.t_ref is None or at < state.t_ref
+            or group_score_at(state, group, at, rules) >= group.rearm_below)
+
+
+def rescore(state: LeadState, was_hot: bool, notified: int, at: int, rules: Ruleset,
+            was_hot_groups: Sequence[str] = ()) -> list[Notification]:
     """A cutover at ``at`` (docs/generations.md): the new generation's lead takes over
     the old one's notification counter (``notified``; ids stay unique per lead across
     generations), is cooled by decay if that was due by ``at`` (silently: a cooling due
-    in both counts as done), and gets the one notification owed if its hot flag now
-    differs from the old generation's (``was_hot``, as of ``at``)."""
+    in both counts as done), and gets the one notification owed for each hot flag that
+    now differs from the old generation's as of ``at``: its own (``was_hot``), then each
+    group's in the file's order (``was_hot_groups``: the groups hot in the old one), then
+    a lead.cooled for each group hot in the old generation that no longer has alerts."""
     state.notified = max(state.notified, notified)
     kept = state.notified
     cool(state, at, rules)
     state.notified = kept
-    if state.hot == was_hot:
-        return None
-    kind = "lead.hot" if state.hot else "lead.cooled"
-    return _notification(state, rules, kind, at, None, at, "rescore")
+    out: list[Notification] = []
+    if state.hot != was_hot:
+        kind = "lead.hot" if state.hot else "lead.cooled"
+        out.append(_notification(state, rules, kind, at, None, at, "rescore"))
+    for group in rules.alerting:
+        now_hot = group.id in state.groups_hot
+        if now_hot != (group.id in was_hot_groups):
+            kind = "lead.hot" if now_hot else "lead.cooled"
+            out.append(_group_notification(state, rules, group, kind, at, None, at, "rescore"))
+    alerting = {group.id for group in rules.alerting}
+    declared = {group.id: group for group in rules.groups}
+    for group_id in sorted(set(was_hot_groups) - alerting):
+        group = declared.get(group_id, Group(group_id, ()))  # gone: nothing feeds it
+        out.append(_group_notification(state, rules, group, "lead.cooled", at, None, at,
+                                       "rescore"))
+    return out
 
 
-def cooling_due(state: LeadState, rules: Ruleset) -> float | None:
-    """When a disarmed lead will decay below rearm_below (epoch ms), if it ever will."""
-    if not state.hot or state.t_ref is None:
+def cooling_due(state: LeadState, rules: Ruleset, groups: bool = True) -> float | None:
+    """When the lead, or (``groups``) the first of its disarmed groups, will decay below
+    its rearm_below (epoch ms), if ever: the cooling index's time for the lead."""
+    t_ref = state.t_ref
+    if t_ref is None:
         return None
-    return crossing_time(state.t_ref, state.engagement, state.fit, rules.rearm_below,
-                         rules.half_life_ms)
+    due = crossing_time(t_ref, state.engagement, state.fit, rules.rearm_below,
+                        rules.half_life_ms) if state.hot else None
+    if groups and state.groups_hot:
+        for group in rules.alerting:
+            if group.id in state.groups_hot:
+                assert group.rearm_below is not None
+                crossed = crossing_time(t_ref, group_engagement(state, group), 0.0,
+                                        group.rearm_below, rules.half_life_ms)
+                if crossed is not None and (due is None or crossed < due):
+                    due = crossed
+    return due
+
+
+def group_engagement(state: LeadState, group: Group) -> float:
+    """A group's engagement as of T: the sum of its rules' shares (SPEC 10), in the
+    file's order, so that every reader sums the same floats the same way."""
+    contributions = state.contributions
+    total = 0.0
+    for rule_id in group.rules:
+        share = contributions.get(rule_id)
+        if share is not None:
+            total += share
+    return total
+
+
+def in_group(state: LeadState, group: Group) -> bool:
+    """Whether any of the group's rules has awarded the lead points: the leads a group's
+    list holds (``/leads?group=``)."""
+    contributions = state.contributions
+    return any(rule_id in contributions for rule_id in group.rules)
+
+
+def group_engagement_at(state: LeadState, group: Group, at: float, rules: Ruleset) -> float:
+    """The group's engagement decayed to ``at`` (held at T before it, as ``engagement_at``)."""
+    raw = group_engagement(state, group)
+    if state.t_ref is not None and at > state.t_ref:
+        raw *= factor(at - state.t_ref, rules.half_life_ms)
+    return raw
+
+
+def group_score_at(state: LeadState, group: Group, at: float, rules: Ruleset) -> float:
+    """G(at) = clamp(G_E * 2^(-(at - T)/H), min, max), unrounded (SPEC 10)."""
+    raw = group_engagement_at(state, group, at, rules)
+    return min(max(raw, rules.score_min), rules.score_max)
 
 
 def engagement_at(state: LeadState, at: float, rules: Ruleset) -> float:
@@ -226,12 +330,18 @@ def score_at(state: LeadState, at: float, rules: Ruleset) -> float:
     return min(max(raw, rules.score_min), rules.score_max)
 
 
-def reasons(state: LeadState, rules: Ruleset, at: float) -> list[dict[str, Any]]:
-    """The largest current contributions at ``at`` by absolute value, at most five."""
+def reasons(state: LeadState, rules: Ruleset, at: float, group: Group | None = None
+            ) -> list[dict[str, Any]]:
+    """The largest current contributions at ``at`` by absolute value, at most five: of
+    every rule, or of ``group``'s rules only."""
     f = factor(at - state.t_ref, rules.half_life_ms) if state.t_ref is not None and \
         at > state.t_ref else 1.0
-    parts = [(rule_id, value * f) for rule_id, value in state.contributions.items()]
-    parts += [(r.id, r.points) for r in rules.fit if r.test(state.profile)]
+    if group is None:
+        parts = [(rule_id, value * f) for rule_id, value in state.contributions.items()]
+        parts += [(r.id, r.points) for r in rules.fit if r.test(state.profile)]
+    else:
+        parts = [(rule_id, state.contributions[rule_id] * f) for rule_id in group.rules
+                 if rule_id in state.contributions]
     parts = [(rule_id, round(points, 2)) for rule_id, points in parts if round(points, 2) != 0]
     parts.sort(key=lambda p: (-abs(p[1]), p[0]))
     return [{"rule": rule_id, "points": points} for rule_id, points in parts[:MAX_REASONS]]
@@ -405,6 +515,39 @@ def _notification(state: LeadState, rules: Ruleset, kind: str, at: float,
         "cause": cause,  # event, decay or rescore (SPEC 4)
         "group": None,  # the lead's own score (score groups: SPEC 10)
     }
+
+
+def _group_notification(state: LeadState, rules: Ruleset, group: Group, kind: str,
+                        at: float, event_id: str | None, event_ts: int, cause: str
+                        ) -> Notification:
+    """A group's lead.hot or lead.cooled (SPEC 10): the lead's shape with the group's own
+    score, engagement, threshold and reasons, fit 0, sharing the lead's counter."""
+    state.notified += 1
+    engagement = group_engagement_at(state, group, at, rules)
+    return {
+        "type": kind,
+        "notification_id": f"{state.lead_id}:{state.notified}",
+        "lead_id": state.lead_id,
+        "score": round(group_score_at(state, group, at, rules), 2),
+        "fit": 0.0,
+        "engagement": round(engagement, 2),
+        "stage": state.stage,
+        "threshold": None if group.threshold is None else plain(group.threshold),
+        "event_id": event_id,
+        "event_ts": format_ts(event_ts),
+        "emitted_at": None,
+        "rules_version": rules.version,
+        "reasons": reasons(state, rules, at, group),
+        "cause": cause,
+        "group": group.id,
+    }
+
+
+def _set_group_hot(state: LeadState, group_id: str, hot: bool, rules: Ruleset) -> None:
+    """Mark a group hot or not, keeping ``groups_hot`` in the file's order."""
+    hot_now = set(state.groups_hot) ^ {group_id} if hot != (group_id in state.groups_hot) \
+        else set(state.groups_hot)
+    state.groups_hot = [g.id for g in rules.alerting if g.id in hot_now]
 
 
 def plain(number: float) -> float | int:

@@ -159,11 +159,17 @@ class EngagementRuleSpec(_Strict):
     points: Number
     limit: LimitSpec | None = None
     after: Count | None = None
+    group: RuleId | None = None
 
 
 class HotSpec(_Strict):
     threshold: Number
     rearm_below: Number
+
+
+class GroupSpec(_Strict):
+    id: RuleId
+    hot: HotSpec | None = None
 
 
 class ScoreSpec(_Strict):
@@ -178,6 +184,7 @@ class RulesSpec(_Strict):
     hot: HotSpec
     mql_events: list[str] = []
     dedupe_window: Duration = 7 * _UNITS_MS["d"]
+    groups: list[GroupSpec] = []
     fit: list[FitRuleSpec] = []
     engagement: list[EngagementRuleSpec] = []
 
@@ -185,7 +192,8 @@ class RulesSpec(_Strict):
 # Which model a location belongs to, to suggest the key a typo meant.
 _MODEL_AT: dict[str, type[BaseModel]] = {
     "": RulesSpec, "fit": FitRuleSpec, "engagement": EngagementRuleSpec,
-    "engagement.limit": LimitSpec, "hot": HotSpec, "score": ScoreSpec}
+    "engagement.limit": LimitSpec, "hot": HotSpec, "score": ScoreSpec,
+    "groups": GroupSpec, "groups.hot": HotSpec}
 
 # ---------------------------------------------------------------- compiled rules
 
@@ -206,6 +214,18 @@ class EngagementRule:
     limit_points: float | None
     limit_per_ms: int | None
     after: int | None
+    group: str | None = None  # the score group it feeds, if any (SPEC 10)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A score group (SPEC 10): the engagement rules that feed it, and its own hot
+    thresholds if it has alerts (``threshold`` None: a score without alerts)."""
+
+    id: str
+    rules: tuple[str, ...]  # its rules' ids, in the file's order
+    threshold: float | None = None
+    rearm_below: float | None = None
 
 
 # Points below this in magnitude can never make a finite score infinite, however many
@@ -236,6 +256,9 @@ class Ruleset:
     window_ms: dict[str, int]  # `limit` rule id -> window length
     prune_step_ms: int  # how often, in event time, a lead's expired ids are dropped
     stage_after: dict[str, str]  # event type -> the stage it moves a lead to (at least)
+    groups: tuple[Group, ...] = ()  # in the file's order: the order of their notifications
+    alerting: tuple[Group, ...] = field(init=False)  # the groups with `hot`, in that order
+    group_of: dict[str, str] = field(init=False)  # rule id -> its group's id
     # Whether no event can make E, a rule's share or F non-finite (scoring.engine):
     # decided once, here, also for a ruleset built in code with dataclasses.replace.
     awards_stay_finite: bool = field(init=False)
@@ -247,6 +270,20 @@ class Ruleset:
         bounded = all(-SAFE_POINTS < r.points < SAFE_POINTS for r in self.fit) and all(
             -SAFE_POINTS < r.points < SAFE_POINTS for r in self.engagement)
         object.__setattr__(self, "awards_stay_finite", bounded)
+        object.__setattr__(self, "alerting",
+                           tuple(g for g in self.groups if g.threshold is not None))
+        object.__setattr__(self, "group_of",
+                           {rule_id: g.id for g in self.groups for rule_id in g.rules})
+
+
+    def group(self, group_id: str) -> Group:
+        """A declared score group; ``KeyError`` naming the declared ones otherwise."""
+        for group in self.groups:
+            if group.id == group_id:
+                return group
+        declared = ", ".join(g.id for g in self.groups) or "none"
+        raise KeyError(f"no score group {group_id!r} in rules {self.version} "
+                       f"(declared: {declared})")
 
 
 def load_rules(path: str | Path) -> Ruleset:
@@ -283,7 +320,10 @@ def parse_rules(data: bytes, source: str = "<rules>") -> Ruleset:
     try:
         spec = RulesSpec.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(_describe(err) for err in exc.errors())
+        # A fit rule's group: is explained by _group_checks, not as an unknown key.
+        problems.extend(_describe(err) for err in exc.errors()
+                        if not (err["type"] == "extra_forbidden" and len(err["loc"]) == 3
+                                and err["loc"][0] == "fit" and err["loc"][2] == "group"))
     problems.extend(_cross_checks(raw))
     if problems or spec is None:
         raise RulesError(source, problems)
@@ -298,8 +338,12 @@ def _compile(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: 
             id=r.id, events=frozenset(r.event), test=tests.get(("engagement", i)),
             points=r.points, after=r.after,
             limit_points=r.limit.points if r.limit else None,
-            limit_per_ms=r.limit.per if r.limit else None)
+            limit_per_ms=r.limit.per if r.limit else None, group=r.group)
         for i, r in enumerate(spec.engagement))
+    groups = tuple(
+        Group(g.id, tuple(r.id for r in engagement if r.group == g.id),
+              g.hot.threshold if g.hot else None, g.hot.rearm_below if g.hot else None)
+        for g in spec.groups)
     by_type: dict[str, list[EngagementRule]] = {}
     for rule in engagement:
         for event_type in sorted(rule.events):
@@ -314,7 +358,7 @@ def _compile(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: 
         window_ms={r.id: r.limit_per_ms for r in engagement if r.limit_per_ms is not None},
         prune_step_ms=max(spec.dedupe_window // 8, 1),
         stage_after={**{t: "mql" for t in spec.mql_events}, CONVERTED: "customer"},
-        text=data)
+        groups=groups, text=data)
 
 
 # ---------------------------------------------------------------- problems
@@ -368,24 +412,73 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
                                 f"(first used at {first_seen[rule_id]}); ids must be unique")
             else:
                 first_seen[rule_id] = here
-    hot, score = raw.get("hot"), raw.get("score") or {}
-    if isinstance(hot, dict) and isinstance(score, dict):
-        threshold, rearm = _num(hot.get("threshold")), _num(hot.get("rearm_below"))
+    score = raw.get("score") or {}
+    if isinstance(score, dict):
         low, high = _num(score.get("min", 0)), _num(score.get("max", 100))
-        if rearm is not None and threshold is not None and rearm > threshold:
-            problems.append(f"hot.rearm_below: {rearm:g} is above hot.threshold ({threshold:g});"
-                            " a hot lead must fall below the threshold to re-arm")
-        if threshold is not None and high is not None and threshold > high:
-            problems.append(f"hot.threshold: {threshold:g} is above score.max ({high:g}); "
-                            "no lead could ever turn hot")
-        if threshold is not None and low is not None and threshold <= low:
-            problems.append(f"hot.threshold: {threshold:g} is not above score.min ({low:g}); "
-                            "every lead would be hot from its first event")
-        if rearm is not None and low is not None and rearm <= low:
-            problems.append(f"hot.rearm_below: {rearm:g} is not above score.min ({low:g}); "
-                            "a hot lead could never re-arm")
         if low is not None and high is not None and low >= high:
             problems.append(f"score.min: {low:g} must be below score.max ({high:g})")
+        problems += _hot_checks(raw.get("hot"), "hot", "lead", low, high)
+        for i, group in enumerate(_as_list(raw.get("groups"))):
+            if isinstance(group, dict):
+                problems += _hot_checks(group.get("hot"), f"groups[{i}].hot", "group", low,
+                                        high)
+    problems += _group_checks(raw)
+    return problems
+
+
+def _hot_checks(hot: object, where: str, what: str, low: float | None, high: float | None
+                ) -> list[str]:
+    """The thresholds of the lead's ``hot`` or a group's, against each other and the
+    score range (a group's score is clamped to the same range)."""
+    if not isinstance(hot, dict):
+        return []
+    problems = []
+    threshold, rearm = _num(hot.get("threshold")), _num(hot.get("rearm_below"))
+    if rearm is not None and threshold is not None and rearm > threshold:
+        problems.append(f"{where}.rearm_below: {rearm:g} is above {where}.threshold "
+                        f"({threshold:g}); a hot {what} must fall below the threshold to "
+                        "re-arm")
+    if threshold is not None and high is not None and threshold > high:
+        problems.append(f"{where}.threshold: {threshold:g} is above score.max ({high:g}); "
+                        f"no {what} could ever turn hot")
+    if threshold is not None and low is not None and threshold <= low:
+        problems.append(f"{where}.threshold: {threshold:g} is not above score.min ({low:g}); "
+                        f"every {what} would be hot from its first event")
+    if rearm is not None and low is not None and rearm <= low:
+        problems.append(f"{where}.rearm_below: {rearm:g} is not above score.min ({low:g}); "
+                        f"a hot {what} could never re-arm")
+    return problems
+
+
+def _group_checks(raw: dict[str, Any]) -> list[str]:
+    """Group ids unique; every ``group:`` of an engagement rule declared; none on a fit
+    rule (a group's score is engagement only: SPEC 10)."""
+    problems: list[str] = []
+    declared: dict[str, str] = {}
+    for i, group in enumerate(_as_list(raw.get("groups"))):
+        group_id = group.get("id") if isinstance(group, dict) else None
+        if not isinstance(group_id, str):
+            continue
+        here = f"groups[{i}].id"
+        if group_id in declared:
+            problems.append(f'{here}: duplicate group id "{group_id}" (first declared at '
+                            f"{declared[group_id]}); group ids must be unique")
+        else:
+            declared[group_id] = here
+    for i, rule in enumerate(_as_list(raw.get("engagement"))):
+        group_id = rule.get("group") if isinstance(rule, dict) else None
+        if isinstance(group_id, str) and group_id and group_id not in declared:
+            close = difflib.get_close_matches(group_id, list(declared), n=1)
+            hint = f'did you mean "{close[0]}"?' if close else \
+                f"declared: {', '.join(declared)}" if declared else \
+                "declare it under groups: at the top level"
+            problems.append(f'engagement[{i}].group: "{group_id}" is not a declared group '
+                            f"({hint})")
+    for i, rule in enumerate(_as_list(raw.get("fit"))):
+        if isinstance(rule, dict) and "group" in rule:
+            problems.append(f"fit[{i}].group: a fit rule cannot feed a group; a group's "
+                            "score is engagement only (move the rule to engagement: or "
+                            "drop group:)")
     return problems
 
 

@@ -12,8 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from scoring.engine import LeadState, cool, engagement_at, reasons, score_at
-from scoring.rules import Ruleset
+from scoring.engine import (
+    LeadState,
+    cool,
+    engagement_at,
+    group_engagement_at,
+    group_score_at,
+    reasons,
+    score_at,
+)
+from scoring.rules import Group, Ruleset
 
 __all__ = ["BANDS", "BAND_WIDTH", "Ranked", "as_of", "band", "best", "describe", "lead_now",
            "ranked", "summary"]
@@ -43,7 +51,7 @@ def band(score: float) -> int:
 
 def summary(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
     """One lead's numbers at ``at``, as ``leadscore score`` prints them."""
-    return {
+    shown = {
         "lead_id": state.lead_id,
         "score": round(score_at(state, at, rules), 2),
         "fit": round(state.fit, 2),
@@ -51,6 +59,12 @@ def summary(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
         "stage": state.stage,
         "hot": state.hot,
     }
+    if rules.groups:  # SPEC 10; absent without groups, so that those outputs never change
+        shown["groups"] = {
+            group.id: {"score": round(group_score_at(state, group, at, rules), 2),
+                       "hot": group.id in state.groups_hot}
+            for group in rules.groups}
+    return shown
 
 
 def describe(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
@@ -71,12 +85,17 @@ Ranked = tuple[float, float, str, dict[str, Any]]
 
 
 def ranked(state: LeadState, rules: Ruleset, at: int,
-           keep: Callable[[dict[str, Any]], bool] | None) -> Ranked | None:
-    """A lead as the lead list shows it at ``at`` (no profile), if ``keep`` accepts it."""
+           keep: Callable[[dict[str, Any]], bool] | None, group: Group | None = None
+           ) -> Ranked | None:
+    """A lead as the lead list shows it at ``at`` (no profile), if ``keep`` accepts it;
+    ranked by its own score, or by ``group``'s (``/leads?group=``)."""
     view = describe(state, rules, at)
     del view["profile"]
     if keep is not None and not keep(view):
         return None
+    if group is not None:
+        return (group_score_at(state, group, at, rules),
+                group_engagement_at(state, group, at, rules), state.lead_id, view)
     return (score_at(state, at, rules), state.fit + engagement_at(state, at, rules),
             state.lead_id, view)
 

@@ -3,6 +3,7 @@
     GET /                         the live dashboard (one self-contained page)
     GET /stream                   Server-Sent Events: every notification as it is sent
     GET /leads?hot=&stage=&limit= the highest scores now, from the lead index
+    GET /leads?group=&hot=&limit= a score group's highest scores now, from its index
     GET /leads/{id}               one lead now; 404 if unknown
     DELETE /leads/{id}            erase the lead (admin token) and tombstone it downstream
     GET /leads/{id}/history       its last changes, newest first
@@ -47,7 +48,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from scoring.engine import STAGES, plain
 from scoring.events import MAX_ID_LENGTH, format_ts
-from scoring.rules import Ruleset
+from scoring.rules import Group, Ruleset
 from scoring.store import RedisStore
 from scoring.views import lead_now
 from streams import metrics
@@ -183,16 +184,28 @@ async def leads(api: Api, request: Request) -> Response:
         return no
     try:
         limit = _limit(request, 20)
-        hot, stage = _hot(request), _stage(request)
+        hot, stage, scored = _hot(request), _stage(request), _group(api, request)
     except BadRequest as exc:
         return _error(400, str(exc))
+    now = now_ms()
+    if scored is not None:
+        # A group's own list, by its score (SPEC 10). Its leads' "hot" is the group's;
+        # a group without alerts is never hot.
+        def keep_in(view: dict[str, Any]) -> bool:
+            return ((hot is None or view["groups"][scored.id]["hot"] == hot)
+                    and (stage is None or view["stage"] == stage))
+
+        found = await api.store.top(now, limit, "hot" if hot else "all", keep_in,
+                                    within=scored.id)
+        return _json({"at": format_ts(now), "group": scored.id,
+                      "threshold": _plain_or_none(scored.threshold),
+                      "rearm_below": _plain_or_none(scored.rearm_below), "leads": found})
     # Read the smallest ranking that holds every match; filter the rest as we go.
     group = "hot" if hot else f"stage:{stage}" if stage else "all"
 
     def keep(view: dict[str, Any]) -> bool:
         return (hot is None or view["hot"] == hot) and (stage is None or view["stage"] == stage)
 
-    now = now_ms()
     found = await api.store.top(now, limit, group, keep)
     return _json({"at": format_ts(now), "threshold": plain(api.rules.threshold),
                   "rearm_below": plain(api.rules.rearm_below), "leads": found})
@@ -445,6 +458,24 @@ def _hot(request: Request) -> bool | None:
     if raw.lower() not in ("true", "false"):
         raise BadRequest(f"hot must be true or false, got {raw!r}")
     return raw.lower() == "true"
+
+
+def _group(api: Api, request: Request) -> Group | None:
+    raw = request.query.get("group")
+    if raw is None:
+        return None
+    try:
+        return api.rules.group(raw)
+    except KeyError:
+        declared = ", ".join(g.id for g in api.rules.groups)
+        shown = raw if len(raw) <= 100 else raw[:100] + "..."
+        raise BadRequest(f"group must be one of the rules' score groups ({declared})"
+                         f", got {shown!r}" if declared else
+                         f"group {shown!r}: the rules declare no score groups") from None
+
+
+def _plain_or_none(number: float | None) -> float | int | None:
+    return None if number is None else plain(number)
 
 
 def _stage(request: Request) -> str | None:

@@ -235,7 +235,7 @@ def plain_replay(path: Path, rules: Ruleset, at: int | None
         states[event.lead_id] = state
         times.append(event.ts)
     at = at if at is not None else max(times)
-    cooled = [n for n in (cool(state, at, rules) for state in states.values()) if n]
+    cooled = [n for state in states.values() for n in cool(state, at, rules)]
     notes += sorted(cooled, key=lambda n: (n["event_ts"], n["lead_id"]))
     for n in notes:
         n["emitted_at"] = n["event_ts"]

@@ -14,12 +14,12 @@ from typing import Any
 
 import orjson
 
-from scoring.engine import LeadState, Notification, cooling_due, stamp
+from scoring.engine import LeadState, Notification, cooling_due, group_engagement, in_group, stamp
 from scoring.rules import Ruleset
 from scoring.store import record
 from scoring.store.batch import Lead
 from scoring.store.keys import Shard
-from scoring.store.ranking import groups, rank_key
+from scoring.store.ranking import engagement_key, groups, rank_key
 
 # Each script takes its keys as KEYS (so that Redis Cluster can check they share a
 # slot) and its other arguments as ONE JSON document, decoded by Redis's bundled
@@ -266,6 +266,7 @@ class Stored(Lead):
     ids_before: dict[str, int] = field(default_factory=dict)  # the batch's known ids, as read
     t_ref_before: int | None = None
     ranked_before: tuple[float, tuple[str, ...]] | None = None  # (F, groups) as read
+    groups_hot_before: tuple[str, ...] = ()  # the score groups hot for it, as read
     version: int = -1  # as read; -1: not in Redis
 
     @classmethod
@@ -275,7 +276,8 @@ class Stored(Lead):
             return cls(LeadState(lead_id, seen=dict(ids)), ids_before=ids)
         state, offsets, _, version = record.decode(raw, dict(ids))
         return cls(state, offsets, [], ids, state.t_ref,
-                   (state.fit, groups(state.stage, state.hot)), version)
+                   (state.fit, groups(state.stage, state.hot)), tuple(state.groups_hot),
+                   version)
 
     def encode(self, now_ms: int) -> bytes:
         return record.encode(self.state, self.offsets, now_ms, max(self.version, 0) + 1)
@@ -339,7 +341,7 @@ def commit_arguments(shard: Shard, leads: dict[str, Stored], notes: list[Notific
         else:
             cool += (due, lead_id)
     history_keys, histories = _histories(shard, leads, history_size)
-    rank_keys, ranks, fits = _rankings(shard, leads, rules.half_life_ms)
+    rank_keys, ranks, fits = _rankings(shard, leads, rules)
     entries = [orjson.dumps(stamp(n, now_ms)) for n in notes]
     head: dict[str, Any] = {
         "v": versions, "ids": id_sets, "cap": history_size,
@@ -374,13 +376,16 @@ def fenced_generations(value: str) -> tuple[str, str] | None:
     return None
 
 
-def _rankings(shard: Shard, leads: dict[str, Stored], half_life: int | None
+def _rankings(shard: Shard, leads: dict[str, Stored], rules: Ruleset
               ) -> tuple[list[str], list[tuple[list[float | str], list[str]]], list[str]]:
-    """Move each lead to its place in the rankings of its fit score and groups:
-    (ranking keys, (adds, removes) per key, new fit scores)."""
+    """Move each lead to its place in the rankings of its fit score and groups, and in
+    its score groups' (SPEC 10): (ranking keys, (adds, removes) per key, new fit scores)."""
     adds: dict[str, list[float | str]] = {}
     removes: dict[str, list[str]] = {}
     fits: set[float] = set()
+    half_life = rules.half_life_ms
+    if rules.groups:
+        _group_rankings(shard, leads, rules, adds, removes)
     for lead_id, stored in leads.items():
         state = stored.state
         fit, now_in = state.fit, groups(state.stage, state.hot)
@@ -399,6 +404,27 @@ def _rankings(shard: Shard, leads: dict[str, Stored], half_life: int | None
     keys = list(adds.keys() | removes.keys())
     return (keys, [(adds.get(rank, []), removes.get(rank, [])) for rank in keys],
             list(map(repr, fits)))
+
+def _group_rankings(shard: Shard, leads: dict[str, Stored], rules: Ruleset,
+                    adds: dict[str, list[float | str]], removes: dict[str, list[str]]) -> None:
+    """A score group's rankings hold every lead its rules have awarded (a lead never
+    leaves, but by erasure) and, apart, those hot for it, each by the group's engagement
+    as of T: the key is time-invariant as a lead's is (scoring.store.ranking)."""
+    half_life = rules.half_life_ms
+    for lead_id, stored in leads.items():
+        state = stored.state
+        hot_now = state.groups_hot
+        for group in rules.groups:
+            if not in_group(state, group):
+                continue
+            key = -engagement_key(group_engagement(state, group), state.t_ref, half_life)
+            adds.setdefault(shard.group_rank(group.id), []).extend((key, lead_id))
+            if group.id in hot_now:
+                adds.setdefault(shard.group_rank(group.id, hot=True), []).extend((key, lead_id))
+        for group_id in stored.groups_hot_before:
+            if group_id not in hot_now:
+                removes.setdefault(shard.group_rank(group_id, hot=True), []).append(lead_id)
+
 
 def _histories(shard: Shard, leads: dict[str, Stored], history_size: int
                ) -> tuple[list[str], list[list[bytes]]]:

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from scoring import history
-from scoring.engine import LeadState, Notification, cool, hot_at, rescore
+from scoring.engine import LeadState, Notification, cool, rescore
 from scoring.errors import HandingOver
 from scoring.rules import Ruleset, parse_rules
 from scoring.store import record
@@ -298,25 +298,25 @@ class Cutover:
         runs every minute, and waits on the fence), OLD's ``lead.cooled``; then the
         rescore of every lead whose hot flag at ``at`` differs."""
         old_shard, old_rules = self.old_keys.shards[shard.number], self.old_rules
-        candidates = sorted(await self._hot(old_shard) | await self._hot(shard))
-        owed: dict[str, tuple[bool, int, Notification | None]] = {}
+        candidates = sorted(await self._hot(old_shard, old_rules)
+                            | await self._hot(shard, self.store.rules))
+        owed: dict[str, tuple[bool, list[str], int, list[Notification]]] = {}
         for lead, state in (await self._old(shard, candidates)).items():
-            hot = hot_at(state, at, old_rules)
-            cooled = None if hot else cool(state, at, old_rules)  # (OLD's, not written)
-            owed[lead] = (hot, state.notified, cooled)
+            cooled = cool(state, at, old_rules)  # (OLD's, not written)
+            owed[lead] = (state.hot, list(state.groups_hot), state.notified, cooled)
         rules = self.store.rules
 
         def change(leads: dict[str, Stored]) -> Outcome:
             outcome = Outcome()
             for lead_id, stored in leads.items():
-                hot, notified, cooled = owed.get(lead_id, (False, 0, None))
-                if cooled is not None:
-                    outcome.notifications.append(cooled)
-                    stored.history.append(history.cooling(cooled))
-                note = rescore(stored.state, hot, notified, at, rules)
-                if note is not None:
-                    outcome.notifications.append(note)
-                    stored.history.append(history.rescored(note))
+                hot, hot_groups, notified, cooled = owed.get(lead_id, (False, [], 0, []))
+                if cooled:
+                    outcome.notifications += cooled
+                    stored.history += map(history.cooling, cooled)
+                notes = rescore(stored.state, hot, notified, at, rules, hot_groups)
+                if notes:
+                    outcome.notifications += notes
+                    stored.history += map(history.rescored, notes)
             return outcome
 
         outcome = await self.store._transact(
@@ -324,14 +324,16 @@ class Cutover:
             flip=(self.fence, old_shard.progress, self.frozen[shard.number]))
         return outcome.entries
 
-    async def _hot(self, shard: Shard) -> set[str]:
-        """The leads of a shard whose state says hot (the "hot" rankings)."""
+    async def _hot(self, shard: Shard, rules: Ruleset) -> set[str]:
+        """The leads of a shard whose state says hot, for themselves or for one of the
+        score groups of ``rules`` (the "hot" rankings)."""
         redis = self.store.redis
         fits = await redis.smembers(shard.fits)
+        keys = [shard.rank("hot", as_text(fit)) for fit in fits]
+        keys += [shard.group_rank(group.id, hot=True) for group in rules.alerting]
         found: set[str] = set()
-        for fit in fits:
-            found.update(as_text(m) for m in await redis.zrange(shard.rank("hot", as_text(fit)),
-                                                               0, -1))
+        for key in keys:
+            found.update(as_text(m) for m in await redis.zrange(key, 0, -1))
         return found
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from scoring import history
-from scoring.engine import LeadState, Notification, cool, score_at, stamp
+from scoring.engine import LeadState, Notification, cool, in_group, score_at, stamp
 from scoring.events import Event
 from scoring.rules import Ruleset
 from scoring.store.batch import Lead, Outcome, apply_batch, numbered
@@ -62,17 +62,19 @@ class MemoryStore:
         return self.apply_now(events, now_ms, positions)
 
     def sweep_now(self, at: int) -> list[Notification]:
-        """Cool every disarmed lead whose cooling by decay is due by ``at``; their
-        lead.cooled, by crossing time then lead id."""
+        """Cool every disarmed lead and group whose cooling by decay is due by ``at``;
+        their lead.cooled, each lead's together (its own first, then its groups'), by
+        the first one's crossing time then lead id."""
         cooled = []
         for lead in self.leads.values():
-            note = cool(lead.state, at, self.rules)
-            if note is not None:
-                cooled.append(note)
+            notes = cool(lead.state, at, self.rules)
+            if notes:
+                cooled.append(notes)
                 if self.history_size > 0:
-                    lead.history.append(history.cooling(note))
-        cooled.sort(key=lambda n: (n["event_ts"], n["lead_id"]))
-        return cooled
+                    lead.history += map(history.cooling, notes)
+        # A lead's coolings stay together, in the order SPEC 4 gives them.
+        cooled.sort(key=lambda notes: (notes[0]["event_ts"], notes[0]["lead_id"]))
+        return [note for notes in cooled for note in notes]
 
     async def sweep(self, now_ms: int) -> list[bytes]:
         return [orjson.dumps(stamp(n, now_ms)) for n in self.sweep_now(now_ms)]
@@ -92,16 +94,22 @@ class MemoryStore:
         return [history.view(entry) for entry in found]
 
     async def top(self, now_ms: int, limit: int, group: str = "all",
-                  keep: Callable[[dict[str, Any]], bool] | None = None
-                  ) -> list[dict[str, Any]]:
+                  keep: Callable[[dict[str, Any]], bool] | None = None,
+                  within: str | None = None) -> list[dict[str, Any]]:
         """As ``RedisStore.top``, by brute force over every lead."""
-        rules, wanted = self.rules, set(members(group))
+        rules = self.rules
+        scored = rules.group(within) if within is not None else None
+        wanted = set(members(group)) if scored is None else set()
         found: list[Ranked] = []
         for lead in self.leads.values():
             state = as_of(_copy(lead.state), now_ms, rules)
-            if f"stage:{state.stage}" not in wanted and not ("hot" in wanted and state.hot):
+            if scored is not None:
+                if not in_group(state, scored) or (
+                        group == "hot" and scored.id not in state.groups_hot):
+                    continue
+            elif f"stage:{state.stage}" not in wanted and not ("hot" in wanted and state.hot):
                 continue
-            entry = ranked(state, rules, now_ms, keep)
+            entry = ranked(state, rules, now_ms, keep, scored)
             if entry is not None:
                 found.append(entry)
         return best(found, limit)
@@ -138,4 +146,4 @@ def _copy(state: LeadState) -> LeadState:
     return LeadState(state.lead_id, state.t_ref, state.engagement, state.fit,
                      dict(state.contributions), dict(state.profile), state.stage, state.hot,
                      dict(state.counts), {r: dict(w) for r, w in state.windows.items()},
-                     dict(state.seen), state.notified)
+                     dict(state.seen), state.notified, list(state.groups_hot))

@@ -324,10 +324,10 @@ class RedisStore:
         def change(leads: dict[str, Stored]) -> Outcome:
             outcome = Outcome()
             for stored in leads.values():
-                note = cool(stored.state, now_ms, rules)
-                if note is not None:
-                    outcome.notifications.append(note)
-                    stored.history.append(history.cooling(note))
+                notes = cool(stored.state, now_ms, rules)
+                if notes:
+                    outcome.notifications += notes
+                    stored.history += map(history.cooling, notes)
             return outcome
 
         async def sweep_shard(shard: Shard) -> list[bytes]:
@@ -368,6 +368,9 @@ class RedisStore:
                         state = record.decode(raw, {}).state
                         for group in groups(state.stage, state.hot):
                             pipe.zrem(shard.rank(group, float(state.fit)), lead_id)
+                        for scored in self.rules.groups:  # (SPEC 10)
+                            pipe.zrem(shard.group_rank(scored.id), lead_id)
+                            pipe.zrem(shard.group_rank(scored.id, hot=True), lead_id)
                     await pipe.execute()
                     return raw is not None
                 except WatchError:

@@ -27,6 +27,9 @@ writes, which generation is active there.
     <gen>:{n}:cooling               ZSET lead_id -> event time (ms) it cools by decay
     <gen>:{n}:rank:<group>:<F>      ZSET lead_id -> -(rank key), per group (stage:<s>, hot)
                                     and fit score F (see scoring.store.ranking)
+    <gen>:{n}:gall:<group id>       ZSET lead_id -> -(rank key of the group's engagement):
+                                    the leads a score group's rules have awarded points
+    <gen>:{n}:ghot:<group id>       ZSET the same, of the leads hot for the group (SPEC 10)
     <gen>:{n}:rank:fits             SET of the fit scores F that have rankings in the shard
     <gen>:{n}:progress              HASH partition -> next offset: every event of the shard's
                                     leads below it is applied (written by each COMMIT)
@@ -99,6 +102,11 @@ class Shard:
 
     def history(self, lead_id: str) -> str:
         return f"{self.tag}:history:{lead_id}"
+
+    def group_rank(self, group_id: str, hot: bool = False) -> str:
+        """A score group's ranking (SPEC 10): the leads its rules have awarded points
+        (``gall``), or those hot for it (``ghot``), by the group's decayed engagement."""
+        return f"{self.tag}:{'ghot' if hot else 'gall'}:{group_id}"
 
     def rank(self, group: str, fit: float | str) -> str:
         return f"{self.tag}:rank:{group}:{fit!r}" if isinstance(fit, float) else \

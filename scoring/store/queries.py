@@ -58,25 +58,35 @@ class Queries:
         return [history.view(orjson.loads(entry)) for entry in raw]
 
     async def top(self, now_ms: int, limit: int, group: str = "all",
-                  keep: Callable[[dict[str, Any]], bool] | None = None
-                  ) -> list[dict[str, Any]]:
+                  keep: Callable[[dict[str, Any]], bool] | None = None,
+                  within: str | None = None) -> list[dict[str, Any]]:
         """The ``limit`` highest scores at ``now_ms`` among the leads of ``group`` (all,
-        hot, stage:<stage>) that ``keep`` accepts, as ``describe`` shows them.
+        hot, stage:<stage>) that ``keep`` accepts, as ``describe`` shows them; with
+        ``within`` (a score group's id, SPEC 10), the highest scores of that group among
+        the leads its rules have awarded (``group`` all) or those hot for it (hot).
 
         Each ranking (one per shard, fit score and group; ``all`` is the four stage
-        groups, see scoring.store.ranking) is read from the top in pages until it
-        has yielded ``limit`` leads (or runs out); the best of those are the answer (see
-        scoring.store.ranking for why that is exact). A lead is shown as of now: one whose
-        cooling by decay is due but not yet swept is shown cooled.
+        groups, see scoring.store.ranking; one per shard for a score group, which has no
+        fit) is read from the top in pages until it has yielded ``limit`` leads (or runs
+        out); the best of those are the answer (see scoring.store.ranking for why that
+        is exact). A lead is shown as of now: one whose cooling by decay is due but not
+        yet swept is shown cooled.
         """
         rules = self.rules
-        reads: Any = self.redis.pipeline(transaction=False)
-        for shard in self.keys.shards:
-            reads.smembers(shard.fits)
+        scored = rules.group(within) if within is not None else None
         # ranking key -> (where its next page starts, how many of its leads were kept)
-        rankings = {shard.rank(ranking, as_text(fit)): (0, 0) for shard, fits in
-                    zip(self.keys.shards, await reads.execute(), strict=True)
-                    for fit in fits for ranking in members(group)}
+        if scored is not None:
+            if group not in ("all", "hot"):
+                raise ValueError(f"a score group's leads are all or hot, not {group!r}")
+            rankings = {shard.group_rank(scored.id, hot=group == "hot"): (0, 0)
+                        for shard in self.keys.shards}
+        else:
+            reads: Any = self.redis.pipeline(transaction=False)
+            for shard in self.keys.shards:
+                reads.smembers(shard.fits)
+            rankings = {shard.rank(ranking, as_text(fit)): (0, 0) for shard, fits in
+                        zip(self.keys.shards, await reads.execute(), strict=True)
+                        for fit in fits for ranking in members(group)}
         # Ordered by score, then by the score before clamping (the ranking's own order, so
         # that a page cut between leads clamped to the same score is still exact), then id.
         found: list[Ranked] = []
@@ -96,7 +106,7 @@ class Queries:
                     state = states.get(lead)
                     if state is None:
                         continue
-                    entry = ranked(state, rules, now_ms, keep)
+                    entry = ranked(state, rules, now_ms, keep, scored)
                     if entry is not None:
                         found.append(entry)
                         kept += 1

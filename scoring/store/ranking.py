@@ -46,12 +46,17 @@ OFFSET = 2048.0
 
 def rank_key(state: LeadState, half_life_ms: int | None) -> float:
     """The time-invariant position of a lead's decayed engagement (higher = more)."""
-    e = state.engagement
+    return engagement_key(state.engagement, state.t_ref, half_life_ms)
+
+
+def engagement_key(e: float, t_ref: int | None, half_life_ms: int | None) -> float:
+    """The time-invariant position of an engagement ``e`` as of ``t_ref``: a lead's, or a
+    score group's (a group has no fit, so one ranking per group is exact: SPEC 10)."""
     if half_life_ms is None:
         return e  # no decay: E itself never changes with time
-    if e == 0 or state.t_ref is None:
+    if e == 0 or t_ref is None:
         return 0.0
-    magnitude = OFFSET + math.log2(abs(e)) + state.t_ref / half_life_ms
+    magnitude = OFFSET + math.log2(abs(e)) + t_ref / half_life_ms
     return magnitude if e > 0 else -magnitude
 
 

@@ -7,7 +7,7 @@ readable:
 
     [1, version, lead_id, T, E, F, contributions, profile, stage index, hot (0/1),
      counts, windows {rule: {window: used}}, notified, offsets {partition: offset},
-     updated_at]
+     updated_at(, the score groups hot for the lead, when there are any: SPEC 10)]
 
 The leading 1 is the format. The version counts the lead's writes: the store's
 COMMIT script reads it from the front (``[1,<version>,``) to refuse a write based on
@@ -45,10 +45,13 @@ def encode(state: LeadState, offsets: dict[str, int], updated_at: int, version: 
                          "contribution is not a finite number; not stored")
     windows = {rule: {str(w): used for w, used in ws.items()}
                for rule, ws in state.windows.items()} if state.windows else {}
-    return orjson.dumps([
+    fields = [
         FORMAT, version, state.lead_id, state.t_ref, state.engagement, state.fit,
         state.contributions, state.profile, _STAGE_INDEX[state.stage], int(state.hot),
-        state.counts, windows, state.notified, offsets, updated_at])
+        state.counts, windows, state.notified, offsets, updated_at]
+    if state.groups_hot:
+        fields.append(state.groups_hot)
+    return orjson.dumps(fields)
 
 
 def decode(raw: bytes | str, seen: dict[str, int]) -> Record:
@@ -60,10 +63,12 @@ def decode(raw: bytes | str, seen: dict[str, int]) -> Record:
                          f"read (it reads format {FORMAT}): was it written by a newer "
                          "Leadscore?")
     (_, version, lead_id, t_ref, engagement, fit, contributions, profile, stage, hot, counts,
-     windows, notified, offsets, updated_at) = doc
+     windows, notified, offsets, updated_at) = doc[:15]
+    groups_hot = doc[15] if len(doc) > 15 else []
     if windows:
         windows = {rule: {int(w): used for w, used in ws.items()}
                    for rule, ws in windows.items()}
     return Record(LeadState(lead_id, t_ref, engagement, fit, contributions, profile,
-                            STAGES[stage], bool(hot), counts, windows, seen, notified),
+                            STAGES[stage], bool(hot), counts, windows, seen, notified,
+                            groups_hot),
                   offsets, updated_at, version)
