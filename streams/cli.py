@@ -260,6 +260,10 @@ def _rules_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: ok: {rules.name} (rules_version {rules.version}): "
           f"{len(rules.fit)} fit and {len(rules.engagement)} engagement rules, {half_life}, "
           f"hot at {rules.threshold:g}, re-armed below {rules.rearm_below:g}")
+    for group in rules.groups:  # without groups the output is as it always was
+        alerts = "no alerts" if group.threshold is None else \
+            f"hot at {group.threshold:g}, re-armed below {group.rearm_below:g}"
+        print(f"  score group {group.id}: {len(group.rules)} engagement rules, {alerts}")
     return 0
 
 

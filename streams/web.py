@@ -207,8 +207,13 @@ async def leads(api: Api, request: Request) -> Response:
         return (hot is None or view["hot"] == hot) and (stage is None or view["stage"] == stage)
 
     found = await api.store.top(now, limit, group, keep)
-    return _json({"at": format_ts(now), "threshold": plain(api.rules.threshold),
-                  "rearm_below": plain(api.rules.rearm_below), "leads": found})
+    answer = {"at": format_ts(now), "threshold": plain(api.rules.threshold),
+              "rearm_below": plain(api.rules.rearm_below), "leads": found}
+    if api.rules.groups:  # what ?group= may name (the dashboard's selector)
+        answer["groups"] = [{"id": g.id, "threshold": _plain_or_none(g.threshold),
+                             "rearm_below": _plain_or_none(g.rearm_below)}
+                            for g in api.rules.groups]
+    return _json(answer)
 
 
 async def bands(api: Api, request: Request) -> Response:
