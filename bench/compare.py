@@ -1,6 +1,11 @@
 """x_take of several source trees in one run: ``python -m bench.compare TREE [TREE ...]``.
 
     python -m bench.compare /tmp/before /tmp/after [--runs 3] [--events 300000]
+    python -m bench.compare . .=/tmp/no-groups.yaml    # one tree, two rules files
+
+A TREE may name the rules file its worker runs as ``TREE=RULES`` (default: the tree's
+config/rules.yaml), to compare rulesets in one run (issue bounds such as "x_take with
+score groups within 10% of without").
 
 Each TREE is a checkout with its own installed ``.venv`` (``git clone``, then ``make
 install`` in it). Per run, the trees take turns (so that a machine that speeds up or
@@ -27,34 +32,40 @@ from streams.demo import Traffic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("trees", nargs="+", type=Path)
+    parser.add_argument("trees", nargs="+", help="TREE or TREE=RULES")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--leads", type=int, default=100_000)
     parser.add_argument("--prefix", type=int, default=100_000)
     args = parser.parse_args()
-    trees = [tree.resolve() for tree in args.trees]
-    for tree in trees:
+    # (name as given, tree, rules file or None)
+    trees: list[tuple[str, Path, Path | None]] = []
+    for given in args.trees:
+        tree, _, rules = given.partition("=")
+        trees.append((given, Path(tree).resolve(), Path(rules).resolve() if rules else None))
+    for _, tree, rules in trees:
         if not (tree / ".venv" / "bin" / "leadscore").exists():
             parser.error(f"{tree} has no .venv/bin/leadscore: run `make install` in it first")
+        if rules is not None and not rules.is_file():
+            parser.error(f"{rules}: no such rules file")
     traffic = Traffic(args.leads, seed=1).history(args.events, START_MS, 30 * 86_400_000)
     messages = [(e["lead_id"].encode(), orjson.dumps(e)) for e in traffic]
     log = Path(tempfile.mkdtemp(prefix="leadscore-compare-")) / "worker.log"
-    found: dict[Path, list[tuple[float, float]]] = {tree: [] for tree in trees}
+    found: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in trees}
     for run in range(args.runs):
-        for tree in trees:
+        for name, tree, rules in trees:
             with servers_with(messages) as (broker, redis):
                 worker = worker_throughput(broker, redis, "bench-events", run, args.events,
-                                           log, args.prefix, tree)["prefix_events_per_s"]
+                                           log, args.prefix, tree, rules)["prefix_events_per_s"]
             with servers_with(messages) as (broker, redis):
                 take = baseline("take", broker, redis, "bench-events", args.prefix, tree)
-            found[tree].append((worker, take))
-            console.print(f"run {run + 1} {tree}: worker {worker:,.0f}, take {take:,.0f}, "
+            found[name].append((worker, take))
+            console.print(f"run {run + 1} {name}: worker {worker:,.0f}, take {take:,.0f}, "
                           f"x_take {worker / take:.2f}")
-    for tree, pairs in found.items():
+    for name, pairs in found.items():
         ratios = [worker / take for worker, take in pairs]
         print(orjson.dumps({
-            "tree": str(tree), "runs": len(pairs),
+            "tree": name, "runs": len(pairs),
             "worker_events_per_s": round(statistics.median(w for w, _ in pairs)),
             "take_events_per_s": round(statistics.median(t for _, t in pairs)),
             "x_take": round(statistics.median(ratios), 2),

@@ -159,23 +159,24 @@ def venv_bin(checkout: Path) -> Path:
 
 
 def worker_env(broker: Broker, redis: RedisServer, topic: str, name: str,
-               port: int, checkout: Path = ROOT) -> dict[str, str]:
+               port: int, checkout: Path = ROOT, rules: Path | None = None) -> dict[str, str]:
     return {**os.environ, "LEADSCORE_BROKER": broker.url, "LEADSCORE_REDIS_URL": redis.url,
             "LEADSCORE_TOPIC_EVENTS": topic, "LEADSCORE_TOPIC_HOT": f"{topic}-hot",
             "LEADSCORE_TOPIC_DLQ": f"{topic}-dlq", "LEADSCORE_GROUP_ID": name,
             "LEADSCORE_KEY_PREFIX": name, "LEADSCORE_WEB_PORT": str(port),
             "LEADSCORE_WEB_HOST": "127.0.0.1", "LEADSCORE_BROKER_SESSION_TIMEOUT": "3",
             "LEADSCORE_SWEEP_INTERVAL": "3600",
-            "LEADSCORE_RULES": str(checkout / "config" / "rules.yaml")}
+            "LEADSCORE_RULES": str(rules or checkout / "config" / "rules.yaml")}
 
 
 def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, run: int,
                       events: int, log: Path, prefix: int,
-                      checkout: Path = ROOT) -> dict[str, Any]:
+                      checkout: Path = ROOT, rules: Path | None = None) -> dict[str, Any]:
     """Events/s over all ``events``, and over the first ``prefix`` of them: the part of
     the mix the baselines are measured on (its first events, of leads mostly new, are
     cheaper than the rest), so that the ratios compare the same work. ``checkout``: the
-    source tree whose ``.venv`` runs the worker (bench.compare measures several)."""
+    source tree whose ``.venv`` runs the worker (bench.compare measures several);
+    ``rules``: its rules file (default: the tree's config/rules.yaml)."""
     port = free_port()
     client = Redis.from_url(redis.url)
     calls_before = redis_calls(client)
@@ -183,7 +184,7 @@ def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, 
         worker = subprocess.Popen([str(venv_bin(checkout) / "leadscore"), "worker"],
                                   stdout=sink, stderr=sink, cwd=checkout,
                                   env=worker_env(broker, redis, topic, f"bench-w{run}", port,
-                                                 checkout))
+                                                 checkout, rules))
     try:
         while processed(port) == 0:
             time.sleep(0.02)  # polling the worker's counter
@@ -257,7 +258,8 @@ def rebuilt(client: Redis, prefix: str, generation: str) -> int:
 def redis_bytes_per_lead(redis: EmbeddedRedis, prefix: str, sample: int = 2000
                          ) -> dict[str, float]:
     """Mean MEMORY USAGE per lead of its state, its dedupe id set and its history
-    (a sample of leads), and of its lead-index entries (all rankings / all leads)."""
+    (a sample of leads), and of its lead-index entries (all rankings / all leads) and
+    its score groups' index entries (SPEC 10; all group rankings / all leads)."""
     client = Redis.from_url(redis.url)
     keys = [k for _, k in zip(range(sample), client.scan_iter(f"{prefix}:*:state:*",
                                                               count=1000), strict=False)]
@@ -269,8 +271,10 @@ def redis_bytes_per_lead(redis: EmbeddedRedis, prefix: str, sample: int = 2000
     leads = sum(1 for _ in client.scan_iter(f"{prefix}:*:state:*", count=10_000))
     index = sum(client.memory_usage(k) or 0
                 for k in client.scan_iter(f"{prefix}:*:rank:*", count=10_000))
+    groups = sum(client.memory_usage(k) or 0 for pattern in ("gall", "ghot")
+                 for k in client.scan_iter(f"{prefix}:*:{pattern}:*", count=10_000))
     return {**{part: statistics.mean(sizes) for part, sizes in parts.items()},
-            "index": index / max(leads, 1)}
+            "index": index / max(leads, 1), "group_index": groups / max(leads, 1)}
 
 
 def baseline(mode: str, broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str,
@@ -586,7 +590,8 @@ def _table(r: dict[str, Any]) -> None:
         ("Redis memory per lead", f"state {r['redis_bytes_per_lead_state']} B, dedupe ids "
                                   f"{r['redis_bytes_per_lead_ids']} B, history "
                                   f"{r['redis_bytes_per_lead_history']} B, index "
-                                  f"{r['redis_bytes_per_lead_index']} B"),
+                                  f"{r['redis_bytes_per_lead_index']} B, score groups' "
+                                  f"index {r['redis_bytes_per_lead_group_index']} B"),
         ("Redis commands per event", str(r["redis_calls_per_event"])),
         ("offline leadscore score", f"{r['offline_events_per_s']:,} events/s"),
         ("bench took", f"{r['bench_seconds']} s"),
