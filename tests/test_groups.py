@@ -395,3 +395,26 @@ def test_a_group_index_top_n_is_brute_force_over_every_lead(
                     assert await redis.zscore(shard.group_rank(group_id, hot), gone) is None
 
     asyncio.run(scenario())
+
+
+@pytest.mark.integration
+async def test_the_redis_sweep_cools_a_group_on_time_and_the_lead_later(redis_url: str) -> None:
+    """The cooling index holds a lead at its first due cooling, its own or a group's, and
+    moves it to the next one once that is done."""
+    async with Redis.from_url(redis_url) as redis:
+        store = RedisStore(redis, RULES, prefix=f"test-groups-{next(_prefixes)}")
+        await store.apply([page("e1", "/a", T0), page("e2", "/a", T0),
+                           ev("e3", "demo_request", T0)], now_ms=T0)
+        shard = store.keys.of("lead-1")
+        group_due = T0 + H * math.log2(50 / 20)  # product-a: 50 -> 20
+        lead_due = T0 + H * math.log2(130 / 50)  # the lead: 130 -> 50, later
+        assert await redis.zscore(shard.cooling, "lead-1") == group_due
+        assert await store.sweep(math.ceil(group_due) - 1) == []
+        swept = [orjson.loads(entry) for entry in await store.sweep(math.ceil(group_due))]
+        assert [(n["group"], n["cause"], n["event_ts"]) for n in swept] == [
+            ("product-a", "decay", format_ts(round(group_due)))]
+        assert await redis.zscore(shard.cooling, "lead-1") == lead_due
+        assert await redis.zscore(shard.group_rank("product-a", hot=True), "lead-1") is None
+        swept = [orjson.loads(entry) for entry in await store.sweep(math.ceil(lead_due))]
+        assert [(n["group"], n["notification_id"]) for n in swept] == [(None, "lead-1:4")]
+        assert await redis.zscore(shard.cooling, "lead-1") is None
