@@ -211,13 +211,14 @@ def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, 
 
 def rebuild_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, run: int,
                        events: int, log: Path, rules: Path,
-                       processes: int | None = None) -> dict[str, float]:
+                       processes: int | None = None, checkout: Path = ROOT) -> dict[str, float]:
     """A rules change after run ``run``: a worker with ``rules`` rebuilds its generation
     from the topic beside the run's (sending nothing, in rebuild batches, on the
     processes LEADSCORE_REBUILD_PROCESSES allows) and cuts over. Events/s from its first
     commit to its last, read from the generation's progress in Redis (which every process
     of the rebuild writes), and the seconds from then to the cutover. ``processes``:
-    LEADSCORE_REBUILD_PROCESSES (default: the worker's, one per CPU)."""
+    LEADSCORE_REBUILD_PROCESSES (default: the worker's, one per CPU); ``checkout``: the
+    source tree whose ``.venv`` runs the worker."""
     port = free_port()
     env = {**worker_env(broker, redis, topic, f"bench-w{run}", port),
            "LEADSCORE_RULES": str(rules)}
@@ -226,8 +227,8 @@ def rebuild_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str,
     client = Redis.from_url(redis.url)
     generation = load_rules(rules).version
     with log.open("ab") as sink:
-        worker = subprocess.Popen([str(BIN / "leadscore"), "worker"], stdout=sink, stderr=sink,
-                                  env=env)
+        worker = subprocess.Popen([str(venv_bin(checkout) / "leadscore"), "worker"],
+                                  stdout=sink, stderr=sink, env=env, cwd=checkout)
     try:
         while rebuilt(client, f"bench-w{run}", generation) == 0:
             time.sleep(0.02)  # polling the generation's progress

@@ -108,7 +108,7 @@ class Delivery:
         await asyncio.gather(*sends)
         sent = now_ms()
         for note in notes:
-            metrics.NOTIFICATIONS.labels(note["type"]).inc()
+            metrics.NOTIFICATIONS.labels(note["type"], note.get("group") or "").inc()
             if note["event_id"] is not None:  # caused by an event: its end-to-end latency
                 metrics.END_TO_END_LATENCY.observe(max(sent - parse_ts(note["event_ts"]), 0)
                                                    / 1000)

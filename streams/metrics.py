@@ -43,8 +43,12 @@ EVENTS_DEAD = Counter("leadscore_events_dead_lettered_total",
                       "Messages sent to the dead-letter topic, by reason", ["reason"],
                       registry=REGISTRY)
 BATCHES = Counter("leadscore_batches_total", "Batches applied to Redis", registry=REGISTRY)
-NOTIFICATIONS = Counter("leadscore_notifications_total", "Notifications sent, by type",
-                        ["type"], registry=REGISTRY)
+# By type and by score group (SPEC 10): group "" is the lead's own score (and any
+# notification without a group: accounts', or one written before groups). A label
+# added, not a counter: sum(...{type="lead.hot"}) counts what it always did.
+NOTIFICATIONS = Counter("leadscore_notifications_total",
+                        "Notifications sent, by type and score group (\"\" for the lead's "
+                        "own score)", ["type", "group"], registry=REGISTRY)
 RULE_AWARDS = Counter("leadscore_rule_awards_total",
                       "Times each rule awarded points (fit rules: when they start to hold)",
                       ["rule"], registry=REGISTRY)

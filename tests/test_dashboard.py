@@ -4,6 +4,8 @@ A lead made hot by produced events must appear on the page by itself (Server-Sen
 Events), and its history must name the rules that fired. Then each tool of a sales
 floor, with leads of known scores: search by id, the stage filter, the cooling feed
 beside "turning hot now", and the leads per score band, all following the data live.
+With score groups (SPEC 10): the table by a group's score, group notifications tagged
+in the feed, and a lead's group scores in its drawer.
 
 The README's screenshots come from the demo (``make screenshots``, tests/screenshots.py);
 ``LEADSCORE_UPDATE_SCREENSHOTS=1`` copies this test's own pictures into docs/ instead.
@@ -11,6 +13,7 @@ The README's screenshots come from the demo (``make screenshots``, tests/screens
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -19,7 +22,8 @@ from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
-from worker import Deployment, Worker, keyed
+from prometheus_client.parser import text_string_to_metric_families
+from worker import Deployment, Worker, keyed, wait_for
 
 from scoring import history
 from scoring.engine import LeadState, apply
@@ -196,6 +200,14 @@ async def test_search_stage_filter_cooling_feed_and_score_bands_all_live(
     await expect(hot).to_have_count(2)  # the hot feed has only lead.hot: sue and cal
     assert await page.locator("#feed .feed-item.cooled").count() == 0
     await expect(page.locator("#cooled-count")).to_have_text("1")
+    # The table ranks by the lead's own score, its columns as they always were; the group
+    # selector lists the rules' score groups, and is hidden when they declare none.
+    await expect(page.locator("#leads-head th")).to_have_text(LEAD_COLUMNS)
+    if RULES.groups:
+        await expect(page.locator("#group-filter option")).to_have_text(
+            ["Lead score", *(group.id for group in RULES.groups)])
+    else:
+        await expect(page.locator("#group-filter")).to_be_hidden()
     await expect(page.locator("#bands .band .count")).to_have_text(
         ["0", "1", "3", "0", "1", "0", "0", "0", "0", "1"], timeout=15_000)
     await expect(page.locator("#bands-meta")).to_contain_text("6 leads")
@@ -244,4 +256,161 @@ async def test_search_stage_filter_cooling_feed_and_score_bands_all_live(
         await expect(page.locator("#search-msg")).to_be_hidden()
         await page.keyboard.press("Escape")
         await expect(detail).to_be_hidden()
+    assert errors == []
+
+
+# --- score groups (SPEC 10) -----------------------------------------------------------------
+
+LEAD_COLUMNS = ["#", "Lead", "Score", "Fit", "Engagement", "Stage", "Hot", "Top reason"]
+# Two groups, one with its own alerts; a half-life of 30 days, so that a minute's decay
+# moves no score shown (to one decimal) off its points.
+GROUP_RULES = """\
+name: dashboard-groups
+half_life: 30d
+hot: {threshold: 70, rearm_below: 50}
+groups:
+  - id: product-a
+    hot: {threshold: 40, rearm_below: 25}
+  - id: product-b
+engagement:
+  - {id: a-pages, event: page_view, if: {url: {matches: "^/a"}}, points: 15, group: product-a}
+  - {id: b-pages, event: page_view, if: {url: {matches: "^/b"}}, points: 10, group: product-b}
+  - {id: demo, event: demo_request, points: 60}
+"""
+
+
+@pytest.fixture
+async def served_with_groups(bootstrap: str, redis_url: str, tmp_path: Path
+                             ) -> AsyncIterator[tuple[Deployment, Worker]]:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(GROUP_RULES)
+    deployment = Deployment(bootstrap, redis_url, rules, tmp_path)
+    await deployment.create_topics()
+    worker = deployment.worker().start()
+    await worker.wait_ready()
+    yield deployment, worker
+    deployment.stop_all()
+
+
+def visit(lead: str, n: int, url: str, ts: int) -> dict[str, Any]:
+    return {"event_id": f"{lead}-{n}", "lead_id": lead, "type": "page_view", "ts": ts,
+            "properties": {"url": url}}
+
+
+def shown(score: float) -> str:
+    """A score as the page shows it (one decimal, none when whole)."""
+    return f"{round(score, 1):g}"
+
+
+def notifications_sent(worker: Worker) -> dict[tuple[str, str], float]:
+    """leadscore_notifications_total by (type, group), from the worker's /metrics."""
+    _, body = worker.get("/metrics")
+    return {(sample.labels["type"], sample.labels["group"]): sample.value
+            for family in text_string_to_metric_families(body.decode())
+            if family.name == "leadscore_notifications" for sample in family.samples
+            if sample.name == "leadscore_notifications_total"}
+
+
+def get_json(worker: Worker, path: str) -> Any:
+    status, body = worker.get(path)
+    assert status == 200, (path, status, body)
+    return json.loads(body)
+
+
+async def test_score_groups_rank_the_table_tag_the_feed_and_show_in_the_drawer(
+        browser: Browser, served_with_groups: tuple[Deployment, Worker]) -> None:
+    """ann: three /a pages (product-a 45, hot for it at 40; lead 45, not hot at 70);
+    ben: one /a, two /b (a 15, b 20; lead 35); dan: a demo and two /a (a 30; lead 90,
+    hot); cat: three /b (b 30; lead 30). product-a's order is not the leads' own."""
+    deployment, worker = served_with_groups
+    page, errors = await live_page(browser, worker)
+    t = now_ms() - 60_000
+    await deployment.produce(keyed(
+        [visit("ann", i, "/a", t + i * 1000) for i in range(3)]
+        + [visit("ben", 0, "/a", t), visit("ben", 1, "/b", t + 1000),
+           visit("ben", 2, "/b", t + 2000)]
+        + [act("dan", 0, "demo_request", t), visit("dan", 1, "/a", t + 1000),
+           visit("dan", 2, "/a", t + 2000)]
+        + [visit("cat", i, "/b", t + i * 1000) for i in range(3)]))
+    rows = page.locator("#leads-body tr.lead-row")
+    # Every event applied: the leads' own scores, in the lead list's order.
+    await expect(rows.locator(".scorecell b")).to_have_text(["90", "45", "35", "30"],
+                                                            timeout=15_000)
+    await expect(rows.locator(".lead")).to_have_text(["dan", "ann", "ben", "cat"])
+
+    # The selector: the lead score, then each group in the rules file's order.
+    selector = page.locator("#group-filter")
+    await expect(selector).to_be_visible()
+    await expect(selector.locator("option")).to_have_text(["Lead score", "product-a",
+                                                           "product-b"])
+    assert get_json(worker, "/leads")["groups"] == [
+        {"id": "product-a", "threshold": 40, "rearm_below": 25},
+        {"id": "product-b", "threshold": None, "rearm_below": None}]
+
+    # A group's table: its leads in the API's order, by the group's score, the group's hot.
+    for group, expected in [("product-a", [("ann", 45.0, 45.0, True), ("dan", 30.0, 90.0, False),
+                                           ("ben", 15.0, 35.0, False)]),
+                            ("product-b", [("cat", 30.0, 30.0, False),
+                                           ("ben", 20.0, 35.0, False)])]:
+        answer = get_json(worker, f"/leads?group={group}")
+        listed = [(lead["lead_id"], lead["groups"][group]["score"], lead["score"],
+                   lead["groups"][group]["hot"]) for lead in answer["leads"]]
+        assert listed == expected, group
+        await selector.select_option(group)
+        await expect(page.locator("#leads-head th")).to_have_text(
+            ["#", "Lead", f"{group} score", "Lead score", "Stage", "Hot"], timeout=15_000)
+        await expect(rows.locator(".lead")).to_have_text([lead for lead, *_ in listed])
+        await expect(rows.locator(".scorecell b")).to_have_text(
+            [shown(score) for _, score, _, _ in listed])
+        await expect(rows.locator(".lead-score")).to_have_text(
+            [shown(score) for _, _, score, _ in listed])
+        await expect(rows.locator("td:nth-child(6)")).to_have_text(
+            ["● Hot" if hot else "—" for *_, hot in listed])
+    await expect(page.locator("#leads-meta")).to_contain_text("no hot alerts")
+    await page.locator("#hot-only").check()  # product-b has no alerts: never hot
+    await expect(page.locator("#leads-empty")).to_contain_text(
+        "product-b has no hot threshold", timeout=15_000)
+    await selector.select_option("product-a")
+    await expect(rows.locator(".lead")).to_have_text(["ann"], timeout=15_000)
+    await expect(page.locator("#leads-meta")).to_contain_text("hot ≥ 40")
+    await page.locator("#hot-only").uncheck()
+    await selector.select_option("")
+    await expect(page.locator("#leads-head th")).to_have_text(LEAD_COLUMNS, timeout=15_000)
+    await expect(rows.locator(".lead")).to_have_text(["dan", "ann", "ben", "cat"])
+
+    # The feed: dan's own lead.hot untagged, ann's product-a lead.hot tagged, its score.
+    await expect(page.locator("#feed .feed-item")).to_have_count(2, timeout=15_000)
+    dan = page.locator('#feed .feed-item[data-lead-id="dan"]')
+    ann = page.locator('#feed .feed-item[data-lead-id="ann"]')
+    await expect(dan.locator(".badge.group")).to_have_count(0)
+    await expect(dan.locator(".score")).to_contain_text("75")  # hot at its second event
+    await expect(ann.locator(".badge.group")).to_have_text("product-a")
+    await expect(ann.locator(".score")).to_contain_text("45")
+    await expect(ann).to_contain_text("a-pages")
+
+    # The drawer: each group's score and hot, as /lead?id= gives them.
+    assert get_json(worker, "/lead?id=ann")["groups"] == {
+        "product-a": {"score": 45.0, "hot": True}, "product-b": {"score": 0.0, "hot": False}}
+    await ann.click()
+    cards = page.locator("#detail-groups .group-card")
+    await expect(cards.locator(".gname")).to_have_text(["product-a", "product-b"])
+    await expect(cards.locator(".gscore")).to_have_text(["45", "0"])
+    await expect(cards.nth(0).locator(".badge.hot")).to_have_text("Hot")
+    await expect(cards.nth(0).locator(".gmeta")).to_have_text("hot ≥ 40")
+    await expect(cards.nth(1).locator(".badge.hot")).to_have_count(0)
+    await expect(cards.nth(1).locator(".gmeta")).to_have_text("no alerts")
+    # Its history: the third visit made it hot for product-a, not as a lead.
+    history_rows = page.locator("#lead-history tr.history-row")
+    await expect(history_rows).to_have_count(3)
+    await expect(page.locator("#lead-history .notif")).to_have_count(1)
+    await expect(history_rows.nth(0).locator(".gnote .notif")).to_have_text("lead.hot")
+    await expect(history_rows.nth(0).locator(".gnote .badge.group")).to_have_text("product-a")
+    await expect(page.locator("#detail-badges")).to_have_text("prospect")  # not hot
+    await expect(page.locator("#detail-body .why")).to_have_text(
+        "Not hot: 25 points below the threshold of 70.")
+
+    # Metrics: notifications by type and group ("" for the lead's own score).
+    await wait_for(lambda: notifications_sent(worker) == {
+        ("lead.hot", ""): 1, ("lead.hot", "product-a"): 1}, 15,
+        f"notifications by group: {notifications_sent(worker)}")
     assert errors == []

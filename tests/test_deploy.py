@@ -359,6 +359,16 @@ def test_the_dashboard_shows_what_operators_watch() -> None:
     }
 
 
+def test_the_dashboard_shows_notifications_by_score_group() -> None:
+    """SPEC 10: leadscore_notifications_total has a group label ("" for the lead's own
+    score) beside type, and a panel plots it by group."""
+    assert metrics.NOTIFICATIONS._labelnames == ("type", "group")
+    (path,) = (p for p in DASHBOARDS if p.name == "leadscore-dashboard.json")
+    exprs = [target["expr"] for panel in all_panels(json.loads(path.read_text())["panels"])
+             for target in panel.get("targets", [])]
+    assert [e for e in exprs if "leadscore_notifications_total" in e and "by (group)" in e]
+
+
 def parse_promql(expr: str) -> Any:
     try:
         return promql_parser.parse(expr)

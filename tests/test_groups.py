@@ -115,7 +115,7 @@ def test_only_the_lead_moves_the_stage_and_a_group_alone_turns_hot() -> None:
 
 
 def test_a_negative_award_cools_a_group_by_event() -> None:
-    state, notes = run([page("e1", "/b", T0), page("e2", "/b", T0),  # 20 + 10 (limit) = 30
+    _, notes = run([page("e1", "/b", T0), page("e2", "/b", T0),  # 20 + 10 (limit) = 30
                         ev("e3", "email_unsubscribed", T0 + 2)], RULES)
     assert kinds(notes) == [("lead-1:1", "lead.hot", "product-b", "event"),
                             ("lead-1:2", "lead.cooled", "product-b", "event")]
