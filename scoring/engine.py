@@ -121,7 +121,7 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> Applied:
     # cools first. (Validation keeps rearm_below inside the score range, so the clamp
     # cannot matter.)
     if in_order and ((state.hot and state.fit + state.engagement * f < rules.rearm_below)
-                     or state.groups_hot):
+                     or (state.groups_hot and _groups_cool(state, rules, f))):
         out += cool(state, t, rules)
 
     if profile is not None:
@@ -170,8 +170,16 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> Applied:
     elif state.hot and score < rules.rearm_below:
         state.hot = False
         out.append(_notification(state, rules, "lead.cooled", now, event.event_id, t, "event"))
-    if rules.alerting:  # then each group's, in the file's order, with F = 0 (SPEC 10)
+    if rules.alerting and (awards or rules.decay_lifts_groups):
+        # Then each group's, in the file's order, with F = 0 (SPEC 10). Only a group this
+        # event awarded can change here: between its own awards an armed group's score
+        # only decays towards 0, below its threshold (unless the threshold is at most 0:
+        # see decay_lifts_groups), and a disarmed one that decayed below rearm_below was
+        # cooled in step 1, in order, or keeps its score, late.
+        fed = {rules.group_of.get(rule_id) for rule_id, _ in awards}
         for group in rules.alerting:
+            if group.id not in fed and not rules.decay_lifts_groups:
+                continue
             assert group.threshold is not None and group.rearm_below is not None
             score = group_engagement(state, group)
             score = rules.score_min if score < rules.score_min else \
@@ -203,14 +211,18 @@ def cool(state: LeadState, at: int, rules: Ruleset) -> list[Notification]:
         when = t_ref if crossed is None else crossed
         out.append(_notification(state, rules, "lead.cooled", when, None, round(when), "decay"))
     if state.groups_hot:
+        f = factor(at - t_ref, rules.half_life_ms)
         for group in rules.alerting:
             if group.id not in state.groups_hot:
                 continue
             assert group.rearm_below is not None
-            if group_score_at(state, group, at, rules) >= group.rearm_below:
+            engagement = group_engagement(state, group)
+            # (Unclamped: rearm_below lies inside the score range, so the clamp of the
+            # group's score cannot decide this comparison.)
+            if engagement * f >= group.rearm_below:
                 continue
-            crossed = crossing_time(t_ref, group_engagement(state, group), 0.0,
-                                    group.rearm_below, rules.half_life_ms)
+            crossed = crossing_time(t_ref, engagement, 0.0, group.rearm_below,
+                                    rules.half_life_ms)
             _set_group_hot(state, group.id, False, rules)
             when = t_ref if crossed is None else crossed
             out.append(_group_notification(state, rules, group, "lead.cooled", when, None,
@@ -541,6 +553,18 @@ def _group_notification(state: LeadState, rules: Ruleset, group: Group, kind: st
         "cause": cause,
         "group": group.id,
     }
+
+
+def _groups_cool(state: LeadState, rules: Ruleset, f: float) -> bool:
+    """Whether a disarmed group decays below its rearm_below when its engagement is worth
+    ``f`` of what it was at T (step 1 of apply, before calling ``cool``)."""
+    by_id = rules.by_group
+    for group_id in state.groups_hot:
+        group = by_id[group_id]
+        assert group.rearm_below is not None
+        if group_engagement(state, group) * f < group.rearm_below:
+            return True
+    return False
 
 
 def _set_group_hot(state: LeadState, group_id: str, hot: bool, rules: Ruleset) -> None:

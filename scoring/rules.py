@@ -259,6 +259,10 @@ class Ruleset:
     groups: tuple[Group, ...] = ()  # in the file's order: the order of their notifications
     alerting: tuple[Group, ...] = field(init=False)  # the groups with `hot`, in that order
     group_of: dict[str, str] = field(init=False)  # rule id -> its group's id
+    by_group: dict[str, Group] = field(init=False)  # group id -> the group
+    # A group whose threshold is at most 0 (a score range below 0) can turn hot by decay
+    # alone, a negative score fading up to its bar: then every event checks every group.
+    decay_lifts_groups: bool = field(init=False)
     # Whether no event can make E, a rule's share or F non-finite (scoring.engine):
     # decided once, here, also for a ruleset built in code with dataclasses.replace.
     awards_stay_finite: bool = field(init=False)
@@ -274,13 +278,16 @@ class Ruleset:
                            tuple(g for g in self.groups if g.threshold is not None))
         object.__setattr__(self, "group_of",
                            {rule_id: g.id for g in self.groups for rule_id in g.rules})
+        object.__setattr__(self, "by_group", {g.id: g for g in self.groups})
+        object.__setattr__(self, "decay_lifts_groups", any(
+            g.threshold is not None and g.threshold <= 0 for g in self.alerting))
 
 
     def group(self, group_id: str) -> Group:
         """A declared score group; ``KeyError`` naming the declared ones otherwise."""
-        for group in self.groups:
-            if group.id == group_id:
-                return group
+        group = self.by_group.get(group_id)
+        if group is not None:
+            return group
         declared = ", ".join(g.id for g in self.groups) or "none"
         raise KeyError(f"no score group {group_id!r} in rules {self.version} "
                        f"(declared: {declared})")

@@ -418,3 +418,37 @@ async def test_the_redis_sweep_cools_a_group_on_time_and_the_lead_later(redis_ur
         swept = [orjson.loads(entry) for entry in await store.sweep(math.ceil(lead_due))]
         assert [(n["group"], n["notification_id"]) for n in swept] == [(None, "lead-1:4")]
         assert await redis.zscore(shard.cooling, "lead-1") is None
+
+
+NEGATIVE = parse_rules(b"""
+name: below-zero
+half_life: 1d
+score: {min: -100, max: 100}
+hot: {threshold: 70, rearm_below: 50}
+groups:
+  - id: churn-risk
+    hot: {threshold: -5, rearm_below: -30}
+engagement:
+  - {id: unsub, event: email_unsubscribed, points: -40, group: churn-risk}
+  - {id: visit, event: page_view, points: 10, group: churn-risk}
+""", "negative.yaml")
+
+
+@settings(max_examples=150, deadline=None)
+@given(plain_events(), st.sampled_from([RULES, NEGATIVE]))
+def test_after_every_event_each_group_flag_is_what_its_score_says(
+        events: list[Event], rules_: Ruleset) -> None:
+    """Hysteresis per group after each step, whichever groups the event fed: an armed
+    group is below its threshold at T, a disarmed one at or above its rearm_below (also
+    where decay alone lifts a negative score over a bar at or below 0)."""
+    state = LeadState("x")
+    for event in events:
+        apply(state, event, rules_)
+        assert state.t_ref is not None
+        for group in rules_.alerting:
+            assert group.threshold is not None and group.rearm_below is not None
+            score = group_score_at(state, group, state.t_ref, rules_)
+            if group.id in state.groups_hot:
+                assert score >= group.rearm_below
+            else:
+                assert score < group.threshold
