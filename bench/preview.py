@@ -44,8 +44,9 @@ CONVERTS = {"buyer": 0.01, "evaluator": 0.002}  # per event of a lead of that pe
 CHANGES = [("hot: {threshold: 70, rearm_below: 50}", "hot: {threshold: 60, rearm_below: 45}"),
            ("  - id: form-submit\n    event: form_submit\n    points: 25",
             "  - id: form-submit\n    event: form_submit\n    points: 35"),
-           ("    points: 15\n    limit: {points: 45, per: 7d}",
-            "    points: 20\n    limit: {points: 60, per: 7d}")]
+           # The plans page (the mix's pricing pages are all /pricing, /pricing#enterprise).
+           ('matches: "^/pricing/?($|[?#])"}}\n    points: 15\n    limit: {points: 45, per: 7d}',
+            'matches: "^/pricing/?($|[?#])"}}\n    points: 20\n    limit: {points: 60, per: 7d}')]
 
 
 def history(events: int, leads: int, seed: int = 1) -> Iterator[dict[str, Any]]:

@@ -10,7 +10,8 @@ arrives late and a share twice, as they do from real trackers and retries. Its m
 one scripted journey per lead, so that the demo shows what scoring does within its
 first minutes under config/demo-rules.yaml: many anonymous visitors, warm leads, a
 few hot ones that cool by decay, unsubscribes, conversions, profile updates that
-change fit, scores across the whole range.
+change fit, scores across the whole range, and leads hot for one of the two product
+lines (the default rules' score groups: a line's product page and its pricing page).
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ class Traffic:
 # anonymous visitors; 8 known and engaged (readers, evaluators, a student, one that a
 # profile update reveals); 4 hot by design (2 bingers, a buyer, a customer who
 # converts); 2 that unsubscribe. The points in the comments are
-# config/demo-rules.yaml's (the default rules, with a half-life of 2 minutes).
+# config/demo-rules.yaml's (the default rules, with a half-life of 2 minutes), and in
+# parentheses the points of a product line's score group (hot at 25).
 
 TICK_SECONDS = 0.5  # how often dev calls LiveDemo.tick
 NEW_LEAD_EVERY = 2  # ticks: a new lead every second
@@ -171,7 +173,7 @@ FUNNEL: dict[str, Persona] = {
                           {"job_title": "Analyst", "company_size": 2500,
                            "industry": "retail"}), (  # fit 10
         (_view("/blog/lead-scoring-101"), _do("email_open"), _do("email_click"),
-         _view("/docs")),  # +12
+         _view("/docs/alerts/getting-started")),  # +17 (alerts 5)
         (_do("email_open"), _do("email_click"), _do("content_download", 3)),  # +35
         (_do("workshop_attended"), _do("workshop_attended", 4),
          _do("workshop_attended", 4)),  # +30, on the third
@@ -197,17 +199,19 @@ FUNNEL: dict[str, Persona] = {
                              {"job_title": "Coordinator", "company_size": 150,
                               "industry": "retail"}), (  # fit 15
         (_view("/blog/lead-scoring-101"), _do("email_click"), _do("form_submit"),
-         _view("/docs")),  # +37
+         _view("/docs/scoring/getting-started")),  # +42 (scoring 5)
         (_view("/products/scoring"), _do("form_submit", 3)),  # +41
         (_do("email_open"), _do("webinar_attended"), _do("form_submit", 3)),  # +45
     )),
     # Hot on engagement alone: a binge of content, with no fit to speak of. They cool
     # soonest, about a minute later.
     "binger": Persona(2, (FREE_MAIL, {"job_title": "Freelancer", "email": "me@hotmail.com"}), (
-        (_view("/products/scoring", 1), _view("/pricing", 1), _do("webinar_attended", 1),
-         _do("content_download", 1), _do("email_click", 1)),  # +87
-        (_view("/products/scoring", 1), _view("/products/alerts", 1), _view("/pricing", 1),
-         _do("webinar_attended", 1), _do("email_click", 1)),  # +78
+        (_view("/products/scoring", 1), _view("/pricing/scoring", 1),
+         _do("webinar_attended", 1), _do("content_download", 1),
+         _do("email_click", 1)),  # +87 (scoring 30: hot for it too)
+        (_view("/products/scoring", 1), _view("/products/alerts", 1),
+         _view("/pricing/alerts", 1), _do("webinar_attended", 1),
+         _do("email_click", 1)),  # +78 (scoring 15, alerts 30: hot for alerts)
     )),
     # Hot (stage sql) in a few seconds on fit and intent, then silence: they cool by
     # decay in 2-4 minutes; some come back later and turn hot again.
@@ -217,10 +221,11 @@ FUNNEL: dict[str, Persona] = {
                           "industry": "retail"},  # fit 30
                          {"job_title": "Operations Manager", "company_size": 200,
                           "industry": "logistics"}), (  # fit 25
-        (_view("/products/scoring"), _view("/pricing"), _do("webinar_attended")),  # +52
+        (_view("/products/scoring"), _view("/pricing/scoring"),
+         _do("webinar_attended")),  # +52 (scoring 30)
         (_do("email_click"), _view("/pricing"), _do("add_to_cart", 3)),  # +66
         (_view("/products/alerts"), _do("consultation_requested", 3)),  # +66
-        (_view("/products/scoring"), _view("/pricing"), _do("webinar_attended"),
+        (_view("/products/scoring"), _view("/pricing/scoring"), _do("webinar_attended"),
          _view("/pricing", 480), _do("consultation_requested", 3)),  # +52; 4-8 min: +66
     )),
     # Hot, then a customer (``converted``), then the onboarding docs: still scored.
@@ -230,17 +235,19 @@ FUNNEL: dict[str, Persona] = {
                              "industry": "e-commerce"},  # fit 45
                             {"job_title": "CFO", "company_size": 1500,
                              "industry": "software"}), (  # fit 40
-        (_view("/products/scoring"), _view("/pricing"), _do("consultation_requested"),
-         _do("converted", 6, plan="growth"), _view("/docs", 4)),  # +83
+        (_view("/products/scoring"), _view("/pricing/scoring"), _do("consultation_requested"),
+         _do("converted", 6, plan="growth"),
+         _view("/docs/scoring/getting-started", 4)),  # +88 (scoring 35)
         (_do("webinar_attended"), _do("form_submit"), _do("converted", 6, plan="starter"),
-         _view("/docs", 4), _view("/docs/api")),  # +47
+         _view("/docs/alerts/getting-started", 4),
+         _view("/docs/alerts/api")),  # +57 (alerts 10)
     )),
     # Engaged, then unsubscribed (-50); one that had turned hot cools at once.
     "unsubscriber": Persona(2, (FREE_MAIL, ENGINEER, MANAGER), (
         (_do("email_open"), _do("email_click"), _do("email_open"),
          _do("email_unsubscribed", 3)),  # +10 -50
-        (_view("/products/scoring"), _view("/pricing"), _do("form_submit"),
-         _do("email_unsubscribed", 6)),  # +57 -50
+        (_view("/products/scoring"), _view("/pricing/scoring"), _do("form_submit"),
+         _do("email_unsubscribed", 6)),  # +57 -50 (scoring 30: hot for it, even unfit)
     )),
     # Not buyers: negative fit (student -10, free mail -5), but they download.
     "student": Persona(1, ({"job_title": "Student", "email": "me@yahoo.com"},  # fit -15

@@ -209,5 +209,8 @@ def _describe(note: dict[str, Any]) -> str:
     colour, word = ("red", "HOT   ") if note["type"] == "lead.hot" else ("blue", "cooled")
     cause = note.get("cause", "event")
     because = "" if cause == "event" else f"  [italic]({cause})[/]"
+    # A score group's notification (SPEC 10) names its group where the lead's own names
+    # the stage: a group's score never moves the stage.
+    of = f"group {note['group']}" if note.get("group") else note["stage"]
     return (f"[bold {colour}]{word}[/] {note['lead_id']:<10} score {note['score']:>6.2f} "
-            f"({note['stage']})  {why}{because}")
+            f"({of})  {why}{because}")

@@ -16,6 +16,8 @@ from streams.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES = ROOT / "config" / "rules.yaml"
+# The default rules' score groups (SPEC 10), for a lead none of whose events fed them.
+NO_GROUPS = {"scoring": {"score": 0.0, "hot": False}, "alerts": {"score": 0.0, "hot": False}}
 
 
 def write_events(path: Path, *lines: object) -> Path:
@@ -36,8 +38,10 @@ def test_rules_check_accepts_a_good_file(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["rules", "check", str(DEFAULT_RULES)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{DEFAULT_RULES}: ok: default (rules_version ")
-    assert out.endswith("8 fit and 12 engagement rules, half-life 30d, hot at 70, "
-                        "re-armed below 50\n")
+    assert out.endswith("8 fit and 17 engagement rules, half-life 30d, hot at 70, "
+                        "re-armed below 50\n"
+                        "  score group scoring: 3 engagement rules, hot at 25, re-armed below 15\n"
+                        "  score group alerts: 3 engagement rules, hot at 25, re-armed below 15\n")
 
 
 def test_rules_check_shows_the_half_life_as_a_rules_file_writes_it(
@@ -73,9 +77,9 @@ def test_score_prints_one_line_per_lead_sorted_by_lead_id(
     assert main(["score", "--rules", str(DEFAULT_RULES), str(events)]) == 0
     assert lines(capsys.readouterr().out) == [
         {"lead_id": "lead-a", "score": 13.5, "fit": 0.0, "engagement": 13.5, "stage": "mql",
-         "hot": False},
+         "hot": False, "groups": NO_GROUPS},
         {"lead_id": "lead-b", "score": 45.0, "fit": 20.0, "engagement": 25.0, "stage": "sql",
-         "hot": False}]
+         "hot": False, "groups": NO_GROUPS}]
 
 
 def test_score_at_reports_the_decayed_score_and_the_cooling(
@@ -89,7 +93,7 @@ def test_score_at_reports_the_decayed_score_and_the_cooling(
     assert main([*args, "--at", "2026-12-01T00:00:00Z"]) == 0
     assert lines(capsys.readouterr().out) == [
         {"lead_id": "lead-1", "score": 45.0, "fit": 0.0, "engagement": 45.0, "stage": "sql",
-         "hot": False}]
+         "hot": False, "groups": NO_GROUPS}]
     assert main([*args, "--at", "2026-12-01T00:00:00Z", "--notifications"]) == 0
     hot, cooled = lines(capsys.readouterr().out)
     assert (hot["type"], hot["score"], hot["emitted_at"]) == ("lead.hot", 90.0,
@@ -111,7 +115,8 @@ def test_score_at_leaves_out_events_that_have_not_happened_yet(
                  "--at", "2026-11-01T00:00:00Z"]) == 0
     captured = capsys.readouterr()
     assert lines(captured.out) == [{"lead_id": "lead-1", "score": 25.0, "fit": 0.0,
-                                    "engagement": 25.0, "stage": "mql", "hot": False}]
+                                    "engagement": 25.0, "stage": "mql", "hot": False,
+                                    "groups": NO_GROUPS}]
     assert captured.err == "leadscore: 2 events after --at were not applied\n"
 
 
@@ -149,6 +154,10 @@ def test_the_installed_command_scores_the_bundled_sample() -> None:
     assert [lead["lead_id"] for lead in leads] == sorted(lead["lead_id"] for lead in leads)
     assert len(leads) == len({orjson.loads(line)["lead_id"] for line in
                               (ROOT / "config" / "sample-events.jsonl").read_bytes().splitlines()})
+    # The sample exercises the default rules' score groups: leads hot for each line.
+    hot_for = {group for line in done.stdout.splitlines()
+               for group, scored in orjson.loads(line)["groups"].items() if scored["hot"]}
+    assert hot_for == {"scoring", "alerts"}
 
 
 def test_the_worker_refuses_a_bad_rules_file_at_start_with_every_problem(
@@ -177,9 +186,9 @@ LEADSCORE = Path(sys.executable).parent / "leadscore"
 T = "2026-11-01T00:00:00Z"
 SCORED = [  # what the good lines of the files below score, exactly
     {"lead_id": "lead-a", "score": 25.0, "fit": 0.0, "engagement": 25.0, "stage": "mql",
-     "hot": False},
+     "hot": False, "groups": NO_GROUPS},
     {"lead_id": "lead-b", "score": 70.0, "fit": 20.0, "engagement": 50.0, "stage": "sql",
-     "hot": True}]
+     "hot": True, "groups": NO_GROUPS}]
 
 
 def leadscore(*args: object) -> subprocess.CompletedProcess[str]:

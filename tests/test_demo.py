@@ -102,9 +102,11 @@ def play(demo: LiveDemo, rules: Ruleset, seconds: int, bands_at: set[float]) -> 
     return played
 
 
-def first(played: Played, kind: str, cause: str) -> float:
+def first(played: Played, kind: str, cause: str, group: str | None = None) -> float:
+    """The second of the first ``kind`` by ``cause`` of the lead's own score, or of
+    ``group``'s."""
     return next(second for second, n in played.notes
-                if n["type"] == kind and n["cause"] == cause and n["group"] is None)
+                if n["type"] == kind and n["cause"] == cause and n["group"] == group)
 
 
 def test_the_demo_tells_the_story_within_its_first_minutes() -> None:
@@ -121,6 +123,29 @@ def test_the_demo_tells_the_story_within_its_first_minutes() -> None:
     assert all(played.bands[120.0]) and all(played.bands[299.5])
     # The long tail: most leads never get far, as in a real funnel.
     assert played.bands[299.5][0] > sum(played.bands[299.5]) / 2
-    hot = [n for _, n in played.notes if n["type"] == "lead.hot"]
+    hot = [n for _, n in played.notes if n["type"] == "lead.hot" and n["group"] is None]
     assert len({n["reasons"][0]["rule"] for n in hot}) >= 4
     assert len({tuple(r["rule"] for r in n["reasons"][:3]) for n in hot}) >= 8
+
+
+def test_the_demo_turns_leads_hot_for_each_product_line() -> None:
+    """Score groups (SPEC 10) in `make run`: a product line's page and its pricing page
+    make a lead hot for that line within seconds (the first before it is hot itself),
+    each line's first cools by decay about two minutes later, and leads hot for a line
+    alone are never moved to sql: only the lead's own score moves the stage."""
+    played = play(LiveDemo(), DEMO_RULES, 300, set())
+    assert first(played, "lead.hot", "event", "scoring") == 2.0  # demo-2, hot itself at 4.0
+    assert first(played, "lead.hot", "event", "alerts") == 35.5
+    assert first(played, "lead.cooled", "decay", "scoring") == 122.0  # crossed at 121.75
+    assert first(played, "lead.cooled", "decay", "alerts") == 156.0  # crossed at 155.001
+    notes = [n for _, n in played.notes]
+    assert [(n["notification_id"], n["group"]) for n in notes if n["lead_id"] == "demo-2"
+            ][:2] == [("demo-2:1", "scoring"), ("demo-2:2", None)]  # one counter
+    for n in notes:
+        if n["group"] is not None:
+            assert n["fit"] == 0.0 and n["threshold"] == 25, n
+            assert {r["rule"] for r in n["reasons"]} <= set(DEMO_RULES.group(n["group"]).rules)
+    hot_itself = {n["lead_id"] for n in notes if n["group"] is None and n["type"] == "lead.hot"}
+    line_alone = {n["lead_id"] for n in notes if n["group"] is not None} - hot_itself
+    assert len(line_alone) >= 3
+    assert all(n["stage"] != "sql" for n in notes if n["lead_id"] in line_alone)

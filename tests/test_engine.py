@@ -45,7 +45,7 @@ def test_worked_example_hot_at_90_then_cooled_at_40_by_an_unsubscribe() -> None:
     assert score_at(state, T0, DEFAULT) == 90.0
     assert [(n["type"], n["score"], n["event_id"]) for n in notes] == [
         ("lead.hot", 90.0, "w2")]
-    assert state.contributions == {"site-visit": 5.0, "product-page": 15.0,
+    assert state.contributions == {"site-visit": 5.0, "scoring-product-page": 15.0,
                                    "add-to-cart": 40.0, "workshops": 30.0}
 
     notes = apply(state, ev("u", "email_unsubscribed", T0), DEFAULT).notifications

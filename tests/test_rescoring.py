@@ -15,7 +15,7 @@ from helpers import live
 from redis.asyncio import Redis
 from worker import Deployment, Worker, keyed, wait_for
 
-from scoring.engine import LeadState, Notification, hot_at
+from scoring.engine import LeadState, Notification
 from scoring.events import event_from_dict, format_ts
 from scoring.rules import Ruleset, load_rules
 from scoring.store import MemoryStore
@@ -31,10 +31,18 @@ DAY = 86_400_000
 
 
 def rules_b(tmp: Path) -> Path:
-    """The default rules with a lower bar: leads between the two bars change."""
-    text = RULES_A.read_text().replace("hot: {threshold: 70, rearm_below: 50}",
-                                       "hot: {threshold: 55, rearm_below: 40}")
-    assert text != RULES_A.read_text()
+    """The default rules with a lower bar, and a higher one for the first score group:
+    leads between the bars change, for themselves and for the group (SPEC 10)."""
+    original = RULES_A.read_text()
+    text = original.replace("hot: {threshold: 70, rearm_below: 50}",
+                            "hot: {threshold: 55, rearm_below: 40}")
+    group_bar = load_rules(RULES_A).alerting[0]
+    old_bar = f"hot: {{threshold: {group_bar.threshold:g}, rearm_below: " \
+              f"{group_bar.rearm_below:g}}}"
+    assert text.count(old_bar) >= 1, "the default rules' first group sets its own bar"
+    text = text.replace(old_bar, f"hot: {{threshold: {group_bar.threshold + 10:g}, "
+                                 f"rearm_below: {group_bar.rearm_below:g}}}", 1)
+    assert text != original
     path = tmp / "rules-b.yaml"
     path.write_text(text)
     return path
@@ -80,7 +88,7 @@ def scored(state: LeadState | None) -> tuple[Any, ...] | None:
     if state is None:
         return None
     return (state.t_ref, state.engagement, state.fit, state.contributions, state.profile,
-            state.stage, state.hot, state.counts, state.windows)
+            state.stage, state.hot, state.counts, state.windows, state.groups_hot)
 
 
 async def notes(deployment: Deployment, count: int) -> list[Notification]:
@@ -115,11 +123,30 @@ async def assert_exact(deployment: Deployment, events: list[dict[str, Any]], rul
         assert got == want
 
 
-def rescored(before: MemoryStore, after: MemoryStore) -> dict[str, str]:
-    """Lead -> the rescore notification owed: the hot flags differ at the cutover."""
+def rescored(before: MemoryStore, after: MemoryStore) -> dict[tuple[str, str | None], str]:
+    """(lead, group) -> the rescore notification owed: the hot flags, the lead's own
+    (group None) or a score group's, differ at the cutover."""
     old, new = before.states(), after.states()
-    return {lead: "lead.hot" if state.hot else "lead.cooled"
-            for lead, state in new.items() if state.hot != old[lead].hot}
+    owed: dict[tuple[str, str | None], str] = {
+        (lead, None): "lead.hot" if state.hot else "lead.cooled"
+        for lead, state in new.items() if state.hot != old[lead].hot}
+    for lead, state in new.items():
+        for group in set(state.groups_hot) ^ set(old[lead].groups_hot):
+            owed[lead, group] = "lead.hot" if group in state.groups_hot else "lead.cooled"
+    return owed
+
+
+def keyed_by_group(notes: list[Notification]) -> dict[tuple[str, str | None], str]:
+    return {(n["lead_id"], n["group"]): n["type"] for n in notes}
+
+
+def decayed_by(events: list[dict[str, Any]], rules: Ruleset, x: int
+               ) -> set[tuple[str, str | None]]:
+    """(lead, group) of the coolings by decay a live generation of ``rules`` owes by ``x``
+    for ``events`` (its sweep not yet run)."""
+    store = MemoryStore(rules, history_size=0)
+    store.apply_now([event_from_dict(e) for e in events])
+    return {(n["lead_id"], n["group"]) for n in store.sweep_now(x)}
 
 
 async def test_a_rules_change_rebuilds_cuts_over_once_and_rolls_back(
@@ -149,16 +176,14 @@ async def test_a_rules_change_rebuilds_cuts_over_once_and_rolls_back(
     # Exactly one rescore notification per lead whose hot flag differs at X; and the
     # lead.cooled A owed (due by X, not yet sent: A's sweep runs hourly here), once.
     owed = rescored(offline(events, a, x), offline(events, b, x))
-    assert owed, "the test's rules change must change some hot flags"
-    left_hot = MemoryStore(a, history_size=0)
-    left_hot.apply_now([event_from_dict(e) for e in events])
-    decayed = {lead for lead, state in left_hot.states().items()
-               if state.hot and not hot_at(state, x, a)}
+    assert any(group is None for _, group in owed), "the change must move leads' own flags"
+    assert any(group is not None for _, group in owed), "and a group's flags"
+    decayed = decayed_by(events, a, x)
     everything = [orjson.loads(r.value) for r in await deployment.read_all(
         deployment.hot, lambda rs: sum(orjson.loads(r.value)["cause"] != "event" for r in rs)
         >= len(owed) + len(decayed))]
     rescores = [n for n in everything if n["cause"] == "rescore"]
-    assert {n["lead_id"]: n["type"] for n in rescores} == owed
+    assert keyed_by_group(rescores) == owed
     assert len(rescores) == len(owed)
     assert {(n["rules_version"], n["event_ts"], n["event_id"]) for n in rescores} == {
         (b.version, format_ts(x), None)}
@@ -179,7 +204,8 @@ async def test_a_rules_change_rebuilds_cuts_over_once_and_rolls_back(
                    f"A did not stop; log:\n{old.log_tail()}")
     from_a = [n for n in everything if n["rules_version"] == a.version]
     assert {n["notification_id"] for n in from_a if n["cause"] == "event"} == by_a
-    assert sorted(n["lead_id"] for n in from_a if n["cause"] == "decay") == sorted(decayed)
+    assert sorted((n["lead_id"], n["group"] or "") for n in from_a if n["cause"] == "decay"
+                  ) == sorted((lead, group or "") for lead, group in decayed)
     assert len(from_a) == len(by_a) + len(decayed)
     ids: dict[str, Notification] = {}
     for n in everything:
@@ -194,9 +220,9 @@ async def test_a_rules_change_rebuilds_cuts_over_once_and_rolls_back(
     await assert_exact(deployment, events + push, a, x2)
     owed_back = rescored(offline(events + push, b, x2), offline(events + push, a, x2))
 
-    def back_to_a(records: list[Any]) -> dict[str, str]:
-        return {n["lead_id"]: n["type"] for n in map(lambda r: orjson.loads(r.value), records)
-                if n["cause"] == "rescore" and n["rules_version"] == a.version}
+    def back_to_a(records: list[Any]) -> dict[tuple[str, str | None], str]:
+        return keyed_by_group([n for n in map(lambda r: orjson.loads(r.value), records)
+                               if n["cause"] == "rescore" and n["rules_version"] == a.version])
     records = await deployment.read_all(deployment.hot,
                                         lambda rs: back_to_a(rs).keys() >= owed_back.keys())
     assert back_to_a(records) == owed_back
@@ -253,14 +279,14 @@ async def test_workers_killed_during_the_rebuild_and_at_the_cutover_lose_nothing
     await assert_exact(deployment, history, b, x)
     owed = rescored(offline(history, a, x), offline(history, b, x))
     everything = await deployment.read_all(
-        deployment.hot, lambda rs: {orjson.loads(r.value)["lead_id"] for r in rs
-                                    if orjson.loads(r.value)["cause"] == "rescore"}
+        deployment.hot, lambda rs: set(keyed_by_group(
+            [n for n in map(lambda r: orjson.loads(r.value), rs) if n["cause"] == "rescore"]))
         >= set(owed) and any(r.key == b"orphan" for r in rs))
     ids: dict[str, bytes] = {}
     for record in everything:
         assert ids.setdefault(orjson.loads(record.value)["notification_id"],
                               record.value) == record.value
-    rescores = {orjson.loads(raw)["lead_id"]: orjson.loads(raw)["type"] for raw in ids.values()
-                if orjson.loads(raw)["cause"] == "rescore"}
+    rescores = keyed_by_group([orjson.loads(raw) for raw in ids.values()
+                               if orjson.loads(raw)["cause"] == "rescore"])
     assert rescores == owed
     assert orjson.loads(ids["orphan:1"]) == orphan

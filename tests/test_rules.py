@@ -519,7 +519,7 @@ MATCHERS = {pattern: matcher(pattern) for pattern in PATTERNS}
 PARTS = ["ceo", "CTO", "vp", "VP ", "Vice President", "head of", "Director", "manager",
          "lead", "student", "Intern", "@gmail.", "@Yahoo.", "/pricing", "/products/",
          "/product/", "/Products/", "/pricing/enterprise", "Chief", "50", "1000", " ", "-",
-         "_", "x", "é"]
+         "_", "x", "é", "/docs/", "scoring", "/alerts", "/", "#", "?"]
 
 
 @settings(max_examples=500)
