@@ -42,8 +42,8 @@ def create_app(runtime: Runtime) -> faust.App:
     settings, store = runtime.settings, runtime.store
     health = Health(settings.stall_seconds)
     delivery = Delivery(settings, store, health)
+    consumer = EventsConsumer(settings, store, delivery, health)
     rebuild = Rebuild(settings, store, delivery, health)
-    consumer = EventsConsumer(settings, store, delivery, health, rebuild.before_join)
     metrics.watch(consumer.lags, health.stalls)
     app = faust.App(
         f"{settings.group_id}-worker",

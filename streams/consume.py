@@ -35,7 +35,6 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
@@ -91,16 +90,11 @@ class EventsConsumer:
     """Reads the events topic into the store, batch by batch; one per worker process."""
 
     def __init__(self, settings: Settings, store: RedisStore, delivery: Delivery,
-                 health: Health, before_join: Callable[[], Awaitable[None]] | None = None
-                 ) -> None:
+                 health: Health) -> None:
         self.settings = settings
         self.store = store
         self.delivery = delivery
         self.health = health
-        # Awaited once the store is open, before the consumer joins its group: a worker
-        # starting a long rebuild starts its helpers there, so that they all join at
-        # once (streams.rebuilders).
-        self.before_join = before_join
         self.consumer: AIOKafkaConsumer | None = None
         self.assigned: set[TopicPartition] = set()
         self.positions: dict[TopicPartition, int] = {}  # next offset to apply, per partition
@@ -138,8 +132,6 @@ class EventsConsumer:
         await self.store.open()  # DataLost stops here: see run()
         if not self.store.rebuild_only:  # (a rebuild helper sends nothing: its worker does)
             await self.delivery.resend_pending()
-        if self.before_join is not None:
-            await self.before_join()
         settings = self.settings
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers(settings.broker),

@@ -32,7 +32,7 @@ from scoring.store.generations import (
 from streams import metrics
 from streams.delivery import Delivery
 from streams.health import Health
-from streams.rebuilders import JOIN_SECONDS, Helpers
+from streams.rebuilders import Helpers
 from streams.runtime import now_ms
 from streams.settings import Settings
 
@@ -70,18 +70,6 @@ class Rebuild:
         if store.active:
             return []
         return [self.status or "rebuilding: starting"]
-
-    async def before_join(self) -> None:
-        """Before this worker joins its generation's consumer group: a long rebuild
-        starts its helpers now, and the worker joins when they do (streams.rebuilders)."""
-        store = self.store
-        if store.active or store.replay_until or self.helpers.started:
-            return
-        active = await active_generation(store.redis, store.keys.prefix)
-        if active is None or active == store.generation:
-            return
-        await self.helpers.adjust((await lag(store, active)).behind)
-        await self.helpers.joining(JOIN_SECONDS)
 
     async def tick(self) -> None:
         """Measure, report, and cut over when caught up."""
@@ -127,7 +115,7 @@ class Rebuild:
         metrics.REBUILD_TARGET.set(behind.target)
         await heartbeat(store, now_ms(), {"applied": behind.applied, "target": behind.target,
                                           "behind": behind.behind, "rate": round(self.rate)})
-        if await self.helpers.adjust(behind.behind):
+        if await self.helpers.adjust(behind.behind, self.rate):
             return  # (their partitions come back to this worker first)
         if behind.behind > 2 * self.settings.rebuild_batch_size or self.helpers.running:
             return

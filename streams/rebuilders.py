@@ -3,21 +3,20 @@
 A rebuild is the consume loop with nothing to send, so one process is bound by one
 core's Python while the machine's others wait. A worker whose generation is far behind
 the active one (more than START_BATCHES rebuild batches) therefore starts
-LEADSCORE_REBUILD_PROCESSES - 1 helpers before it joins the generation's consumer group
-itself, and joins once they are about to: the group then rebalances once for all of
-them, not once per helper in the middle of the rebuild. Each helper is that consume
-loop alone (no web server, no timers) in the generation's consumer group: the broker
-splits the partitions between the worker and its helpers, and each commits its leads
-through the same store and the same COMMIT checks as the worker, so the result is the
-one a single process would reach (a lead's events all come from one partition, read by
-one member at a time; a rebalance is a replay the store recognises by offset).
+LEADSCORE_REBUILD_PROCESSES - 1 helpers. Each helper is that consume loop alone (no web
+server, no timers) in the generation's consumer group: the broker splits the partitions
+between the worker and its helpers, and each commits its leads through the same store
+and the same COMMIT checks as the worker, so the result is the one a single process
+would reach (a lead's events all come from one partition, read by one member at a time;
+a rebalance is a replay the store recognises by offset).
 
 Helpers never score live, never claim a generation active, and send nothing. The
-worker stops them a few batches before the end (a helper commits its offsets and leaves
-the group on SIGTERM) and finishes the tail and the cutover alone, so that a generation
-goes live on the deployment's own workers. A helper whose generation became active all
-the same (another worker cut over) stops at its next commit without writing, and one
-dies with its worker (PR_SET_PDEATHSIG; no helpers where that signal does not exist).
+worker stops them a broker session timeout before the end at the rebuild's rate (a helper
+commits its offsets and leaves the group on SIGTERM) and finishes the tail and the
+cutover alone, so that a generation goes live on the deployment's own workers. A helper
+whose generation became active all the same (another worker cut over) stops at its next
+commit without writing, and one dies with its worker (PR_SET_PDEATHSIG; no helpers where
+that signal does not exist).
 
     python -m streams.rebuilders    a helper; reads its settings and rules as JSON on stdin
 """
@@ -50,8 +49,9 @@ __all__ = ["Helpers", "processes"]
 
 log = logging.getLogger("leadscore")
 START_BATCHES = 10  # helpers start only for a rebuild longer than this many batches
-LEAVE_BATCHES = 4  # and leave within this many of the end (the cutover waits for 2)
-JOIN_SECONDS = 30.0  # how long a worker waits for its helpers to start before it joins
+LEAVE_BATCHES = 4  # and leave within this many of the end (the cutover waits for 2), or
+# LEADSCORE_BROKER_SESSION_TIMEOUT before it at the rebuild's rate, whichever is more: the
+# time the group may take to hand their partitions back to the worker
 MAX_AUTO = 8
 # How long a helper may take to stop (commit, leave the group) before it is killed: a
 # commit or a leave waits for a rebalance in progress, and what a killed helper had not
@@ -84,14 +84,16 @@ class Helpers:
         """The helpers still alive."""
         return [helper for helper in self._helpers if helper.returncode is None]
 
-    async def adjust(self, behind: int) -> bool:
-        """Start the helpers or stop them, by how many events the rebuild is behind;
-        whether it stopped them. They leave LEAVE_BATCHES batches before the end, so
-        that this worker owns their partitions again before it tries the cutover."""
+    async def adjust(self, behind: int, rate: float) -> bool:
+        """Start the helpers or stop them, by how many events the rebuild is behind and
+        its rate (events/s); whether it stopped them. They leave a session timeout before
+        the end at that rate (at least LEAVE_BATCHES batches before it), so that this
+        worker owns their partitions again before it tries the cutover."""
         batch = self.settings.rebuild_batch_size
         if not self.started and behind > START_BATCHES * batch:
             await self.start(processes(self.settings) - 1)
-        elif self.running and behind <= LEAVE_BATCHES * batch:
+        elif self.running and behind <= max(LEAVE_BATCHES * batch,
+                                            rate * self.settings.broker_session_timeout):
             await self.stop()
             return True
         return False
@@ -106,7 +108,7 @@ class Helpers:
         for _ in range(count):
             helper = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "streams.rebuilders", stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent_fn())
+                preexec_fn=die_with_parent_fn())
             self._helpers.append(helper)  # (before any await: a stop now stops it too)
             assert helper.stdin is not None
             helper.stdin.write(job)
@@ -115,19 +117,6 @@ class Helpers:
         metrics.REBUILD_PROCESSES.set(1 + count)
         log.warning("leadscore: rebuilding on %d processes (LEADSCORE_REBUILD_PROCESSES)",
                     1 + count)
-
-    async def joining(self, timeout: float) -> None:
-        """Wait until every helper is about to join the consumer group (it says so on
-        its stdout), at most ``timeout`` seconds: a worker that joins with them makes
-        one rebalance of the group, where helpers joining one by one after it would
-        stop the rebuild for one each."""
-        async def said(helper: asyncio.subprocess.Process) -> None:
-            assert helper.stdout is not None
-            await helper.stdout.readline()  # (b"" if it exited first)
-
-        if self._helpers:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*map(said, self._helpers)), timeout)
 
     async def stop(self) -> None:
         """Stop every helper; each commits its offsets and leaves the consumer group (one
@@ -191,13 +180,8 @@ async def _help(settings: Settings, rules: Ruleset) -> None:
         store = runtime.store
         store.rebuild_only = True
         health = Health(settings.stall_seconds)
-
-        async def joining() -> None:  # (Helpers.joining waits for this line)
-            sys.stdout.buffer.write(b"joining\n")
-            sys.stdout.buffer.flush()
-
         consumer = EventsConsumer(runtime.settings, store,
-                                  Delivery(runtime.settings, store, health), health, joining)
+                                  Delivery(runtime.settings, store, health), health)
         with contextlib.suppress(asyncio.CancelledError):
             await consumer.run()  # (stops the consumer: offsets committed, group left)
 
