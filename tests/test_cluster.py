@@ -72,5 +72,11 @@ async def test_the_worker_runs_unchanged_on_a_cluster(
         assert consumed == len(events), (consumed, worker.log_tail())
         status, body = worker.get("/leads?limit=3")
         assert status == 200 and body.count(b'"lead_id"') == 3
+        # A score group's list, from its own rankings on the cluster (SPEC 10).
+        status, body = worker.get("/leads?group=scoring&limit=5")
+        listed = orjson.loads(body)["leads"]
+        assert status == 200 and len(listed) == 5
+        scores = [lead["groups"]["scoring"]["score"] for lead in listed]
+        assert scores == sorted(scores, reverse=True) and scores[-1] > 0
     finally:
         deployment.stop_all()

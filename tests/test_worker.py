@@ -85,6 +85,8 @@ async def assert_same_outcome(deployment: Deployment, events: list[dict[str, Any
 async def test_the_worker_agrees_with_the_offline_engine(topics: Deployment,
                                                         tmp_path: Path) -> None:
     events = traffic(leads=30, events=600, seed=3)
+    assert any(n["group"] for n in offline(events, load_rules(DEFAULT_RULES))[1]), \
+        "the traffic must make leads hot for a score group too"
     worker = topics.worker().start()
     events_file = tmp_path / "events.jsonl"
     events_file.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
@@ -195,6 +197,8 @@ async def test_a_hot_lead_with_no_new_events_cools_on_time(
 async def test_sigkill_at_random_points_loses_nothing_and_repeats_only_same_ids(
         topics: Deployment) -> None:
     events = traffic(leads=60, events=3000, seed=11)
+    assert any(n["group"] for n in offline(events, load_rules(DEFAULT_RULES))[1]), \
+        "the traffic must make leads hot for a score group too"
     rng = random.Random(5)
     worker = topics.worker().start()
     producing = asyncio.create_task(produce_slowly(topics, events))
