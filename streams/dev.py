@@ -183,7 +183,7 @@ def _add_demo(app: faust.App, settings: Settings, bootstrap: str) -> None:
         await consumer.start()
         try:
             async for record in consumer:
-                console.print(_describe(orjson.loads(record.value)))
+                console.print(_record_line(record.key, record.value))
         finally:
             await consumer.stop()
 
@@ -202,6 +202,15 @@ def _add_sink(app: faust.App, settings: Settings, destinations: list[Destination
     async def deliver_notifications() -> None:
         async with redis_client(settings) as redis:
             await Sink(settings, destinations, redis).run()
+
+
+def _record_line(key: bytes | None, value: bytes | None) -> str:
+    """A record of the notifications topic as a console line; a tombstone (no value: a
+    lead erased with ``leadscore forget`` or DELETE /leads/{id}) says so."""
+    if value is None:
+        lead = key.decode(errors="replace") if key is not None else "?"
+        return f"[bold]forgot[/] {lead:<10} erased: downstream systems should forget it too"
+    return _describe(orjson.loads(value))
 
 
 def _describe(note: dict[str, Any]) -> str:

@@ -196,7 +196,7 @@ async def leads(api: Api, request: Request) -> Response:
                     and (stage is None or view["stage"] == stage))
 
         found = await api.store.top(now, limit, "hot" if hot else "all", keep_in,
-                                    within=scored.id)
+                                    within=scored.id, ahead_ms=_ahead_ms(api))
         return _json({"at": format_ts(now), "group": scored.id,
                       "threshold": _plain_or_none(scored.threshold),
                       "rearm_below": _plain_or_none(scored.rearm_below), "leads": found})
@@ -206,7 +206,7 @@ async def leads(api: Api, request: Request) -> Response:
     def keep(view: dict[str, Any]) -> bool:
         return (hot is None or view["hot"] == hot) and (stage is None or view["stage"] == stage)
 
-    found = await api.store.top(now, limit, group, keep)
+    found = await api.store.top(now, limit, group, keep, ahead_ms=_ahead_ms(api))
     answer = {"at": format_ts(now), "threshold": plain(api.rules.threshold),
               "rearm_below": plain(api.rules.rearm_below), "leads": found}
     if api.rules.groups:  # what ?group= may name (the dashboard's selector)
@@ -234,8 +234,7 @@ async def bands(api: Api, request: Request) -> Response:
     except BadRequest as exc:
         return _error(400, str(exc))
     now = now_ms()
-    ahead = int(api.settings.max_clock_skew * 1000) + CLOCKS_APART_MS
-    counts = await api.store.bands(now, f"stage:{stage}" if stage else "all", ahead)
+    counts = await api.store.bands(now, f"stage:{stage}" if stage else "all", _ahead_ms(api))
     return _json({"at": format_ts(now), "stage": stage, "leads": sum(counts), "bands": counts,
                   "threshold": plain(api.rules.threshold),
                   "rearm_below": plain(api.rules.rearm_below)})
@@ -463,6 +462,14 @@ def _hot(request: Request) -> bool | None:
     if raw.lower() not in ("true", "false"):
         raise BadRequest(f"hot must be true or false, got {raw!r}")
     return raw.lower() == "true"
+
+
+def _ahead_ms(api: Api) -> int:
+    """How far ahead of this clock a lead's last event may be dated: what the consume
+    loop accepts (LEADSCORE_MAX_CLOCK_SKEW), plus CLOCKS_APART_MS for the worker that
+    consumed it to have had a clock ahead of this one (the lead index needs it: see
+    ``bands``)."""
+    return int(api.settings.max_clock_skew * 1000) + CLOCKS_APART_MS
 
 
 def _group(api: Api, request: Request) -> Group | None:

@@ -181,3 +181,16 @@ async def test_dev_demo_tells_the_funnel_story_leads_spread_cool_and_convert(
     finally:
         dev.send_signal(signal.SIGINT)
         assert dev.wait(30) == 0
+
+
+def test_dev_prints_a_tombstone_as_a_forgotten_lead_not_a_crash() -> None:
+    """``leadscore forget`` while dev runs puts a tombstone (no value) on the
+    notifications topic; dev's console shows it instead of failing on it."""
+    from streams.dev import _record_line
+
+    assert _record_line(b"lead-9", None) == (
+        "[bold]forgot[/] lead-9     erased: downstream systems should forget it too")
+    note = {"type": "lead.hot", "lead_id": "lead-9", "score": 72.5, "stage": "sql",
+            "reasons": [{"rule": "demo", "points": 52.5}], "cause": "event", "group": None}
+    assert _record_line(b"lead-9", orjson.dumps(note)).startswith(
+        "[bold red]HOT   [/] lead-9     score  72.50 (sql)")

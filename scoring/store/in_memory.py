@@ -95,8 +95,9 @@ class MemoryStore:
 
     async def top(self, now_ms: int, limit: int, group: str = "all",
                   keep: Callable[[dict[str, Any]], bool] | None = None,
-                  within: str | None = None) -> list[dict[str, Any]]:
-        """As ``RedisStore.top``, by brute force over every lead."""
+                  within: str | None = None, ahead_ms: int = 0) -> list[dict[str, Any]]:
+        """As ``RedisStore.top``, by brute force over every lead (``ahead_ms``, which
+        only widens what the Redis store reads, does not matter here)."""
         rules = self.rules
         scored = rules.group(within) if within is not None else None
         wanted = set(members(group)) if scored is None else set()

@@ -20,7 +20,7 @@ from scoring.errors import StoreError
 from scoring.rules import Ruleset
 from scoring.store import record
 from scoring.store.keys import Layout, Shard
-from scoring.store.ranking import KeyBounds, counted, level_bounds, members
+from scoring.store.ranking import OFFSET, SLACK, KeyBounds, counted, level_bounds, members
 from scoring.views import BAND_WIDTH, BANDS, Ranked, as_of, band, best, ranked
 
 MAX_PAGE = 1000
@@ -59,7 +59,7 @@ class Queries:
 
     async def top(self, now_ms: int, limit: int, group: str = "all",
                   keep: Callable[[dict[str, Any]], bool] | None = None,
-                  within: str | None = None) -> list[dict[str, Any]]:
+                  within: str | None = None, ahead_ms: int = 0) -> list[dict[str, Any]]:
         """The ``limit`` highest scores at ``now_ms`` among the leads of ``group`` (all,
         hot, stage:<stage>) that ``keep`` accepts, as ``describe`` shows them; with
         ``within`` (a score group's id, SPEC 10), the highest scores of that group among
@@ -70,7 +70,9 @@ class Queries:
         fit) is read from the top in pages until it has yielded ``limit`` leads (or runs
         out); the best of those are the answer (see scoring.store.ranking for why that
         is exact). A lead is shown as of now: one whose cooling by decay is due but not
-        yet swept is shown cooled.
+        yet swept is shown cooled. ``ahead_ms``: how far past ``now_ms`` a lead's last
+        event may be dated (as for ``bands``; a longer reach costs reads, never
+        exactness).
         """
         rules = self.rules
         scored = rules.group(within) if within is not None else None
@@ -94,25 +96,43 @@ class Queries:
         # is `limit`; later pages double, so that a filter dropping many leads (hot=false
         # under a run of hot ones) costs a few round trips, not one per `limit` leads.
         page = limit
+        # Leads dated ahead of now (T > now: an event up to ``ahead_ms`` in the future) sit
+        # at keys that read as if their engagement had grown back to T, which it does
+        # not (see scoring.store.ranking). Only leads with T <= now count towards a
+        # ranking's `limit`; a positive key only overstates an ahead lead (it is read
+        # early, and scored exactly), but a negative one understates it, by up to
+        # ``ahead`` in key units: below zero, reading goes on until the last key read
+        # is that far below the limit-th counted one. Keys within rounding of it are
+        # read too (``_past``): a lead whose score equals another's up to the last bits
+        # may sit on either side of it in the ranking, and its score decides.
+        half_life = rules.half_life_ms
+        ahead = ahead_ms / half_life if half_life is not None else 0.0
+        nth: dict[str, float] = {}  # ranking -> the key of its limit-th counted lead
         while rankings:
             reads = self.redis.pipeline(transaction=False)
             for ranking, (start, _) in rankings.items():
-                reads.zrange(ranking, start, start + page - 1)
-            pages = [[as_text(lead) for lead in ids] for ids in await reads.execute()]
-            states = await self._peek([lead for ids in pages for lead in ids], now_ms)
+                reads.zrange(ranking, start, start + page - 1, withscores=True)
+            pages = [[(as_text(lead), -stored) for lead, stored in ids]
+                     for ids in await reads.execute()]
+            states = await self._peek([lead for ids in pages for lead, _ in ids], now_ms)
             for (ranking, (start, kept)), ids in zip(list(rankings.items()), pages,
                                                      strict=True):
-                for lead in ids:
+                for lead, key in ids:
                     state = states.get(lead)
                     if state is None:
                         continue
                     entry = ranked(state, rules, now_ms, keep, scored)
                     if entry is not None:
                         found.append(entry)
-                        kept += 1
+                        if half_life is None or state.t_ref is None or \
+                                state.t_ref <= now_ms:
+                            kept += 1
+                            if kept == limit:
+                                nth[ranking] = key
                 rankings[ranking] = start + page, kept
                 # Enough from this ranking, or it has no more: the rest cannot make the top.
-                if kept >= limit or len(ids) < page:
+                if len(ids) < page or (kept >= limit and _past(nth[ranking], ids[-1][1],
+                                                               ahead)):
                     del rankings[ranking]
             page = min(2 * page, MAX_PAGE)
         return best(found, limit)
@@ -230,6 +250,15 @@ class Queries:
             reads.zcard(shard.outbox)
         return sum(await reads.execute())
 
+
+
+def _past(nth: float, last: float, ahead: float) -> bool:
+    """Whether a ranking read down to key ``last`` holds no lead left that could rank
+    above the one at key ``nth`` (the limit-th counted): none within rounding of it
+    (SLACK, as the band counts allow) and, for a negative key, none dated up to
+    ``ahead`` (in key units) past now, whose key understates it by that much."""
+    slack = SLACK * max(abs(nth), OFFSET)
+    return last < nth - slack if nth >= 0 else last + ahead < nth - slack
 
 
 def _edge(fit: float, edge: float, now_ms: int, rules: Ruleset, ahead_ms: int
