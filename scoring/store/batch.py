@@ -80,6 +80,9 @@ class Lead:
     state: LeadState
     offsets: dict[str, int] = field(default_factory=dict)
     history: list[history.Entry] = field(default_factory=list)
+    # The score groups whose rules awarded it points in this batch (SPEC 10): only their
+    # rankings need its new key (scoring.store.commit). None: none did.
+    fed: set[str] | None = None
 
 
 def numbered(events: Sequence[Event], positions: Sequence[tuple[int, int]] | None
@@ -92,17 +95,19 @@ def numbered(events: Sequence[Event], positions: Sequence[tuple[int, int]] | Non
 
 def apply_batch(leads: Mapping[str, Lead],
                 events: Iterable[tuple[int, Event, tuple[int, int] | None]], rules: Ruleset,
-                keep_history: bool = True) -> Outcome:
+                keep_history: bool = True, track_fed: bool = False) -> Outcome:
     """Apply the events to their leads (each in ``leads``), in order. An event at or
     below the last offset
     applied to its lead from the same partition is a replay (a crash, a rebalance; a
     lead's events all come from one partition in order) and is skipped, whatever the
     dedupe window; a repeat of an event id is a duplicate; an event the engine refuses
     changes nothing and is reported in ``rejected``. Notifications come in the order
-    of the events that caused them."""
+    of the events that caused them. ``track_fed``: record in each ``Lead.fed`` the
+    score groups its events fed (a store whose leads live for one batch: Redis's)."""
     outcome = Outcome()
     notes, awards, rejected = outcome.notifications, outcome.awards, outcome.rejected
     applied_count = duplicates = replayed = 0
+    group_of = rules.group_of if track_fed else None
     for index, event, position in events:
         lead = leads[event.lead_id]
         state = lead.state
@@ -136,5 +141,9 @@ def apply_batch(leads: Mapping[str, Lead],
             else:
                 tally[0] += 1
                 tally[1] += abs(points)
+            if group_of and rule_id in group_of:
+                if lead.fed is None:
+                    lead.fed = set()
+                lead.fed.add(group_of[rule_id])
     outcome.applied, outcome.duplicates, outcome.replayed = applied_count, duplicates, replayed
     return outcome

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from scoring.engine import LeadState, Notification, cooling_due, group_engagement, in_group, stamp
+from scoring.engine import LeadState, Notification, cooling_due, group_engagement, stamp
 from scoring.rules import Ruleset
 from scoring.store import record
 from scoring.store.batch import Lead
@@ -275,9 +275,9 @@ class Stored(Lead):
         if raw is None:
             return cls(LeadState(lead_id, seen=dict(ids)), ids_before=ids)
         state, offsets, _, version = record.decode(raw, dict(ids))
-        return cls(state, offsets, [], ids, state.t_ref,
-                   (state.fit, groups(state.stage, state.hot)), tuple(state.groups_hot),
-                   version)
+        return cls(state, offsets, ids_before=ids, t_ref_before=state.t_ref,
+                   ranked_before=(state.fit, groups(state.stage, state.hot)),
+                   groups_hot_before=tuple(state.groups_hot), version=version)
 
     def encode(self, now_ms: int) -> bytes:
         return record.encode(self.state, self.offsets, now_ms, max(self.version, 0) + 1)
@@ -409,19 +409,31 @@ def _group_rankings(shard: Shard, leads: dict[str, Stored], rules: Ruleset,
                     adds: dict[str, list[float | str]], removes: dict[str, list[str]]) -> None:
     """A score group's rankings hold every lead its rules have awarded (a lead never
     leaves, but by erasure) and, apart, those hot for it, each by the group's engagement
-    as of T: the key is time-invariant as a lead's is (scoring.store.ranking)."""
+    as of T: the key is time-invariant as a lead's is (scoring.store.ranking).
+
+    So a lead's key in a group changes only when the group's rules award it points
+    (``fed``): a lead whose T moved on without them keeps its key, equal to the one its
+    rebased engagement would give up to rounding, which the reads allow for (queries,
+    ``_past``). Only fed leads, and leads that turned hot for a group, are written."""
     half_life = rules.half_life_ms
     for lead_id, stored in leads.items():
-        state = stored.state
+        state, fed, before = stored.state, stored.fed, stored.groups_hot_before
         hot_now = state.groups_hot
+        if fed is None and len(hot_now) == len(before) and all(
+                group_id in before for group_id in hot_now):
+            continue  # (most leads of a batch: nothing of theirs moves)
         for group in rules.groups:
-            if not in_group(state, group):
+            group_id = group.id
+            is_fed = fed is not None and group_id in fed
+            hot = group_id in hot_now
+            if not is_fed and not (hot and group_id not in before):
                 continue
             key = -engagement_key(group_engagement(state, group), state.t_ref, half_life)
-            adds.setdefault(shard.group_rank(group.id), []).extend((key, lead_id))
-            if group.id in hot_now:
-                adds.setdefault(shard.group_rank(group.id, hot=True), []).extend((key, lead_id))
-        for group_id in stored.groups_hot_before:
+            if is_fed:
+                adds.setdefault(shard.group_rank(group_id), []).extend((key, lead_id))
+            if hot:
+                adds.setdefault(shard.group_rank(group_id, hot=True), []).extend((key, lead_id))
+        for group_id in before:
             if group_id not in hot_now:
                 removes.setdefault(shard.group_rank(group_id, hot=True), []).append(lead_id)
 

@@ -298,7 +298,7 @@ class RedisStore:
 
         def change(part: Batch) -> Change:
             # (afresh on each try: a retried transaction starts over)
-            return lambda leads: apply_batch(leads, part, rules, keep_history)
+            return lambda leads: apply_batch(leads, part, rules, keep_history, track_fed=True)
 
         jobs = [self._transact(shard, ids, change(part), now_ms, _progress(part), silent)
                 for shard, (part, ids) in shards.items()]
