@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+from faust.app.base import BootStrategy
 
 from scoring.rules import Ruleset
 from streams import erasure, jobs, metrics, web
@@ -45,7 +46,7 @@ def create_app(runtime: Runtime) -> faust.App:
     consumer = EventsConsumer(settings, store, delivery, health)
     rebuild = Rebuild(settings, store, delivery, health)
     metrics.watch(consumer.lags, health.stalls)
-    app = faust.App(
+    app = _App(
         f"{settings.group_id}-worker",
         broker=settings.broker,
         store="memory://",
@@ -78,6 +79,19 @@ def create_app(runtime: Runtime) -> faust.App:
         await rebuild.helpers.close()  # (they would die with this process anyway)
 
     return app
+
+
+class _NoFaustConsumer(BootStrategy):
+    """Faust runs the web server, the timers and the tasks; the events are consumed by
+    the worker's own consumer (streams.consume), so Faust's consumer, its conductor
+    and its tables are not started: they would join a consumer group of their own (an
+    empty topic's) and wait for it, seconds of every start, for nothing."""
+
+    enable_kafka_consumer = False
+
+
+class _App(faust.App):
+    BootStrategy = _NoFaustConsumer
 
 
 def run_worker(settings: Settings, rules: Ruleset | None = None, loglevel: str = "warning",

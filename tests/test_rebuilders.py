@@ -85,6 +85,9 @@ async def test_a_rebuild_on_three_processes_is_exact_helpers_die_with_their_work
     # the generation goes live, and the result is offline's exactly.
     new = worker(deployment, rules_b(tmp_path), LEADSCORE_REBUILD_PROCESSES="3").start()
     await new.wait_ready(timeout=180)
+    # (Ready as soon as the generation is active; the cutover's log line follows it.)
+    await wait_for(lambda: "cutover: rules" in new.log_path.read_text(), 30,
+                   f"no cutover logged; log:\n{new.log_tail()}")
     log = new.log_path.read_text()
     assert "rebuilding on 3 processes" in log, "the rest of the rebuild was still long"
     stopped, cutover = log.find("rebuild helpers stopped"), log.find("cutover: rules")
