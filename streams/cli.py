@@ -302,18 +302,27 @@ def _score(args: argparse.Namespace) -> int:
     return 1 if result.bad_lines else 0
 
 
-def _print_table(leads: list[dict[str, object]]) -> None:
+def _print_table(leads: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="Leads, hottest first")
+    if leads and leads[0].get("groups"):
+        table.caption = "score groups: in red when the lead is hot for the group"
     for column in ("lead", "score", "fit", "engagement", "stage", "hot"):
         table.add_column(column, justify="right" if column in ("score", "fit", "engagement")
                          else "left")
+    # A column per score group (SPEC 10): its score, in red when hot for the group.
+    groups: list[str] = list(leads[0].get("groups", {})) if leads else []
+    for group in groups:
+        table.add_column(group, justify="right")
     for lead in sorted(leads, key=lambda lead: (-float(str(lead["score"])), str(lead["lead_id"]))):
+        shown: dict[str, dict[str, Any]] = lead.get("groups", {})
         table.add_row(str(lead["lead_id"]), f"{lead['score']:.2f}", f"{lead['fit']:.2f}",
                       f"{lead['engagement']:.2f}", str(lead["stage"]),
-                      "[bold red]HOT[/]" if lead["hot"] else "")
+                      "[bold red]HOT[/]" if lead["hot"] else "",
+                      *(f"[bold red]{shown[g]['score']:.2f}[/]" if shown[g]["hot"] else
+                        f"{shown[g]['score']:.2f}" for g in groups))
     Console().print(table)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -158,6 +159,23 @@ def test_the_installed_command_scores_the_bundled_sample() -> None:
     hot_for = {group for line in done.stdout.splitlines()
                for group, scored in orjson.loads(line)["groups"].items() if scored["hot"]}
     assert hot_for == {"scoring", "alerts"}
+
+    # --table shows a column per group, with the scores the JSON lines give.
+    table = subprocess.run(
+        [str(Path(sys.executable).parent / "leadscore"), "score", "--table",
+         str(ROOT / "config" / "sample-events.jsonl")],
+        capture_output=True, cwd=ROOT, check=False, env={**os.environ, "COLUMNS": "200"})
+    assert table.returncode == 0, table.stderr
+    header = next(line for line in table.stdout.decode().splitlines() if "lead" in line
+                  and "score" in line)
+    assert header.split("┃")[1:-1] == [" lead    ", "  score ", "    fit ", " engagement ",
+                                        " stage    ", " hot ", " scoring ", " alerts "]
+    rows = {cells[0].strip(): [cell.strip() for cell in cells[1:]]
+            for line in table.stdout.decode().splitlines() if line.startswith("│")
+            for cells in [line.split("│")[1:-1]]}
+    for lead in leads:
+        assert rows[lead["lead_id"]][-2:] == [f"{lead['groups'][g]['score']:.2f}"
+                                             for g in ("scoring", "alerts")]
 
 
 def test_the_worker_refuses_a_bad_rules_file_at_start_with_every_problem(
