@@ -236,16 +236,6 @@ def hot_at(state: LeadState, at: int, rules: Ruleset) -> bool:
                           or score_at(state, at, rules) >= rules.rearm_below)
 
 
-def group_hot_at(state: LeadState, group: Group, at: int, rules: Ruleset) -> bool:
-    """Whether the lead is hot for ``group`` at ``at`` once a cooling by decay due by then
-    is done (False for a group without alerts)."""
-    if group.id not in state.groups_hot:
-        return False
-    assert group.rearm_below is not None
-    return (state.t_ref is None or at < state.t_ref
-            or group_score_at(state, group, at, rules) >= group.rearm_below)
-
-
 def rescore(state: LeadState, was_hot: bool, notified: int, at: int, rules: Ruleset,
             was_hot_groups: Sequence[str] = ()) -> list[Notification]:
     """A cutover at ``at`` (docs/generations.md): the new generation's lead takes over
@@ -569,8 +559,11 @@ def _groups_cool(state: LeadState, rules: Ruleset, f: float) -> bool:
 
 def _set_group_hot(state: LeadState, group_id: str, hot: bool, rules: Ruleset) -> None:
     """Mark a group hot or not, keeping ``groups_hot`` in the file's order."""
-    hot_now = set(state.groups_hot) ^ {group_id} if hot != (group_id in state.groups_hot) \
-        else set(state.groups_hot)
+    hot_now = set(state.groups_hot)
+    if hot:
+        hot_now.add(group_id)
+    else:
+        hot_now.discard(group_id)
     state.groups_hot = [g.id for g in rules.alerting if g.id in hot_now]
 
 

@@ -407,18 +407,9 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 def _cross_checks(raw: dict[str, Any]) -> list[str]:
     problems: list[str] = []
-    first_seen: dict[str, str] = {}
-    for section in ("fit", "engagement"):
-        for i, rule in enumerate(_as_list(raw.get(section))):
-            rule_id = rule.get("id") if isinstance(rule, dict) else None
-            if not isinstance(rule_id, str):
-                continue
-            here = f"{section}[{i}].id"
-            if rule_id in first_seen:
-                problems.append(f'{here}: duplicate rule id "{rule_id}" '
-                                f"(first used at {first_seen[rule_id]}); ids must be unique")
-            else:
-                first_seen[rule_id] = here
+    _first_ids([(f"{section}[{i}].id", rule) for section in ("fit", "engagement")
+                for i, rule in enumerate(_as_list(raw.get(section)))],
+               "duplicate rule id {id} (first used at {first}); ids must be unique", problems)
     score = raw.get("score") or {}
     if isinstance(score, dict):
         low, high = _num(score.get("min", 0)), _num(score.get("max", 100))
@@ -431,6 +422,23 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
                                         high)
     problems += _group_checks(raw)
     return problems
+
+
+def _first_ids(entries: list[tuple[str, object]], duplicate: str, problems: list[str]
+               ) -> dict[str, str]:
+    """Each string ``id`` of the (location, entry) pairs, with where it first appears;
+    a later repeat is reported as ``duplicate`` says ({id}: quoted, {first}: that place)."""
+    first_seen: dict[str, str] = {}
+    for here, entry in entries:
+        entry_id = entry.get("id") if isinstance(entry, dict) else None
+        if not isinstance(entry_id, str):
+            continue
+        if entry_id in first_seen:
+            problems.append(f"{here}: " + duplicate.format(id=f'"{entry_id}"',
+                                                            first=first_seen[entry_id]))
+        else:
+            first_seen[entry_id] = here
+    return first_seen
 
 
 def _hot_checks(hot: object, where: str, what: str, low: float | None, high: float | None
@@ -461,17 +469,10 @@ def _group_checks(raw: dict[str, Any]) -> list[str]:
     """Group ids unique; every ``group:`` of an engagement rule declared; none on a fit
     rule (a group's score is engagement only: SPEC 10)."""
     problems: list[str] = []
-    declared: dict[str, str] = {}
-    for i, group in enumerate(_as_list(raw.get("groups"))):
-        group_id = group.get("id") if isinstance(group, dict) else None
-        if not isinstance(group_id, str):
-            continue
-        here = f"groups[{i}].id"
-        if group_id in declared:
-            problems.append(f'{here}: duplicate group id "{group_id}" (first declared at '
-                            f"{declared[group_id]}); group ids must be unique")
-        else:
-            declared[group_id] = here
+    declared = _first_ids(
+        [(f"groups[{i}].id", group) for i, group in enumerate(_as_list(raw.get("groups")))],
+        "duplicate group id {id} (first declared at {first}); group ids must be unique",
+        problems)
     for i, rule in enumerate(_as_list(raw.get("engagement"))):
         group_id = rule.get("group") if isinstance(rule, dict) else None
         if isinstance(group_id, str) and group_id and group_id not in declared:

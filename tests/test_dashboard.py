@@ -13,6 +13,7 @@ The README's screenshots come from the demo (``make screenshots``, tests/screens
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -55,15 +56,25 @@ async def browser() -> AsyncIterator[Browser]:
         await browser.close()
 
 
+@contextlib.asynccontextmanager
+async def deployed(bootstrap: str, redis_url: str, rules: Path, tmp_path: Path
+                   ) -> AsyncIterator[tuple[Deployment, Worker]]:
+    """A deployment of ``rules`` with its topics and one ready worker, stopped after."""
+    deployment = Deployment(bootstrap, redis_url, rules, tmp_path)
+    try:
+        await deployment.create_topics()
+        worker = deployment.worker().start()
+        await worker.wait_ready()
+        yield deployment, worker
+    finally:
+        deployment.stop_all()
+
+
 @pytest.fixture
 async def served(bootstrap: str, redis_url: str, tmp_path: Path
                  ) -> AsyncIterator[tuple[Deployment, Worker]]:
-    deployment = Deployment(bootstrap, redis_url, RULES_PATH, tmp_path)
-    await deployment.create_topics()
-    worker = deployment.worker().start()
-    await worker.wait_ready()
-    yield deployment, worker
-    deployment.stop_all()
+    async with deployed(bootstrap, redis_url, RULES_PATH, tmp_path) as served:
+        yield served
 
 
 def journey(lead: str, start: int, title: str, steps: list[str]) -> list[dict[str, Any]]:
@@ -284,12 +295,8 @@ async def served_with_groups(bootstrap: str, redis_url: str, tmp_path: Path
                              ) -> AsyncIterator[tuple[Deployment, Worker]]:
     rules = tmp_path / "rules.yaml"
     rules.write_text(GROUP_RULES)
-    deployment = Deployment(bootstrap, redis_url, rules, tmp_path)
-    await deployment.create_topics()
-    worker = deployment.worker().start()
-    await worker.wait_ready()
-    yield deployment, worker
-    deployment.stop_all()
+    async with deployed(bootstrap, redis_url, rules, tmp_path) as served:
+        yield served
 
 
 def visit(lead: str, n: int, url: str, ts: int) -> dict[str, Any]:

@@ -16,10 +16,11 @@ from helpers import DAY, HOUR, T0, ev, live, rules, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from test_rules import GOOD_HEADER
+from test_rules import problems as refused
 
 from scoring import history
 from scoring.engine import LeadState, Notification, apply, cool, group_score_at, rescore
-from scoring.errors import RulesError
 from scoring.events import Event, format_ts
 from scoring.rules import Ruleset, parse_rules
 from scoring.store import MemoryStore, RedisStore, record
@@ -222,10 +223,7 @@ def test_a_group_hot_before_that_lost_its_alerts_is_cooled_at_cutover() -> None:
 
 
 def problems(body: str) -> list[str]:
-    text = "name: t\nhalf_life: 1d\nhot: {threshold: 70, rearm_below: 50}\n" + body
-    with pytest.raises(RulesError) as caught:
-        parse_rules(text.encode(), "g.yaml")
-    return caught.value.problems
+    return refused(GOOD_HEADER + body)
 
 
 def test_a_rule_naming_an_undeclared_group_is_refused_with_a_hint() -> None:
