@@ -6,6 +6,7 @@
     │   └── DestinationsError   the destinations file of ``leadscore notify``
     ├── EventError            one event is unusable; ``reason`` goes to the dead-letter topic
     ├── SettingsError         the LEADSCORE_* environment is unusable
+    ├── ModelError            a conversion model file is unusable, or cannot be trained
     └── StoreError            the data in Redis cannot be used as found
         ├── DataLost          Redis lost Leadscore's data under a running deployment
         ├── HandingOver       a cutover fences the shard for a moment: retry soon
@@ -52,6 +53,11 @@ class EventError(LeadscoreError):
 
 class SettingsError(LeadscoreError):
     """The LEADSCORE_* settings are unusable."""
+
+
+class ModelError(LeadscoreError):
+    """A conversion model (SPEC 12) that cannot be used (damaged, trained for other rules)
+    or trained (too few conversions to learn from)."""
 
 
 class StoreError(LeadscoreError):

@@ -1,0 +1,189 @@
+"""The conversion model as it is served (SPEC 12): a lead's features, read from its state
+at an instant, and the calibrated probability and top factors a model file gives them.
+
+Pure and cheap: a few dozen multiplications per read, no scikit-learn (training is
+scoring.training's). The features are what the state keeps anyway, so serving costs
+nothing per event; it runs when someone reads a lead, ranks leads by probability or is
+sent a notification.
+
+The model is a logistic regression over standardised features, then a sigmoid
+calibration of its log-odds (Platt scaling, fitted on held-out data):
+
+    z_i   = (x_i - mean_i) / scale_i
+    raw   = intercept + sum_i coef_i * z_i
+    p     = 1 / (1 + exp(-(slope * raw + offset)))
+
+A factor is one feature's term of the calibrated log-odds, ``slope * coef_i * z_i``:
+how far this lead's value of the feature moves its log-odds away from the average
+training example's. ``p_factors`` are the three largest by absolute value, signed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from scoring.decay import factor
+from scoring.engine import STAGES, LeadState
+from scoring.errors import ModelError
+from scoring.rules import Ruleset
+
+__all__ = ["FORMAT", "TOP_FACTORS", "Model", "feature_names", "features_at", "load_model"]
+
+FORMAT = "leadscore-model/1"
+TOP_FACTORS = 3  # SPEC 12: "the three features with the largest effect"
+# Stages as one-hot features; prospect, the first, is the baseline every lead starts at.
+MODEL_STAGES = STAGES[1:]
+
+
+def feature_names(rules: Ruleset) -> list[str]:
+    """The features of a ruleset, in this order: each engagement rule's contribution
+    (``rule:<id>``), each fit rule holding (``fit:<id>``, 1 or 0), the stage
+    (``stage:<name>``, 1 or 0, prospect being none of them), and the engagement E."""
+    return ([f"rule:{r.id}" for r in rules.engagement] + [f"fit:{r.id}" for r in rules.fit]
+            + [f"stage:{s}" for s in MODEL_STAGES] + ["engagement"])
+
+
+def features_at(state: LeadState, at: float, rules: Ruleset,
+                holds: Sequence[bool] | None = None) -> list[float]:
+    """The lead's features at ``at``, in ``feature_names`` order: contributions and E
+    decayed from T to ``at`` (an instant before T reads as T, as ``engagement_at``).
+    ``holds``: the fit rules' results on the lead's profile, if the caller has them
+    (training computes them once per profile, not once per example)."""
+    f = 1.0
+    if state.t_ref is not None and at > state.t_ref:
+        f = factor(at - state.t_ref, rules.half_life_ms)
+    contributions = state.contributions
+    out = [contributions.get(r.id, 0.0) * f for r in rules.engagement]
+    if holds is None:
+        profile = state.profile
+        holds = [r.test(profile) for r in rules.fit]
+    out += [1.0 if held else 0.0 for held in holds]
+    out += [1.0 if state.stage == stage else 0.0 for stage in MODEL_STAGES]
+    out.append(state.engagement * f)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    """A trained model file (README, "Conversion probability"), validated."""
+
+    rules_version: str
+    horizon: str  # as given to training, e.g. "90d"
+    horizon_ms: int
+    features: tuple[str, ...]
+    means: tuple[float, ...]
+    scales: tuple[float, ...]
+    coefficients: tuple[float, ...]  # per standardised feature
+    intercept: float
+    slope: float  # the calibration of the raw log-odds
+    offset: float
+    # Everything else the file says (training window, metrics, example counts), for people.
+    info: dict[str, Any]
+
+    def check(self, rules: Ruleset, source: str = "the model") -> None:
+        """Refuse a model trained under other rules: its features would mean other things."""
+        if rules.version != self.rules_version:
+            raise ModelError(
+                f"{source}: trained for rules_version {self.rules_version}, but the rules in "
+                f"use are {rules.version} ({rules.name}); retrain it with "
+                "`leadscore model train --rules <the rules file> EVENTS` (README, "
+                "\"Conversion probability\")")
+        names = feature_names(rules)
+        if list(self.features) != names:
+            raise ModelError(f"{source}: its features do not match the rules' "
+                             f"({len(self.features)} against {len(names)}); retrain it")
+
+    def explain(self, state: LeadState, at: float, rules: Ruleset) -> dict[str, Any]:
+        """``p_convert`` (4 decimals) and ``p_factors`` of the lead at ``at``: the three
+        features with the largest effect on its log-odds, signed, largest first."""
+        x = features_at(state, at, rules)
+        slope = self.slope
+        terms = [slope * c * (v - m) / s for v, m, s, c
+                 in zip(x, self.means, self.scales, self.coefficients, strict=True)]
+        logit = slope * self.intercept + self.offset + sum(terms)
+        order = sorted(range(len(terms)), key=lambda i: (-abs(terms[i]), i))
+        factors = [{"feature": self.features[i], "effect": round(terms[i], 4)}
+                   for i in order[:TOP_FACTORS] if round(terms[i], 4) != 0.0]
+        return {"p_convert": round(_sigmoid(logit), 4), "p_factors": factors}
+
+    def probability(self, x: Sequence[float]) -> float:
+        """The calibrated probability of a feature vector, unrounded."""
+        raw = self.intercept + sum(c * (v - m) / s for v, m, s, c
+                                   in zip(x, self.means, self.scales, self.coefficients,
+                                          strict=True))
+        return _sigmoid(self.slope * raw + self.offset)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "rules_version": self.rules_version, "horizon": self.horizon,
+            "horizon_ms": self.horizon_ms,
+            "features": [{"name": n, "mean": m, "scale": s, "coefficient": c}
+                         for n, m, s, c in zip(self.features, self.means, self.scales,
+                                               self.coefficients, strict=True)],
+            "intercept": self.intercept,
+            "calibration": {"method": "sigmoid", "slope": self.slope, "offset": self.offset},
+            **self.info,
+        }
+
+    @staticmethod
+    def from_json(data: Any, source: str = "the model") -> Model:
+        """A model from its JSON; ``ModelError`` saying what is wrong and where."""
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ModelError(f"{source}: not a Leadscore model file (\"format\" is not "
+                             f"{FORMAT!r}); train one with `leadscore model train`")
+        try:
+            features = data["features"]
+            calibration = data["calibration"]
+            model = Model(
+                rules_version=str(data["rules_version"]), horizon=str(data["horizon"]),
+                horizon_ms=int(data["horizon_ms"]),
+                features=tuple(str(f["name"]) for f in features),
+                means=tuple(float(f["mean"]) for f in features),
+                scales=tuple(float(f["scale"]) for f in features),
+                coefficients=tuple(float(f["coefficient"]) for f in features),
+                intercept=float(data["intercept"]), slope=float(calibration["slope"]),
+                offset=float(calibration["offset"]),
+                info={k: v for k, v in data.items() if k not in _OWN})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"{source}: a damaged model file ({type(exc).__name__}: {exc}); "
+                             "train it again with `leadscore model train`") from None
+        numbers = (*model.means, *model.scales, *model.coefficients, model.intercept,
+                   model.slope, model.offset)
+        if not all(math.isfinite(n) for n in numbers) or not all(s > 0 for s in model.scales):
+            raise ModelError(f"{source}: a damaged model file (a number that is not finite, "
+                             "or a scale that is not positive); train it again")
+        return model
+
+
+_OWN = {"format", "rules_version", "horizon", "horizon_ms", "features", "intercept",
+        "calibration"}
+
+
+def load_model(path: str | Path, rules: Ruleset | None = None) -> Model:
+    """Read a model file; with ``rules``, refuse it unless it was trained for them."""
+    source = str(path)
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise ModelError(f"{source}: cannot read the model file ({exc.strerror}); check "
+                         "LEADSCORE_MODEL / --model") from None
+    except orjson.JSONDecodeError as exc:
+        raise ModelError(f"{source}: not JSON ({exc}); give a file written by "
+                         "`leadscore model train`") from None
+    model = Model.from_json(data, source)
+    if rules is not None:
+        model.check(rules, source)
+    return model
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
