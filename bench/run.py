@@ -159,8 +159,10 @@ def venv_bin(checkout: Path) -> Path:
 
 
 def worker_env(broker: Broker, redis: RedisServer, topic: str, name: str,
-               port: int, checkout: Path = ROOT, rules: Path | None = None) -> dict[str, str]:
-    return {**os.environ, "LEADSCORE_BROKER": broker.url, "LEADSCORE_REDIS_URL": redis.url,
+               port: int, checkout: Path = ROOT, rules: Path | None = None,
+               model: Path | None = None) -> dict[str, str]:
+    return {**os.environ, **({"LEADSCORE_MODEL": str(model)} if model else {}),
+            "LEADSCORE_BROKER": broker.url, "LEADSCORE_REDIS_URL": redis.url,
             "LEADSCORE_TOPIC_EVENTS": topic, "LEADSCORE_TOPIC_HOT": f"{topic}-hot",
             "LEADSCORE_TOPIC_DLQ": f"{topic}-dlq", "LEADSCORE_GROUP_ID": name,
             "LEADSCORE_KEY_PREFIX": name, "LEADSCORE_WEB_PORT": str(port),
@@ -171,12 +173,14 @@ def worker_env(broker: Broker, redis: RedisServer, topic: str, name: str,
 
 def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, run: int,
                       events: int, log: Path, prefix: int,
-                      checkout: Path = ROOT, rules: Path | None = None) -> dict[str, Any]:
+                      checkout: Path = ROOT, rules: Path | None = None,
+                      model: Path | None = None) -> dict[str, Any]:
     """Events/s over all ``events``, and over the first ``prefix`` of them: the part of
     the mix the baselines are measured on (its first events, of leads mostly new, are
     cheaper than the rest), so that the ratios compare the same work. ``checkout``: the
     source tree whose ``.venv`` runs the worker (bench.compare measures several);
-    ``rules``: its rules file (default: the tree's config/rules.yaml)."""
+    ``rules``: its rules file (default: the tree's config/rules.yaml); ``model``: its
+    LEADSCORE_MODEL (default: none)."""
     port = free_port()
     client = Redis.from_url(redis.url)
     calls_before = redis_calls(client)
@@ -184,7 +188,7 @@ def worker_throughput(broker: EmbeddedBroker, redis: EmbeddedRedis, topic: str, 
         worker = subprocess.Popen([str(venv_bin(checkout) / "leadscore"), "worker"],
                                   stdout=sink, stderr=sink, cwd=checkout,
                                   env=worker_env(broker, redis, topic, f"bench-w{run}", port,
-                                                 checkout, rules))
+                                                 checkout, rules, model))
     try:
         while processed(port) == 0:
             time.sleep(0.02)  # polling the worker's counter
