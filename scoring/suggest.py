@@ -7,11 +7,13 @@ rule a weight w_i: the calibrated log-odds one point of the rule's contribution 
 (its own coefficient plus the engagement's, since E is the sum of the contributions,
 each per unit of the raw feature). A rule's new points are k * w_i * p_i (p_i its
 points now): an award moves the new score in proportion to how much it moved the odds
-of converting. One scale k for all rules is chosen at training (``scale_points``) so
-that the new rules put as many of the training examples at or above the hot threshold
-as the old ones, so that reps would get about as many alerts: what changes is which
-leads they are. Fit points, thresholds, limits' windows and everything else stay; a
-``limit``'s points follow its rule's points (its window holds as many awards as before).
+of converting. One scale k for all rules is chosen at training (``scale_points``): the
+one that puts as many of the training examples at or above the hot threshold as the
+old points do (so that reps would get about as many alerts, and what changes is which
+leads they are), but never so large that one award is worth more than the whole score
+range (max - min): past that, scores would only be 0 or 100. Fit points, thresholds,
+windows and everything else stay; a ``limit``'s points follow its rule's points (its
+window holds as many awards as before).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def scale_points(model: Model, rules: Ruleset, x: npt.NDArray[np.float64],
                  score: npt.NDArray[np.float64]) -> dict[str, float]:
     """The suggested points (1 decimal) per engagement rule, with the one scale k that
     keeps the share of examples (``x``: their features; ``score``: their score under
-    the rules) at or above the hot threshold (the module's docstring)."""
+    the rules) at or above the hot threshold, within the score range's bound (the
+    module's docstring)."""
     weights = rule_weights(model, rules)
     index = {name: i for i, name in enumerate(model.features)}
     fit = sum((x[:, index[f"fit:{r.id}"]] * r.points for r in rules.fit),
@@ -65,7 +68,10 @@ def scale_points(model: Model, rules: Ruleset, x: npt.NDArray[np.float64],
             low = middle
         else:
             high = middle
+    largest = max((abs(weights[r.id] * r.points) for r in rules.engagement), default=0.0)
     k = 2.0 ** high
+    if largest * k > rules.score_max - rules.score_min:
+        k = (rules.score_max - rules.score_min) / largest
     return {r.id: round(k * weights[r.id] * r.points, 1) for r in rules.engagement}
 
 

@@ -37,15 +37,16 @@ from scoring.model import Model, feature_names, features_at
 from scoring.rules import Ruleset
 from scoring.suggest import scale_points
 
-__all__ = ["MIN_POSITIVES", "Evaluation", "Examples", "Trained", "build_examples",
-           "expected_calibration_error", "lift", "reliability", "train"]
+__all__ = ["MIN_CONVERSIONS", "Evaluation", "Examples", "Trained", "build_examples",
+           "expected_calibration_error", "lift", "reliability", "split_parts", "train"]
 
 TEST_SHARE = 0.2  # SPEC 12: "the test set is the latest 20% of time"
 CALIBRATION_SHARE = 0.25  # of the training leads: held out to calibrate
 BINS = 10  # SPEC 12: expected calibration error over 10 bins
-# Below these many positive examples in a part, the fit, the calibration or the test
-# metrics would mostly measure noise: training refuses and says so.
-MIN_POSITIVES = {"fit": 30, "calibration": 15, "test": 15}
+# Below these many converted leads in a part, the fit, the calibration or the test
+# metrics would mostly measure noise (a lead's examples are alike: leads are what count),
+# so training refuses and says so.
+MIN_CONVERSIONS = {"fit": 30, "calibration": 10, "test": 10}
 REGULARISATION = 1.0  # scikit-learn's C: the inverse strength of the L2 penalty
 
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -187,22 +188,18 @@ def train(examples: Examples, rules: Ruleset, horizon: str, horizon_ms: int) -> 
     if len(t) == 0:
         raise ModelError("no example to learn from: every lead's horizon runs past the end "
                          "of the data; give a longer history or a shorter --horizon")
-    first, last = int(t.min()), int(t.max())
-    split = first + (1 - TEST_SHARE) * (last - first)
-    test = t >= split
-    training = t + horizon_ms <= split
-    held_out = _held_out(examples.lead_ids)[examples.lead]
-    fit, calibration = training & ~held_out, training & held_out
-    parts = {"fit": fit, "calibration": calibration, "test": test}
+    split, parts = split_parts(examples, horizon_ms)
+    fit, calibration, test = parts["fit"], parts["calibration"], parts["test"]
+    training = fit | calibration
     for name, mask in parts.items():
-        positives = int(y[mask].sum())
-        if positives < MIN_POSITIVES[name] or positives == int(mask.sum()):
+        converted = len(np.unique(examples.lead[mask & (y == 1)]))
+        if converted < MIN_CONVERSIONS[name] or int(y[mask].sum()) == int(mask.sum()):
             raise ModelError(
                 f"too few conversions to learn from: the {name} part of the history "
-                f"({int(mask.sum()):,} examples) has {positives} that converted within "
-                f"{horizon}, and needs at least {MIN_POSITIVES[name]} (and some that did "
-                f"not); {examples.conversions:,} leads converted in all. Give a longer "
-                "history (more `converted` events) or a longer --horizon")
+                f"({int(mask.sum()):,} examples) has {converted} leads that converted within "
+                f"{horizon} of an example, and needs at least {MIN_CONVERSIONS[name]} (and "
+                f"leads that did not); {examples.conversions:,} leads converted in all. Give "
+                "a longer history (more `converted` events) or a longer --horizon")
     x_fit = examples.x[fit]
     means = x_fit.mean(axis=0)
     scales = x_fit.std(axis=0)
@@ -251,6 +248,20 @@ def train(examples: Examples, rules: Ruleset, horizon: str, horizon_ms: int) -> 
     model.info["suggested_points"] = scale_points(model, rules, examples.x[training],
                                                   examples.score[training])
     return Trained(model, evaluation)
+
+
+def split_parts(examples: Examples, horizon_ms: int
+                ) -> tuple[float, dict[str, npt.NDArray[np.bool_]]]:
+    """The split instant, and which examples fit, calibrate and test (the module's
+    docstring): test from the latest TEST_SHARE of the examples' span; fit and
+    calibration among those whose horizon ended before it, by lead."""
+    t = examples.t
+    first, last = int(t.min()), int(t.max())
+    split = first + (1 - TEST_SHARE) * (last - first)
+    training = t + horizon_ms <= split
+    held_out = _held_out(examples.lead_ids)[examples.lead]
+    return split, {"fit": training & ~held_out, "calibration": training & held_out,
+                   "test": t >= split}
 
 
 def _held_out(lead_ids: list[str]) -> npt.NDArray[np.bool_]:

@@ -15,7 +15,7 @@ from helpers import DAY, HOUR, T0, ev, rules, run
 from scoring.errors import ModelError
 from scoring.events import Event
 from scoring.model import Model, feature_names, features_at, load_model
-from scoring.training import build_examples
+from scoring.training import build_examples, split_parts
 
 BODY = """
 fit:
@@ -196,3 +196,22 @@ def test_bad_lines_are_listed_and_skipped() -> None:
     examples = build_examples(raw, RULES, 5 * DAY)
     assert examples.bad_lines == [(3, "missing field lead_id")]
     assert len(examples.y) == 4
+
+
+def test_the_split_keeps_every_training_label_out_of_the_test_period() -> None:
+    """Test: the latest 20% of the span. Training: examples whose horizon ended before
+    the split, so that no conversion in the test period labels a training example;
+    a lead either fits or calibrates, never both."""
+    times = [T0 + d * DAY for d in range(0, 101, 5)]  # 0, 5, ..., 100 days
+    examples = build_examples(lines([ev(f"e{i}", "page_view", t, f"lead-{i % 7}", url="/blog")
+                                     for i, t in enumerate(times)]
+                                    + [ev("end", "page_view", T0 + 130 * DAY, "other")]),
+                              RULES, 30 * DAY)
+    split, parts = split_parts(examples, 30 * DAY)
+    assert split == T0 + 80 * DAY  # examples span 0..100 days (130 is past its horizon)
+    day = {name: sorted(int(t - T0) // DAY for t in examples.t[mask])
+           for name, mask in parts.items()}
+    assert day["test"] == [80, 85, 90, 95, 100]
+    assert sorted(day["fit"] + day["calibration"]) == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
+    fitted = set(examples.lead[parts["fit"]].tolist())
+    assert fitted.isdisjoint(examples.lead[parts["calibration"]].tolist())
