@@ -1,7 +1,8 @@
 """The worker process: one Faust app over the runtime, run until a signal stops it.
 
     run_worker(settings, rules)    connected(...) on the loop Faust will run, then:
-      create_app(runtime)          the consume loop (a task), the jobs (timers), the API
+      create_app(runtime, served)  the consume loop (a task), the jobs (timers), the API,
+                                   and with LEADSCORE_MODEL the model served (and reloaded)
       _Worker                      Faust's worker: logging held back, a bounded stop
 
 Faust owns the event loop, the web server, the timers and the process lifecycle; the
@@ -33,14 +34,20 @@ from streams.feed import Feed
 from streams.generations import Rebuild
 from streams.health import Health
 from streams.runtime import Runtime, connected
+from streams.served import ServedModel
 from streams.settings import Settings
 
 __all__ = ["Repeats", "create_app", "run_worker", "use_uvloop"]
 
 
-def create_app(runtime: Runtime) -> faust.App:
-    """The worker's Faust app over a connected runtime, ready to run."""
+def create_app(runtime: Runtime, served: ServedModel | None = None) -> faust.App:
+    """The worker's Faust app over a connected runtime, ready to run; with ``served`` (a
+    conversion model for the runtime's rules), its notifications and API carry
+    ``p_convert``, from whichever model file is current (checked every
+    LEADSCORE_MODEL_RELOAD seconds)."""
     settings, store = runtime.settings, runtime.store
+    if served is not None:
+        store.explain = served.explain  # (read per notification: a reload applies at once)
     health = Health(settings.stall_seconds)
     delivery = Delivery(settings, store, health)
     consumer = EventsConsumer(settings, store, delivery, health)
@@ -71,7 +78,13 @@ def create_app(runtime: Runtime) -> faust.App:
 
     web.install(app, web.Api(settings, runtime.rules, runtime.redis, store, problems,
                              functools.partial(erasure.forget, store, delivery.tombstone),
-                             feed))
+                             feed, served))
+    if served is not None:
+        @app.timer(interval=settings.model_reload)
+        async def model_reload() -> None:
+            async def check() -> None:  # (a file read: off the event loop)
+                await asyncio.to_thread(served.check)
+            await health.safely("model reload", check)
 
     @app.on_before_shutdown.connect
     async def before_stop(sender: Any, /, *args: Any, **kwargs: Any) -> None:
@@ -95,22 +108,29 @@ class _App(faust.App):
 
 
 def run_worker(settings: Settings, rules: Ruleset | None = None, loglevel: str = "warning",
-               before: Callable[[faust.App, Settings], None] | None = None) -> None:
+               before: Callable[[faust.App, Settings], None] | None = None,
+               served: ServedModel | None = None) -> None:
     """Run the worker in this process until SIGINT/SIGTERM; Faust owns the event loop.
-    The rules are loaded from the settings unless given. ``before`` sees the app and the
-    settled settings before the app starts (``leadscore dev`` prints its banner and adds
-    its demo there). A stop that takes longer than ``stop_timeout`` seconds ends the
-    process (exit code 1)."""
+    The rules are loaded from the settings unless given, and so is the model
+    (LEADSCORE_MODEL) unless ``served`` is (for ``rules``): one trained for other rules
+    stops it here (``ModelError``). ``before`` sees the app and the settled settings
+    before the app starts (``leadscore dev`` prints its banner and adds its demo there).
+    A stop that takes longer than ``stop_timeout`` seconds ends the process (exit code
+    1)."""
     loop = asyncio.new_event_loop()  # of the policy in force: see use_uvloop
     asyncio.set_event_loop(loop)
     resources = contextlib.AsyncExitStack()
-    try:  # Redis unreachable, or a shard count other than the data's: stop here
+    try:  # Redis unreachable, a shard count other than the data's, a stale model: stop here
         runtime = loop.run_until_complete(resources.enter_async_context(
             connected(settings, rules, observe=metrics.observe_redis)))
+        if served is None:
+            served = ServedModel.configured(settings, runtime.rules)
     except BaseException:
+        with contextlib.suppress(Exception):  # (the error to report is the first one)
+            loop.run_until_complete(resources.aclose())
         loop.close()
         raise
-    app = create_app(runtime)
+    app = create_app(runtime, served)
     if before is not None:
         before(app, runtime.settings)
     worker = _Worker(app, loop=loop, loglevel=loglevel, redirect_stdouts=False,

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from scoring.errors import EventError, LeadscoreError, SettingsError
 from scoring.events import parse_ts
+from scoring.model import load_model
 from scoring.offline import replay
 from scoring.rules import Ruleset, format_duration, load_rules, parse_duration
 from scoring.views import summary
@@ -108,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="print the notifications instead of the leads")
     score.add_argument("--table", action="store_true",
                        help="print a readable table of leads, hottest first")
+    score.add_argument("--model", type=Path, metavar="FILE",
+                       help="a conversion model (leadscore model train): each lead also "
+                       "gets its p_convert and p_factors at the same instant (the table a "
+                       "p column)")
     score.set_defaults(run=_score)
 
     worker = commands.add_parser("worker", help="run the stream worker (settings from "
@@ -145,6 +150,8 @@ def _parser() -> argparse.ArgumentParser:
                                  "notifications topic")
     forget.add_argument("lead_id")
     forget.set_defaults(run=_forget)
+    from streams.model_cli import add_model_commands
+    add_model_commands(commands)
     return parser
 
 
@@ -167,13 +174,17 @@ class _Intermixed(argparse.ArgumentParser):
 
 def _worker(args: argparse.Namespace) -> int:
     from streams.app import run_worker, use_uvloop
+    from streams.served import ServedModel
 
     settings = load_settings()
     rules = load_rules(settings.rules_path())  # a bad rules file stops here, every problem listed
+    served = ServedModel.configured(settings, rules)  # so does a model of other rules
     print(f"leadscore worker: rules {settings.rules_path()} ({rules.name}, "
-          f"rules_version {rules.version})\n{settings.describe()}", file=sys.stderr)
+          f"rules_version {rules.version})"
+          + ("" if served is None else f"\nleadscore worker: {served.describe()}")
+          + f"\n{settings.describe()}", file=sys.stderr)
     use_uvloop()
-    run_worker(settings, rules, args.loglevel)
+    run_worker(settings, rules, args.loglevel, served=served)
     return 0
 
 
@@ -275,6 +286,7 @@ def _rules_preview(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     rules = _rules(args.rules)
+    model = load_model(args.model, rules) if args.model is not None else None  # before reading
     # The replay keeps every lead's state alive and creates no reference cycles:
     # collecting less often saves ~10% with no growth in memory.
     gc.set_threshold(100_000, 50, 100)
@@ -291,6 +303,9 @@ def _score(args: argparse.Namespace) -> int:
               file=sys.stderr)
     at = result.at if result.at is not None else 0
     leads = [summary(result.states[lead_id], rules, at) for lead_id in sorted(result.states)]
+    if model is not None:  # the probability at the instant the score is shown at
+        for lead in leads:
+            lead.update(model.explain(result.states[lead["lead_id"]], at, rules))
     out = sys.stdout.buffer
     if args.notifications:
         out.writelines(orjson.dumps(n) + b"\n" for n in result.notifications)
@@ -309,9 +324,12 @@ def _print_table(leads: list[dict[str, Any]]) -> None:
     table = Table(title="Leads, hottest first")
     if leads and leads[0].get("groups"):
         table.caption = "score groups: in red when the lead is hot for the group"
-    for column in ("lead", "score", "fit", "engagement", "stage", "hot"):
-        table.add_column(column, justify="right" if column in ("score", "fit", "engagement")
-                         else "left")
+    # With a model (--model), p: the conversion probability, as a percent.
+    probability = bool(leads) and "p_convert" in leads[0]
+    for column in ("lead", "score", "fit", "engagement", "stage", "hot",
+                   *(("p",) if probability else ())):
+        table.add_column(column, justify="right" if column in ("score", "fit", "engagement",
+                                                               "p") else "left")
     # A column per score group (SPEC 10): its score, in red when hot for the group.
     groups: list[str] = list(leads[0].get("groups", {})) if leads else []
     for group in groups:
@@ -321,6 +339,7 @@ def _print_table(leads: list[dict[str, Any]]) -> None:
         table.add_row(str(lead["lead_id"]), f"{lead['score']:.2f}", f"{lead['fit']:.2f}",
                       f"{lead['engagement']:.2f}", str(lead["stage"]),
                       "[bold red]HOT[/]" if lead["hot"] else "",
+                      *((f"{100 * float(lead['p_convert']):.2f}%",) if probability else ()),
                       *(f"[bold red]{shown[g]['score']:.2f}[/]" if shown[g]["hot"] else
                         f"{shown[g]['score']:.2f}" for g in groups))
     Console().print(table)

@@ -13,6 +13,7 @@ from scoring.events import format_ts
 from scoring.views import lead_now
 from streams.erasure import forget_once
 from streams.runtime import connected, now_ms, producing
+from streams.served import ServedModel
 from streams.settings import Settings
 
 __all__ = ["forget_lead", "produce_file", "show_lead"]
@@ -55,12 +56,16 @@ def _lead_key(line: bytes) -> bytes | None:
 
 
 async def show_lead(settings: Settings, lead_id: str) -> int:
+    """The lead now, as ``GET /leads/{id}`` shows it; with LEADSCORE_MODEL its
+    ``p_convert`` and ``p_factors`` too, by that model, which must fit the active rules."""
     async with connected(settings, reader=True) as runtime:
+        served = ServedModel.configured(settings, runtime.rules)  # (ModelError: refused)
         loaded = await runtime.store.load(lead_id)
     if loaded is None:
         raise LeadscoreError(f"no lead {lead_id!r} in Redis")
     state, updated_at = loaded
-    view = lead_now(state, runtime.rules, now_ms())  # cooled first if due, as the API shows it
+    # Cooled first if due, as the API shows it; the probability at the same instant.
+    view = lead_now(state, runtime.rules, now_ms(), None if served is None else served.explain)
     print(orjson.dumps({**view, "updated_at": format_ts(updated_at)},
                        option=orjson.OPT_INDENT_2).decode())
     return 0

@@ -33,12 +33,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from scoring.errors import LeadscoreError
-from scoring.rules import parse_rules
+from scoring.rules import load_rules, parse_rules
 from streams.app import run_worker
 from streams.demo import TICK_SECONDS, LiveDemo
 from streams.destinations import Destination
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, create_topics
 from streams.runtime import now_ms
+from streams.served import ServedModel
 from streams.settings import DEMO_RULES, Settings
 
 __all__ = ["run_dev"]
@@ -50,6 +51,10 @@ console = Console(highlight=False, soft_wrap=True)
 
 def run_dev(settings: Settings, demo: bool,
             destinations: list[Destination] | None = None) -> None:
+    if settings.model is not None:  # a model of other rules stops here, before any server
+        scored = settings.model_copy(update={"rules": DEMO_RULES}) \
+            if demo and "rules" not in settings.model_fields_set else settings
+        ServedModel.configured(scored, load_rules(scored.rules_path()))
     with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
         update: dict[str, Any] = {
             "broker": broker.url, "redis_url": SecretStr(redis.url),
@@ -83,7 +88,10 @@ def run_dev(settings: Settings, demo: bool,
                           f"{settled.topic_hot}   dead letters {settled.topic_dlq}\n"
                           f"  rules      {escape(str(settled.rules_path()))}: save a change "
                           "to publish it (a rebuild and a cutover)\n"
-                          "  Ctrl-C stops everything.")
+                          + ("" if settled.model is None else
+                             f"  model      {escape(str(settled.model))}: p_convert served, "
+                             "reloaded when the file changes\n")
+                          + "  Ctrl-C stops everything.")
             if demo:
                 _add_demo(app, settled, broker.bootstrap)
             if destinations:

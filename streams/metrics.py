@@ -87,6 +87,12 @@ RESCORES = Counter("leadscore_rescore_notifications_total", "Notifications with 
 GENERATIONS_DELETED = Counter("leadscore_generations_deleted_total", "Generations deleted "
                               "after LEADSCORE_GENERATION_KEEP", registry=REGISTRY)
 
+# The conversion model (SPEC 12, streams.served): a new file served, or refused.
+MODEL_RELOADS = Counter("leadscore_model_reloads_total", "Changes of the model file "
+                        "(LEADSCORE_MODEL) seen by the worker, by outcome: loaded (served "
+                        "from then on) or refused (damaged, or trained for other rules: the "
+                        "model in use stays)", ["outcome"], registry=REGISTRY)
+
 # leadscore notify (streams/notify.py): labelled by destination id, never by its URL.
 # Latency up to half an hour: a delivery that waits out an endpoint's outage takes minutes.
 NOTIFY_BUCKETS = (*LATENCY_BUCKETS, 120, 300, 600, 1800)

@@ -133,6 +133,12 @@ class Settings(_Secrets):
                                           "destination remembers the notifications it had")
     notify_backlog: int = Field(10_000, ge=1, description="notifications waiting for one "
                                 "destination before the sink stops reading for all")
+    # The conversion model (SPEC 12), from `leadscore model train`: p_convert and
+    # p_factors in the API, notifications and `leadscore lead` (streams.served).
+    model: Path | None = Field(None, description="a conversion model file; trained for "
+                               "another rules_version, it is refused at start")
+    model_reload: Seconds = Field(60.0, gt=0, description="how often the worker checks the "
+                                  "model file for a new version, and serves it")
 
     def kafka_options(self) -> dict[str, Any]:
         """Security keyword arguments for aiokafka's clients."""

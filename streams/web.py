@@ -4,6 +4,8 @@
     GET /stream                   Server-Sent Events: every notification as it is sent
     GET /leads?hot=&stage=&limit= the highest scores now, from the lead index
     GET /leads?group=&hot=&limit= a score group's highest scores now, from its index
+    GET /leads?order=p_convert&...  the highest conversion probabilities now (a model's,
+                                  SPEC 12): a scan of every lead, not an index read
     GET /leads/{id}               one lead now; 404 if unknown
     DELETE /leads/{id}            erase the lead (admin token) and tombstone it downstream
     GET /leads/{id}/history       its last changes, newest first
@@ -24,6 +26,10 @@ client rewrites; the dashboard uses them.
 With LEADSCORE_API_TOKEN set, the lead endpoints and the stream need a bearer token
 (``Authorization: Bearer ...`` or ``?access_token=...``); the probes, the metrics and
 the page itself (which holds no data) stay open. Every client is rate limited.
+
+With a conversion model (LEADSCORE_MODEL, streams.served) every lead shown, alone or
+in a list, also carries ``p_convert`` and ``p_factors`` at the answer's ``at``; without
+one every answer is as it was, and ``order=p_convert`` is a 400.
 """
 
 from __future__ import annotations
@@ -50,10 +56,11 @@ from scoring.engine import STAGES, plain
 from scoring.events import MAX_ID_LENGTH, format_ts
 from scoring.rules import Group, Ruleset
 from scoring.store import RedisStore
-from scoring.views import lead_now
+from scoring.views import Explain, Selection, lead_now
 from streams import metrics
 from streams.feed import Feed
 from streams.runtime import now_ms
+from streams.served import ServedModel
 from streams.settings import Settings
 
 __all__ = ["ROUTES", "Api", "RateLimiter", "bands", "dashboard", "erase", "healthz",
@@ -99,12 +106,19 @@ class Api:
     problems: Callable[[], list[str]]  # why the worker is not ready, beyond Redis
     forget: Callable[[str], Awaitable[bool]]  # erase a lead and tombstone it; False if unknown
     feed: Feed  # the live notifications, for /stream
+    served: ServedModel | None = None  # the conversion model (SPEC 12), if configured
     limiter: RateLimiter = field(init=False)
     page: bytes = field(init=False)
 
     def __post_init__(self) -> None:
         self.limiter = RateLimiter(self.settings.api_rate_limit)
         self.page = DASHBOARD.read_bytes()
+
+    @property
+    def explain(self) -> Explain | None:
+        """The served model's ``explain``, by the model current now (one per answer), or
+        None (no model configured, or its file not there yet)."""
+        return None if self.served is None else self.served.current()
 
 
 class BadRequest(ValueError):
@@ -179,15 +193,19 @@ async def prometheus(api: Api, request: Request) -> Response:
 
 
 async def leads(api: Api, request: Request) -> Response:
-    """GET /leads: the highest scores now, from the lead index."""
+    """GET /leads: the highest scores now, from the lead index; or, ``order=p_convert``
+    (with a model), the highest conversion probabilities now, from a scan of every
+    lead (``RedisStore.top_by_probability``: the probability follows no index)."""
     if (no := _refused(api, request, "read")) is not None:
         return no
     try:
         limit = _limit(request, 20)
         hot, stage, scored = _hot(request), _stage(request), _group(api, request)
+        by_probability = _order(api, request) == "p_convert"
     except BadRequest as exc:
         return _error(400, str(exc))
     now = now_ms()
+    explain = api.explain
     if scored is not None:
         # A group's own list, by its score (SPEC 10). Its leads' "hot" is the group's;
         # a group without alerts is never hot.
@@ -195,8 +213,15 @@ async def leads(api: Api, request: Request) -> Response:
             return ((hot is None or view["groups"][scored.id]["hot"] == hot)
                     and (stage is None or view["stage"] == stage))
 
-        found = await api.store.top(now, limit, "hot" if hot else "all", keep_in,
-                                    within=scored.id, ahead_ms=_ahead_ms(api))
+        if by_probability:
+            assert explain is not None
+            found = await api.store.top_by_probability(now, limit, explain, keep_in,
+                                                       within=scored.id)
+        else:
+            found = await api.store.top(now, limit, "hot" if hot else "all",
+                                        keep_in if explain is None else
+                                        Selection(keep_in, explain),
+                                        within=scored.id, ahead_ms=_ahead_ms(api))
         return _json({"at": format_ts(now), "group": scored.id,
                       "threshold": _plain_or_none(scored.threshold),
                       "rearm_below": _plain_or_none(scored.rearm_below), "leads": found})
@@ -206,7 +231,13 @@ async def leads(api: Api, request: Request) -> Response:
     def keep(view: dict[str, Any]) -> bool:
         return (hot is None or view["hot"] == hot) and (stage is None or view["stage"] == stage)
 
-    found = await api.store.top(now, limit, group, keep, ahead_ms=_ahead_ms(api))
+    if by_probability:
+        assert explain is not None
+        found = await api.store.top_by_probability(now, limit, explain, keep)
+    else:
+        found = await api.store.top(now, limit, group,
+                                    keep if explain is None else Selection(keep, explain),
+                                    ahead_ms=_ahead_ms(api))
     answer = {"at": format_ts(now), "threshold": plain(api.rules.threshold),
               "rearm_below": plain(api.rules.rearm_below), "leads": found}
     if api.rules.groups:  # what ?group= may name (the dashboard's selector)
@@ -249,8 +280,8 @@ async def show(api: Api, request: Request, lead_id: str) -> Response:
         return _error(404, f"no lead {lead_id!r}")
     state, updated_at = loaded
     now = now_ms()
-    return _json({**lead_now(state, api.rules, now), "updated_at": format_ts(updated_at),
-                  "at": format_ts(now)})
+    return _json({**lead_now(state, api.rules, now, api.explain),
+                  "updated_at": format_ts(updated_at), "at": format_ts(now)})
 
 
 async def erase(api: Api, request: Request, lead_id: str) -> Response:
@@ -462,6 +493,20 @@ def _hot(request: Request) -> bool | None:
     if raw.lower() not in ("true", "false"):
         raise BadRequest(f"hot must be true or false, got {raw!r}")
     return raw.lower() == "true"
+
+
+def _order(api: Api, request: Request) -> str:
+    """``?order=``: ``score`` (the default) or ``p_convert``, which needs a model."""
+    raw = request.query.get("order", "score")
+    if raw not in ("score", "p_convert"):
+        shown = raw if len(raw) <= 100 else raw[:100] + "..."
+        raise BadRequest(f"order must be score or p_convert, got {shown!r}")
+    if raw == "p_convert" and (api.served is None or api.served.model is None):
+        raise BadRequest("order=p_convert needs a conversion model, and this worker serves "
+                         "none: set LEADSCORE_MODEL to a file of `leadscore model train`"
+                         + ("" if api.served is None else
+                            f" ({api.served.path} does not exist yet)"))
+    return raw
 
 
 def _ahead_ms(api: Api) -> int:

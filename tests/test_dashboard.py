@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from worker import Deployment, Worker, keyed, wait_for
 from scoring import history
 from scoring.engine import LeadState, apply
 from scoring.events import event_from_dict
+from scoring.model import Model, feature_names
 from scoring.rules import load_rules
 from streams.runtime import now_ms
 
@@ -57,10 +59,11 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @contextlib.asynccontextmanager
-async def deployed(bootstrap: str, redis_url: str, rules: Path, tmp_path: Path
-                   ) -> AsyncIterator[tuple[Deployment, Worker]]:
-    """A deployment of ``rules`` with its topics and one ready worker, stopped after."""
-    deployment = Deployment(bootstrap, redis_url, rules, tmp_path)
+async def deployed(bootstrap: str, redis_url: str, rules: Path, tmp_path: Path,
+                   **settings: str) -> AsyncIterator[tuple[Deployment, Worker]]:
+    """A deployment of ``rules`` (and ``settings``, as Deployment takes them) with its
+    topics and one ready worker, stopped after."""
+    deployment = Deployment(bootstrap, redis_url, rules, tmp_path, **settings)
     try:
         await deployment.create_topics()
         worker = deployment.worker().start()
@@ -146,6 +149,7 @@ async def test_a_lead_turning_hot_appears_live_and_its_history_says_why(
     detail = page.locator("#lead-detail")
     await expect(detail).to_be_visible()
     await expect(detail).to_contain_text("dee@hooli.example")
+    await expect(page.locator("#detail-probability")).to_have_count(0)  # (no model served)
     rows = page.locator("#lead-history tr.history-row")
     await expect(rows).to_have_count(len(changes))
     for i, change in enumerate(changes):
@@ -421,3 +425,31 @@ async def test_score_groups_rank_the_table_tag_the_feed_and_show_in_the_drawer(
         ("lead.hot", ""): 1, ("lead.hot", "product-a"): 1}, 15,
         f"notifications by group: {notifications_sent(worker)}")
     assert errors == []
+
+
+async def test_the_drawer_shows_the_conversion_probability_of_a_served_model(
+        browser: Browser, bootstrap: str, redis_url: str, tmp_path: Path) -> None:
+    """With LEADSCORE_MODEL (SPEC 12) the drawer shows p_convert as a percent and its
+    factors, signed, as /lead?id= gives them (a profile alone: nothing decays)."""
+    names = feature_names(RULES)
+    model = Model(RULES.version, "90d", 90 * 86_400_000, tuple(names), (0.5,) * len(names),
+                  (1.0,) * len(names), tuple(0.9 if name.startswith("fit:") else 0.05
+                                             for name in names), -2.0, 1.0, 0.0, {})
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(model.to_json()))
+    async with deployed(bootstrap, redis_url, RULES_PATH, tmp_path, model=str(path)) as (
+            deployment, worker):
+        await deployment.produce(keyed([profile("pia", now_ms() - 60_000, "VP Marketing")]))
+        await wait_for(lambda: worker.get("/lead?id=pia")[0] == 200, 15, "pia never scored")
+        lead = get_json(worker, "/lead?id=pia")
+        page, errors = await live_page(browser, worker)
+        await page.locator("#search-id").fill("pia")
+        await page.locator("#search-id").press("Enter")
+        shown = page.locator("#detail-probability")
+        await expect(shown.locator(".pconvert")).to_have_text(
+            f"{math.floor(lead['p_convert'] * 1000 + 0.5) / 10:g}%", timeout=15_000)
+        factors = lead["p_factors"]
+        assert factors and any(f["effect"] < 0 for f in factors)
+        await expect(shown.locator(".chip")).to_have_text(
+            [f"{f['feature']}{'+' if f['effect'] >= 0 else ''}{f['effect']:g}" for f in factors])
+        assert errors == []

@@ -650,3 +650,35 @@ def test_k8s_scrape_job_keeps_the_worker_pods(deployment: dict[str, Any]) -> Non
         else:
             values = [";".join(meta[label] for label in rule["source_labels"])]
         assert any(re.fullmatch(rule["regex"], value) for value in values), rule
+
+
+def test_the_training_job_writes_the_model_the_workers_read(
+        deployment: dict[str, Any], resources: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """The CronJob trains under the workers' rules (so the rules_version matches) and
+    writes the file their LEADSCORE_MODEL names, on the volume they mount."""
+    job = resources[("CronJob", "leadscore-model-train")]
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (train,) = pod["containers"]
+    args = train["args"]
+    assert args[:3] == ["model", "train", "--topic"]
+    out = PurePosixPath(args[args.index("--out") + 1])
+    worker = container(deployment)
+    env = {item["name"]: item["value"] for item in worker["env"]}
+    assert PurePosixPath(env["LEADSCORE_MODEL"]) == out
+    job_env = {item["name"]: item["value"] for item in train["env"]}
+    assert job_env["LEADSCORE_RULES"] == env["LEADSCORE_RULES"]
+    assert [setting_field(name) for name in job_env if setting_field(name) is None] == []
+
+    def claim(spec: dict[str, Any], mounts: list[dict[str, Any]], path: PurePosixPath) -> str:
+        (mount,) = [m for m in mounts if m["mountPath"] == str(path.parent)]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        return str(volume.get("persistentVolumeClaim", volume.get("configMap", {})).get(
+            "claimName", volume.get("configMap", {}).get("name")))
+
+    worker_pod = deployment["spec"]["template"]["spec"]
+    assert claim(pod, train["volumeMounts"], out) == \
+        claim(worker_pod, worker["volumeMounts"], out) == "leadscore-models"
+    rules = PurePosixPath(env["LEADSCORE_RULES"])
+    assert claim(pod, train["volumeMounts"], rules) == \
+        claim(worker_pod, worker["volumeMounts"], rules) == "leadscore-rules"
+    assert ("PersistentVolumeClaim", "leadscore-models") in resources

@@ -5,19 +5,26 @@ A store reads the batch's leads, hands them to ``apply_batch`` (the engine's
 sorted out and the history recorded), and keeps what it returns: atomically per
 shard in Redis (scoring.store.in_redis), in a dict in memory (scoring.store.in_memory).
 Offline and streaming therefore differ only in where the state lives.
+
+With a conversion model (SPEC 12), a store's ``explain`` annotates each notification
+with the lead's ``p_convert`` and ``p_factors`` at the notification's ``event_ts``
+(``_apply_explained``). Without one the loop runs the engine's ``apply`` itself: no
+work per event is added.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scoring import history
-from scoring.engine import LeadState, Notification, apply
+from scoring.engine import Applied, LeadState, Notification, apply
 from scoring.errors import EventError
 from scoring.events import Event
 from scoring.rules import Ruleset
+from scoring.views import Explain, explained
 
 # A batch's events, in order: (index in the batch, event, its (partition, offset)).
 Batch = list[tuple[int, Event, tuple[int, int] | None]]
@@ -95,7 +102,8 @@ def numbered(events: Sequence[Event], positions: Sequence[tuple[int, int]] | Non
 
 def apply_batch(leads: Mapping[str, Lead],
                 events: Iterable[tuple[int, Event, tuple[int, int] | None]], rules: Ruleset,
-                keep_history: bool = True, track_fed: bool = False) -> Outcome:
+                keep_history: bool = True, track_fed: bool = False,
+                explain: Explain | None = None) -> Outcome:
     """Apply the events to their leads (each in ``leads``), in order. An event at or
     below the last offset
     applied to its lead from the same partition is a replay (a crash, a rebalance; a
@@ -103,7 +111,10 @@ def apply_batch(leads: Mapping[str, Lead],
     dedupe window; a repeat of an event id is a duplicate; an event the engine refuses
     changes nothing and is reported in ``rejected``. Notifications come in the order
     of the events that caused them. ``track_fed``: record in each ``Lead.fed`` the
-    score groups its events fed (a store whose leads live for one batch: Redis's)."""
+    score groups its events fed (a store whose leads live for one batch: Redis's).
+    ``explain``: annotate each notification with the lead's conversion probability
+    (``_apply_explained``)."""
+    step = apply if explain is None else functools.partial(_apply_explained, explain)
     outcome = Outcome()
     notes, awards, rejected = outcome.notifications, outcome.awards, outcome.rejected
     applied_count = duplicates = replayed = 0
@@ -120,7 +131,7 @@ def apply_batch(leads: Mapping[str, Lead],
         if keep_history:
             stage, fit = state.stage, state.fit
         try:
-            applied = apply(state, event, rules)
+            applied = step(state, event, rules)
         except EventError as exc:  # refused before it changed anything
             rejected.append((index, exc))
             continue
@@ -147,3 +158,26 @@ def apply_batch(leads: Mapping[str, Lead],
                 lead.fed.add(group_of[rule_id])
     outcome.applied, outcome.duplicates, outcome.replayed = applied_count, duplicates, replayed
     return outcome
+
+
+def _apply_explained(explain: Explain, state: LeadState, event: Event, rules: Ruleset
+                     ) -> Applied:
+    """``apply``, then each notification annotated with ``explain`` of the lead's state at
+    that moment, at its ``event_ts``: a cooling by decay that the event found due (step 1
+    of ``apply``: cause "decay", before the event's own awards) from the state as it was
+    before the event, every other from the state after it. The state before is copied
+    only for a disarmed lead (hot, or hot for a group), the only kind step 1 can cool,
+    and only the parts the features read: apply replaces the profile, never changes it
+    in place, so the copy shares it."""
+    before = None
+    if state.hot or state.groups_hot:
+        before = LeadState(state.lead_id, state.t_ref, state.engagement, state.fit,
+                           dict(state.contributions), state.profile, state.stage)
+    applied = apply(state, event, rules)
+    for note in applied.notifications:  # (most events emit none)
+        if note["cause"] == "decay":
+            assert before is not None  # (only a disarmed lead cools)
+            explained(note, before, explain)
+        else:
+            explained(note, state, explain)
+    return applied

@@ -14,7 +14,9 @@ to NEW, run by one worker of NEW at a time (the ``cutover`` lock):
 5. per shard, one COMMIT that re-checks the fence and OLD's progress, writes NEW's
    leads whose hot flag at the cutover instant X differs from OLD's with their
    ``cause: "rescore"`` notification (and OLD's ``lead.cooled`` that was due but not
-   sent) in the outbox, and makes NEW active there.
+   sent) in the outbox, and makes NEW active there. With a conversion model (the
+   store's ``explain``) each rescore carries the lead's ``p_convert`` at X; OLD's
+   owed coolings do not (they are of OLD's rules, which NEW's model does not fit).
 
 A worker killed at any step leaves every shard either OLD's (its fence expires and
 OLD goes on; nothing was sent by NEW) or NEW's (flipped with its notifications in the
@@ -42,6 +44,7 @@ from scoring.store.commit import Stored, fence_value
 from scoring.store.in_redis import RedisStore
 from scoring.store.keys import Layout, Shard, active_key, generations_key
 from scoring.store.queries import as_text
+from scoring.views import explained
 
 __all__ = ["Cutover", "Generation", "Lag", "active_generation", "delete_generation",
            "furthest", "heartbeat", "lag", "partition_lag", "registry"]
@@ -304,17 +307,20 @@ class Cutover:
         for lead, state in (await self._old(shard, candidates)).items():
             cooled = cool(state, at, old_rules)  # (OLD's, not written)
             owed[lead] = (state.hot, list(state.groups_hot), state.notified, cooled)
-        rules = self.store.rules
+        rules, explain = self.store.rules, self.store.explain
 
         def change(leads: dict[str, Stored]) -> Outcome:
             outcome = Outcome()
             for lead_id, stored in leads.items():
                 hot, hot_groups, notified, cooled = owed.get(lead_id, (False, [], 0, []))
-                if cooled:
+                if cooled:  # (OLD's, under OLD's rules: a model of NEW's cannot explain them)
                     outcome.notifications += cooled
                     stored.history += map(history.cooling, cooled)
                 notes = rescore(stored.state, hot, notified, at, rules, hot_groups)
                 if notes:
+                    if explain is not None:  # NEW's lead at the cutover instant
+                        for note in notes:
+                            explained(note, stored.state, explain)
                     outcome.notifications += notes
                     stored.history += map(history.rescored, notes)
             return outcome

@@ -3,6 +3,8 @@
 The same batches as ``RedisStore`` through the same ``apply_batch``, so that offline
 and streaming differ only in where the state lives. One process owns the dict, so a
 batch needs no transaction; the index a "top N now" needs is a scan of every lead.
+With ``explain`` set (a conversion model, SPEC 12) its notifications carry the lead's
+``p_convert`` and ``p_factors``, as the Redis store's do.
 """
 
 from __future__ import annotations
@@ -18,7 +20,17 @@ from scoring.events import Event
 from scoring.rules import Ruleset
 from scoring.store.batch import Lead, Outcome, apply_batch, numbered
 from scoring.store.ranking import counted, members
-from scoring.views import BANDS, Ranked, as_of, band, best, ranked
+from scoring.views import (
+    BANDS,
+    ByProbability,
+    Explain,
+    Ranked,
+    as_of,
+    band,
+    best,
+    explained,
+    ranked,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -31,6 +43,8 @@ class MemoryStore:
         self.history_size = history_size
         self.leads: dict[str, Lead] = {}
         self.updated_at: dict[str, int] = {}
+        # Annotates notifications with the conversion probability (SPEC 12); None: none.
+        self.explain: Explain | None = None
 
     def apply_now(self, events: Sequence[Event], now_ms: int | None = None,
                   positions: Sequence[tuple[int, int]] | None = None) -> Outcome:
@@ -41,7 +55,7 @@ class MemoryStore:
             if event.lead_id not in leads:
                 leads[event.lead_id] = Lead(LeadState(event.lead_id))
         outcome = apply_batch(leads, numbered(events, positions), self.rules,
-                              self.history_size > 0)
+                              self.history_size > 0, explain=self.explain)
         if self.history_size > 0:
             for event in events:
                 lead = leads[event.lead_id]
@@ -66,9 +80,13 @@ class MemoryStore:
         their lead.cooled, each lead's together (its own first, then its groups'), by
         the first one's crossing time then lead id."""
         cooled = []
+        explain = self.explain
         for lead in self.leads.values():
             notes = cool(lead.state, at, self.rules)
             if notes:
+                if explain is not None:  # (cooling changes no feature: the state as it was)
+                    for note in notes:
+                        explained(note, lead.state, explain)
                 cooled.append(notes)
                 if self.history_size > 0:
                     lead.history += map(history.cooling, notes)
@@ -114,6 +132,16 @@ class MemoryStore:
             if entry is not None:
                 found.append(entry)
         return best(found, limit)
+
+    async def top_by_probability(self, now_ms: int, limit: int, explain: Explain,
+                                 keep: Callable[[dict[str, Any]], bool] | None = None,
+                                 within: str | None = None) -> list[dict[str, Any]]:
+        """As ``RedisStore.top_by_probability``: a scan of every lead (``ByProbability``)."""
+        scored = self.rules.group(within) if within is not None else None
+        best_now = ByProbability(self.rules, now_ms, limit, explain, keep, scored)
+        for lead in self.leads.values():
+            best_now.offer(_copy(lead.state))
+        return best_now.best()
 
     async def bands(self, now_ms: int, group: str = "all", ahead_ms: int = 0) -> list[int]:
         """As ``RedisStore.bands``, by brute force over every lead (``ahead_ms``, which

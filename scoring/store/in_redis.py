@@ -19,21 +19,26 @@ recognised by the source offsets each lead remembers, and a producer's repeats b
 event id. That is two round trips per shard whatever the batch size. Scripts are
 sent with EVAL (Redis caches them by digest): EVALSHA would need a SCRIPT EXISTS
 round trip, or a NOSCRIPT retry.
+
+With ``explain`` set (a conversion model, SPEC 12), the notifications a live commit
+records carry the lead's ``p_convert`` and ``p_factors``: added by ``apply_batch`` and
+the sweep inside the change, so before COMMIT serialises them into the outbox.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import orjson
 from redis.exceptions import WatchError
 
 from scoring import history
-from scoring.engine import cool
+from scoring.engine import LeadState, cool
 from scoring.errors import DataLost, HandingOver, StoreError, Superseded
 from scoring.events import Event
 from scoring.rules import Ruleset
@@ -50,6 +55,7 @@ from scoring.store.commit import (
 from scoring.store.keys import PREFIX, Layout, Shard, layout_key
 from scoring.store.queries import Queries, as_text
 from scoring.store.ranking import groups
+from scoring.views import ByProbability, Explain, explained
 
 MAX_RETRIES = 50
 # Dead-lettered messages are remembered so that a retry or a replay after a crash does
@@ -110,6 +116,9 @@ class RedisStore:
         # A rebuild helper's store (streams.rebuilders): it only ever rebuilds, and stops
         # (Superseded) where a worker's store would turn live.
         self.rebuild_only = False
+        # Annotates the notifications of live commits with the lead's conversion
+        # probability (SPEC 12); None: none (and no work for it at all).
+        self.explain: Explain | None = None
         reads = Queries(redis, rules, self.keys)
         self.load, self.exists, self.history = reads.load, reads.exists, reads.history
         self.top, self.bands = reads.top, reads.bands
@@ -296,11 +305,19 @@ class RedisStore:
             mine[0].append(item)
             mine[1].append(event.event_id)
 
-        def change(part: Batch) -> Change:
-            # (afresh on each try: a retried transaction starts over)
-            return lambda leads: apply_batch(leads, part, rules, keep_history, track_fed=True)
+        explain = self.explain
 
-        jobs = [self._transact(shard, ids, change(part), now_ms, _progress(part), silent)
+        def change(part: Batch, number: int) -> Change:
+            # (afresh on each try: a retried transaction starts over, maybe live now)
+            if explain is None:
+                return lambda leads: apply_batch(leads, part, rules, keep_history,
+                                                 track_fed=True)
+            return lambda leads: apply_batch(
+                leads, part, rules, keep_history, track_fed=True,
+                explain=explain if number in self.active_shards and not silent else None)
+
+        jobs = [self._transact(shard, ids, change(part, shard.number), now_ms, _progress(part),
+                               silent)
                 for shard, (part, ids) in shards.items()]
         done = [await jobs[0]] if len(jobs) == 1 else \
             await asyncio.gather(*jobs, return_exceptions=True)
@@ -319,13 +336,16 @@ class RedisStore:
     async def sweep(self, now_ms: int, limit: int = 1000) -> list[bytes]:
         """The cooling sweep: cool every disarmed lead whose crossing time has passed (at most
         ``limit`` per shard); return the outbox entries recorded, as ``apply`` does."""
-        rules = self.rules
+        rules, explain = self.rules, self.explain
 
         def change(leads: dict[str, Stored]) -> Outcome:
             outcome = Outcome()
             for stored in leads.values():
                 notes = cool(stored.state, now_ms, rules)
                 if notes:
+                    if explain is not None:  # (cooling changes no feature)
+                        for note in notes:
+                            explained(note, stored.state, explain)
                     outcome.notifications += notes
                     stored.history += map(history.cooling, notes)
             return outcome
@@ -341,6 +361,57 @@ class RedisStore:
 
         return [entry for entries in await _all(map(sweep_shard, self.keys.shards))
                 for entry in entries]
+
+    async def top_by_probability(self, now_ms: int, limit: int, explain: Explain,
+                                 keep: Callable[[dict[str, Any]], bool] | None = None,
+                                 within: str | None = None) -> list[dict[str, Any]]:
+        """The ``limit`` leads with the highest ``p_convert`` at ``now_ms`` that ``keep``
+        accepts (``/leads?order=p_convert``), among all leads or, ``within`` a score
+        group, those its rules have awarded; ranked and shown as ``views.ByProbability``
+        says.
+
+        A scan of every lead's state, not an index read: the probability is monotone in
+        no key the lead index keeps, so the exact answer must read every lead (SCAN and
+        one MGET per shard per page: about a round trip per thousand leads, and the
+        decoding of each). Each state is as read at its own moment, as for ``top``."""
+        scored = self.rules.group(within) if within is not None else None
+        best_now = ByProbability(self.rules, now_ms, limit, explain, keep, scored)
+        async for state in self.states():
+            best_now.offer(state)
+        return best_now.best()
+
+    async def states(self, page: int = 1000) -> AsyncIterator[LeadState]:
+        """Every lead's state of this generation (without its ids), a page of ``page``
+        keys at a time: a SCAN of the generation's state keys (a key the SCAN returns
+        twice is yielded twice)."""
+        root = self.keys.root
+        pattern = _glob_escaped(root) + ":{*}:state:*"
+        start = len(root) + 2  # past "<root>:{"
+        found: dict[int, list[str]] = {}  # shard number -> state keys
+        count = 0
+        async for key in self.redis.scan_iter(match=pattern, count=page):
+            text = as_text(key)
+            tag, sep, _ = text[start:].partition("}:state:")
+            if not sep or not tag.isdigit() or int(tag) >= len(self.keys.shards):
+                continue
+            found.setdefault(int(tag), []).append(text)
+            count += 1
+            if count >= page:
+                for state in await self._states(found):
+                    yield state
+                found, count = {}, 0
+        for state in await self._states(found):
+            yield state
+
+    async def _states(self, keys: dict[int, list[str]]) -> list[LeadState]:
+        """The states at these keys (by shard), those still there."""
+        if not keys:
+            return []
+        reads: Any = self.redis.pipeline(transaction=False)
+        for some in keys.values():  # (one MGET per shard: its keys share a slot)
+            reads.execute_command("MGET", *some)
+        return [record.decode(raw, {}).state for raws in await reads.execute()
+                for raw in raws if raw is not None]
 
     async def forget(self, lead_id: str) -> bool:
         """Erase every key of a lead (GDPR): state, ids, history, its place in the lead
@@ -497,6 +568,12 @@ class RedisStore:
                               in zip(ids[lead_id], scores, strict=True) if score is not None}
         return {lead_id: Stored.decode(lead_id, raw, known[lead_id])
                 for lead_id, raw in zip(leads, replies[0], strict=True)}
+
+
+def _glob_escaped(text: str) -> str:
+    """``text`` matched literally in a SCAN pattern (a key prefix may hold ``*``, ``?``,
+    ``[``)."""
+    return re.sub(r"([\\*?\[\]])", r"\\\1", text)
 
 
 def _progress(part: Batch) -> dict[int, int]:
