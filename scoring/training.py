@@ -123,8 +123,10 @@ def build_examples(lines: Iterable[bytes | None], rules: Ruleset, horizon_ms: in
         if progress is not None and number % 50_000 == 0:
             progress("reading", number, 0)
     if not events:
-        raise ModelError("no event to learn from: give a history of events (a file or "
-                         "--topic) that the rules can score")
+        refused = "" if not bad else \
+            f" ({len(bad)} lines refused, the first at line {bad[0][0]}: {bad[0][1]})"
+        raise ModelError(f"no event to learn from{refused}: give a history of events (a "
+                         "file or --topic) that the rules can score")
     # Time order; a stable sort keeps each lead's events of one instant in arrival order.
     events.sort(key=lambda e: e.ts)
     start, end = events[0].ts, events[-1].ts

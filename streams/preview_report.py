@@ -12,8 +12,6 @@ bytes on every run) and repeats the tables.
 from __future__ import annotations
 
 import html
-import io
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -27,6 +25,7 @@ from rich.text import Text
 
 from scoring.events import format_ts
 from scoring.preview import BANDS, Preview
+from streams import charts
 
 __all__ = ["Labels", "html_page", "print_report", "write_html"]
 
@@ -130,21 +129,21 @@ def html_page(preview: Preview, labels: Labels) -> str:
         f"{e(preview.horizon)}.</p>",
         "<section class=backtest><h2>Backtest: does NEW catch more of the leads that "
         f"converted, with how many alerts?</h2><p>{e(verdict(preview))}</p>"
-        f"{_html_table(['', 'OLD', 'NEW', 'change'], _backtest_rows(preview))}</section>",
+        f"{charts.html_table(['', 'OLD', 'NEW', 'change'], _backtest_rows(preview))}</section>",
         "<div class=charts><figure>"
-        + _svg(_bands_chart(old.bands, new.bands))
+        + charts.svg(_bands_chart(old.bands, new.bands))
         + "<figcaption>Leads by score at the preview's instant</figcaption></figure><figure>"
-        + _svg(_weekly_chart(weekly, [old.alerts_per_week.get(w, 0) for w in weekly],
-                             [new.alerts_per_week.get(w, 0) for w in weekly]))
+        + charts.svg(_weekly_chart(weekly, [old.alerts_per_week.get(w, 0) for w in weekly],
+                                   [new.alerts_per_week.get(w, 0) for w in weekly]))
         + "<figcaption>Alerts (lead.hot) per ISO week: what reps would get</figcaption>"
         "</figure></div>",
         f"<h2>Leads at {e(format_ts(preview.at))}</h2>"
-        + _html_table(["", "OLD", "NEW", "change"], _lead_rows(preview)),
-        "<h2>Leads by score</h2>" + _html_table(
+        + charts.html_table(["", "OLD", "NEW", "change"], _lead_rows(preview)),
+        "<h2>Leads by score</h2>" + charts.html_table(
             ["score", "OLD", "NEW", "change"],
             [[name, *_pair(o, n)] for name, o, n in zip(BAND_NAMES, old.bands, new.bands,
                                                         strict=True)]),
-        "<h2>Alerts per ISO week</h2>" + _html_table(
+        "<h2>Alerts per ISO week</h2>" + charts.html_table(
             ["week", "OLD", "NEW", "change"],
             [[w, *_pair(old.alerts_per_week.get(w, 0), new.alerts_per_week.get(w, 0))]
              for w in weekly]),
@@ -152,10 +151,10 @@ def html_page(preview: Preview, labels: Labels) -> str:
     for title, ids in (("Became hot", preview.became_hot),
                        ("No longer hot", preview.no_longer_hot)):
         parts.append(f"<h2>{title} ({len(ids):,})</h2><p class=ids>{e(_ids(ids))}</p>")
-    parts.append(f"<h2>Stage changes ({len(preview.stage_changes):,})</h2>" + _html_table(
+    parts.append(f"<h2>Stage changes ({len(preview.stage_changes):,})</h2>" + charts.html_table(
         ["lead", "OLD", "NEW"], [[c["lead_id"], str(c["old"]), str(c["new"])]
                                  for c in preview.stage_changes[:SHOWN]]))
-    parts.append("<h2>Largest score changes</h2>" + _html_table(
+    parts.append("<h2>Largest score changes</h2>" + charts.html_table(
         ["lead", "OLD", "NEW", "change", "OLD reasons", "NEW reasons"],
         _change_rows(preview.largest_changes)))
     parts.append("<p class=note>Every lead id, stage change and number is in "
@@ -252,37 +251,23 @@ def _table(title: str, columns: list[str], rows: list[list[str]], left: int = 1)
     return table
 
 
-# --- HTML ----------------------------------------------------------------------------------
-
-
-def _html_table(columns: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
-                   for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _figure() -> Any:
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6.4, 3.4), layout="constrained")
-    return figure, figure.add_subplot()
+# --- the page's charts (streams.charts inlines them) --------------------------------------
 
 
 def _bands_chart(old: list[int], new: list[int]) -> Any:
-    figure, axes = _figure()
+    figure, axes = charts.figure()
     positions = range(BANDS)
     axes.bar([p - 0.2 for p in positions], old, width=0.4, label="OLD", color=OLD_COLOUR)
     axes.bar([p + 0.2 for p in positions], new, width=0.4, label="NEW", color=NEW_COLOUR)
     axes.set_xticks(list(positions), BAND_NAMES, fontsize=8)
     axes.set_xlabel("score at the preview's instant")
     axes.set_ylabel("leads")
-    _finish(axes)
+    charts.finish(axes)
     return figure
 
 
 def _weekly_chart(weekly: list[str], old: list[int], new: list[int]) -> Any:
-    figure, axes = _figure()
+    figure, axes = charts.figure()
     positions = list(range(len(weekly)))
     axes.plot(positions, old, marker="o", label="OLD", color=OLD_COLOUR)
     axes.plot(positions, new, marker="o", label="NEW", color=NEW_COLOUR)
@@ -290,46 +275,14 @@ def _weekly_chart(weekly: list[str], old: list[int], new: list[int]) -> Any:
     axes.set_xticks(positions[::step], weekly[::step], fontsize=8, rotation=45, ha="right")
     axes.set_ylabel("alerts")
     axes.set_ylim(bottom=0)
-    _finish(axes)
+    charts.finish(axes)
     return figure
 
 
-def _finish(axes: Any) -> None:
-    axes.spines[["top", "right"]].set_visible(False)
-    axes.grid(axis="y", alpha=0.3)
-    axes.legend(frameon=False)
-
-
-def _svg(figure: Any) -> str:
-    """A figure as an SVG element to inline: text kept as text in the page's fonts, ids
-    salted with a constant and no date, so that the same preview gives the same page;
-    the XML prologue and the RDF metadata (with its namespace URLs) are left out."""
-    import matplotlib
-
-    out = io.StringIO()
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "leadscore",
-                                "font.family": "DejaVu Sans"}):
-        figure.savefig(out, format="svg", metadata={"Date": None})
-    svg = out.getvalue()
-    svg = svg[svg.index("<svg"):]
-    svg = re.sub(r"<metadata>.*?</metadata>\s*", "", svg, flags=re.DOTALL)
-    # HTML puts an inline <svg> in the SVG namespace itself: the declarations only
-    # name the namespaces by URL, which a page that fetches nothing is better without.
-    return re.sub(r'\s+xmlns(:xlink)?="[^"]*"', "", svg, count=2)
-
-
-_CSS = """
-body{font:14px/1.45 "DejaVu Sans",system-ui,sans-serif;margin:24px auto;max-width:1280px;
-color:#202124;padding:0 16px}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:16px;margin:22px 0 6px}
+_CSS = charts.css(box="""\
 .backtest{border:2px solid #1a73e8;border-radius:8px;padding:4px 16px 12px;background:#f4f8fe}
 .backtest p{font-size:15px}
-.charts{display:flex;flex-wrap:wrap;gap:16px;margin-top:18px}
-figure{margin:0;flex:1 1 560px}figure svg{width:100%;height:auto}
-figcaption{text-align:center;color:#5f6368;font-size:13px}
-table{border-collapse:collapse;margin:4px 0}
-th,td{padding:3px 10px;border-bottom:1px solid #e0e0e0;text-align:right}
-th:first-child,td:first-child{text-align:left;white-space:pre}
+""", extra="""\
 td:nth-child(5),td:nth-child(6){text-align:left;color:#5f6368}
 .ids{font-family:monospace;font-size:12px;color:#3c4043}.note{color:#5f6368}
-"""
+""")
