@@ -407,6 +407,8 @@ def test_alerts_watch_what_the_brief_promises(alert_rules: list[dict[str, Any]])
     assert exprs["LeadscoreOutboxPending"] == "leadscore_outbox_pending > 0"
     assert exprs["LeadscorePartitionStalled"] == (
         "max by (topic, partition) (leadscore_partition_failing_seconds) > 60")
+    assert exprs["LeadscoreModelRefused"] == (
+        'increase(leadscore_model_reloads_total{outcome="refused"}[1h]) > 0')
     fors = {rule["alert"]: rule.get("for") for rule in alert_rules}
     assert (fors["LeadscoreNoEvents"], fors["LeadscoreOutboxPending"]) == ("15m", "5m")
 
