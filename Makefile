@@ -58,7 +58,7 @@ screenshots: install system  ## retake the README's dashboard screenshots (docs/
 fmt: install
 	$(BIN)/ruff check --fix .
 
-bench: install  ## the whole benchmark (10-13 minutes); see docs/performance.md
+bench: install  ## the whole benchmark (15-18 minutes); see docs/performance.md
 	$(BIN)/python -m bench.run
 
 clean:

@@ -47,6 +47,7 @@ from redis import Redis
 from rich.console import Console
 from rich.table import Table
 
+from bench import training
 from bench.offline import measure as measure_offline
 from scoring.events import parse_ts
 from scoring.rules import load_rules
@@ -463,6 +464,9 @@ def main() -> None:
     parser.add_argument("--take-events", type=int, default=100_000)
     parser.add_argument("--rate", type=int, default=5_000)
     parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--train-leads", type=int, default=60_000,
+                        help="leads of the planted history the model is trained on (60,000: "
+                        "about a million events)")
     args = parser.parse_args()
     args.naive_events = min(args.naive_events, args.events)
     args.take_events = min(args.take_events, args.events)
@@ -483,7 +487,13 @@ def main() -> None:
     again.write_text((ROOT / "config" / "rules.yaml").read_text().replace(
         "hot: {threshold: 70, rearm_below: 50}", "hot: {threshold: 65, rearm_below: 45}"))
 
-    runs, rebuilds, singles, takes = [], [], [], []
+    console.print("the conversion model: a planted history, leadscore model train ...")
+    planted_events = training.generate(out / "planted.jsonl", args.train_leads)
+    model = out / "model.json"
+    results.update({"train_events": planted_events,
+                    **training.measure(out / "planted.jsonl", model, args.runs)})
+
+    runs, rebuilds, singles, takes, modelled = [], [], [], [], []
     for run in range(args.runs):
         with servers_with(messages) as (broker, redis):
             console.print(f"worker throughput, run {run + 1} of {args.runs} ...")
@@ -497,6 +507,12 @@ def main() -> None:
                                               out / "rebuild.log", again, processes=1))
             if run == args.runs - 1:
                 per_lead = redis_bytes_per_lead(redis, runs[-1]["prefix"])
+        with servers_with(messages) as (broker, redis):
+            console.print(f"worker serving the conversion model, run {run + 1} of "
+                          f"{args.runs} ...")
+            modelled.append(worker_throughput(broker, redis, "bench-events", run + 100,
+                                              args.events, out / "worker.log",
+                                              prefix=args.take_events, model=model))
         # The take agent right after each worker run: the machine's speed drifts over
         # minutes, so each ratio pairs two measurements taken close together.
         with servers_with(messages) as (broker, redis):
@@ -528,6 +544,12 @@ def main() -> None:
         console.print(f"baseline: naive Faust agent, {args.naive_events:,} events ...")
         naive = baseline("naive", broker, redis, "bench-events", args.naive_events)
     ratios = [run["prefix_events_per_s"] / take for run, take in zip(runs, takes, strict=True)]
+    with_model = [run["prefix_events_per_s"] / take
+                  for run, take in zip(modelled, takes, strict=True)]
+    results.update({"x_take_model": round(statistics.median(with_model), 2),
+                    "x_take_model_runs": [round(ratio, 2) for ratio in with_model],
+                    "worker_model_events_per_s": round(statistics.median(
+                        r["events_per_s"] for r in modelled))})
     results.update({"naive_events_per_s": round(naive),
                     "take_events_per_s": round(statistics.median(takes)),
                     "take_runs": [round(take) for take in takes],
@@ -576,6 +598,14 @@ def _table(r: dict[str, Any]) -> None:
         ("worker / naive", f"{r['x_naive']}x"),
         ("worker / take (median of the runs' ratios)", f"{r['x_take']}x (" + ", ".join(
             f"{x}" for x in r["x_take_runs"]) + ")"),
+        ("  serving the conversion model (LEADSCORE_MODEL)", f"{r['x_take_model']}x ("
+         + ", ".join(f"{x}" for x in r["x_take_model_runs"]) + f"), worker "
+         f"{r['worker_model_events_per_s']:,} events/s"),
+        (f"leadscore model train, {r['train_events']:,} planted events (median)",
+         f"{r['train_seconds']} s (" + ", ".join(f"{x}" for x in r["train_runs"])
+         + f"), peak {r['train_peak_rss_mb']:,} MB"),
+        ("  the model on its test set: AUC / the rules' AUC / calibration error",
+         f"{r['model_auc']} / {r['model_rules_auc']} / {r['model_ece']}"),
         ("latency p50 / p99 / max",
          f"{r['latency_p50_ms']} / {r['latency_p99_ms']} / {r['latency_max_ms']} ms"),
         ("  at offered load", f"{r['latency_offered_events_per_s']:,.0f} events/s, "
