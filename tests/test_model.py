@@ -8,6 +8,7 @@ import math
 import random
 from typing import Any
 
+import numpy as np
 import orjson
 import pytest
 from helpers import DAY, HOUR, T0, ev, rules, run
@@ -15,6 +16,7 @@ from helpers import DAY, HOUR, T0, ev, rules, run
 from scoring.errors import ModelError
 from scoring.events import Event
 from scoring.model import Model, feature_names, features_at, load_model
+from scoring.suggest import rule_weights, scale_points
 from scoring.training import build_examples, split_parts
 
 BODY = """
@@ -215,3 +217,33 @@ def test_the_split_keeps_every_training_label_out_of_the_test_period() -> None:
     assert sorted(day["fit"] + day["calibration"]) == [0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50]
     fitted = set(examples.lead[parts["fit"]].tolist())
     assert fitted.isdisjoint(examples.lead[parts["calibration"]].tolist())
+
+
+def test_suggested_points_follow_each_rules_weight_per_point_with_one_scale() -> None:
+    """w_i = slope * (coef_i / scale_i + coef_E / scale_E): E is the sum of the
+    contributions, so its weight counts for every rule. Points = k * w_i * p_i, with the
+    one k that keeps the share of examples at or above the threshold, capped so that no
+    award is worth more than the score range."""
+    coefficients = [0.3, 0.0, -0.1, 0.0, 0.0, 0.0, 0.0, 0.2]
+    m = model(coefficients, slope=0.5, scales=[3.0, 1.0, 2.0, 1, 1, 1, 1, 4.0])
+    w = rule_weights(m, RULES)
+    assert w == pytest.approx({"pricing": 0.5 * (0.1 + 0.05), "demo": 0.5 * 0.05,
+                               "blog": 0.5 * (-0.05 + 0.05)}, abs=1e-15)
+    # Examples: (pricing, demo, blog contributions); the rules' score is their sum.
+    x = np.array([[15.0, 50, 0, 0, 0, 0, 0, 65], [0, 50, 2, 0, 0, 0, 0, 52],
+                  [30, 0, 0, 0, 0, 0, 0, 30], [0, 0, 4, 0, 0, 0, 0, 4]])
+    score = x[:, 7]
+    # Under the rules none reaches 70: any k keeps that share (0), and bisection ends at
+    # its lower bound, so the points are tiny.
+    points = scale_points(m, RULES, x, score)
+    assert set(points) == {"pricing", "demo", "blog"} and max(map(abs, points.values())) < 0.1
+    # One example at 70 under the rules: k lifts exactly one learned sum to 70, the
+    # first's (15 * 0.075 + 50 * 0.025 = 2.375; the third's is 2.25).
+    points = scale_points(m, RULES, x, np.array([70.0, 52, 30, 4]))
+    k = 70 / 2.375
+    assert points == {"pricing": round(k * 0.075 * 15, 1), "demo": round(k * 0.025 * 50, 1),
+                      "blog": 0.0} == {"pricing": 33.2, "demo": 36.8, "blog": 0.0}
+    # All four at 70: the fourth has no learned points, so no k reaches it; the cap
+    # stops k where the largest award (demo, 1.25 log-odds) is worth the range, 100.
+    points = scale_points(m, RULES, x, np.array([70.0, 70, 70, 70]))
+    assert points == {"pricing": 90.0, "demo": 100.0, "blog": 0.0}
