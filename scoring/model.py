@@ -39,6 +39,7 @@ FORMAT = "leadscore-model/1"
 TOP_FACTORS = 3  # SPEC 12: "the three features with the largest effect"
 # Stages as one-hot features; prospect, the first, is the baseline every lead starts at.
 MODEL_STAGES = STAGES[1:]
+CUSTOMER = STAGES[-1]
 
 
 def feature_names(rules: Ruleset) -> list[str]:
@@ -101,7 +102,15 @@ class Model:
 
     def explain(self, state: LeadState, at: float, rules: Ruleset) -> dict[str, Any]:
         """``p_convert`` (4 decimals) and ``p_factors`` of the lead at ``at``: the three
-        features with the largest effect on its log-odds, signed, largest first."""
+        features with the largest effect on its log-odds, signed, largest first.
+
+        A customer (stage ``customer``: it has converted) has ``p_convert`` null and no
+        factors: the model answers "will its first conversion come within the horizon?",
+        which a customer has settled, and it never saw one in training (SPEC 12's
+        examples all come before the conversion). Null also ranks it after every lead
+        still to convert in ``/leads?order=p_convert``."""
+        if state.stage == CUSTOMER:
+            return {"p_convert": None, "p_factors": []}
         x = features_at(state, at, rules)
         slope = self.slope
         terms = [slope * c * (v - m) / s for v, m, s, c

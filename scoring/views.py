@@ -187,7 +187,8 @@ class ByProbability:
         else:
             score = group_score_at(state, group, at, rules)
             raw = group_engagement_at(state, group, at, rules)
-        key = (-explained["p_convert"], -score, -raw, lead_id)
+        p = explained["p_convert"]
+        key = (1.0 if p is None else -p, -score, -raw, lead_id)  # (a customer's None: last)
         if self.bar is not None and key > self.bar:
             return  # (below the ``limit`` best already kept: it cannot be shown)
         view = describe(state, rules, at)

@@ -339,10 +339,15 @@ def _print_table(leads: list[dict[str, Any]]) -> None:
         table.add_row(str(lead["lead_id"]), f"{lead['score']:.2f}", f"{lead['fit']:.2f}",
                       f"{lead['engagement']:.2f}", str(lead["stage"]),
                       "[bold red]HOT[/]" if lead["hot"] else "",
-                      *((f"{100 * float(lead['p_convert']):.2f}%",) if probability else ()),
+                      *((_percent(lead["p_convert"]),) if probability else ()),
                       *(f"[bold red]{shown[g]['score']:.2f}[/]" if shown[g]["hot"] else
                         f"{shown[g]['score']:.2f}" for g in groups))
     Console().print(table)
+
+
+def _percent(p: Any) -> str:
+    """A probability in the table; a customer's (None: it has converted) as a dash."""
+    return "-" if p is None else f"{100 * float(p):.2f}%"
 
 
 if __name__ == "__main__":

@@ -247,3 +247,11 @@ def test_suggested_points_follow_each_rules_weight_per_point_with_one_scale() ->
     # stops k where the largest award (demo, 1.25 log-odds) is worth the range, 100.
     points = scale_points(m, RULES, x, np.array([70.0, 70, 70, 70]))
     assert points == {"pricing": 90.0, "demo": 100.0, "blog": 0.0}
+
+
+def test_a_customer_has_no_probability_of_converting() -> None:
+    """A lead that converted has settled the question; training never saw one."""
+    state, _ = run([*hot_ceo(), ev("c", "converted", T0 + 3 * HOUR)], RULES)
+    assert state.stage == "customer"
+    assert model([0.1] * 8).explain(state, T0 + 3 * HOUR, RULES) == {"p_convert": None,
+                                                                      "p_factors": []}

@@ -299,7 +299,7 @@ def test_score_with_a_model_prints_each_lead_with_its_probability(tmp_path: Path
     want = [{**summary(result.states[lead], RULES, at),
              **model.explain(result.states[lead], at, RULES)} for lead in sorted(result.states)]
     assert [orjson.loads(line) for line in shown.splitlines()] == want
-    assert {len(lead["p_factors"]) for lead in want} == {3}
+    assert {len(lead["p_factors"]) for lead in want if lead["p_convert"] is not None} == {3}
     # Without the model, the lines are as they were (the same minus p_convert, p_factors).
     assert plain == b"".join(orjson.dumps(summary(result.states[lead], RULES, at)) + b"\n"
                              for lead in sorted(result.states))
@@ -372,7 +372,8 @@ async def test_the_probability_ranking_reads_every_lead_and_keeps_the_best() -> 
                 group_score_at(state, scored, at, RULES)
             raw = state.fit + engagement_at(state, at, RULES) if scored is None else \
                 group_engagement_at(state, scored, at, RULES)
-            found.append(((-view["p_convert"], -score, -raw, lead), view))
+            p = view["p_convert"]  # None: a customer, ranked last
+            found.append(((1.0 if p is None else -p, -score, -raw, lead), view))
         return [view for _, view in sorted(found, key=lambda f: f[0])[:limit]]
 
     def hot(view: dict[str, Any]) -> bool:
@@ -554,7 +555,8 @@ class Offline:
             else:
                 score = group_score_at(state, scored, at, RULES)
                 raw = group_engagement_at(state, scored, at, RULES)
-            first = -view["p_convert"] if by_probability else 0.0
+            p = view["p_convert"]  # None: a customer, ranked last
+            first = (1.0 if p is None else -p) if by_probability else 0.0
             found.append(((first, -score, -raw, lead), view))
         found.sort(key=lambda f: f[0])
         return [view for _, view in found[:limit]]
@@ -586,7 +588,7 @@ async def test_a_worker_serves_the_probability_everywhere_and_reloads_its_model(
             at = parse_ts(shown.pop("at"))
             del shown["updated_at"]
             assert shown == offline.lead(lead, at), path
-            assert len(shown["p_factors"]) == 3
+            assert len(shown["p_factors"]) == (0 if shown["stage"] == "customer" else 3)
 
     # The lists: by score (each lead with its probability), and by probability, exactly
     # the offline ranking, with every filter.
@@ -626,16 +628,25 @@ async def test_a_worker_serves_the_probability_everywhere_and_reloads_its_model(
 
     # leadscore lead, with LEADSCORE_MODEL: the same probability. A lead that does not
     # decay is shown exactly; one that does lies between its values before and after.
-    for lead in ("still", "lead-3"):
+    # A customer (converted) has none.
+    decaying = 0
+    for lead in ("still", "lead-0", "lead-3", "lead-17"):
         before = now_ms()
         shown = subprocess.run([LEADSCORE, "lead", lead], env=deployment.env,
                                capture_output=True, check=True)
         after = now_ms()
         p = orjson.loads(shown.stdout)["p_convert"]
-        bounds = sorted(offline.lead(lead, at)["p_convert"] for at in (before, after))
+        values = [offline.lead(lead, at)["p_convert"] for at in (before, after)]
+        if offline.lead(lead, after)["stage"] == "customer":
+            assert p is None and values == [None, None], lead
+            continue
+        bounds = sorted(values)
         assert bounds[0] <= p <= bounds[1], (lead, p, bounds)
         if lead == "still":
             assert bounds[0] == bounds[1]
+        else:
+            decaying += 1
+    assert decaying >= 1
     old = write(tmp_path / "old.json", stale(model))
     refused = subprocess.run([LEADSCORE, "lead", "still"], capture_output=True, check=False,
                              env={**deployment.env, "LEADSCORE_MODEL": str(old)})
@@ -648,8 +659,8 @@ async def test_a_worker_serves_the_probability_everywhere_and_reloads_its_model(
     await wait_for(lambda: worker.metric(
         'leadscore_model_reloads_total{outcome="refused"}') == 1, 30,
         f"the stale model was not refused; log:\n{worker.log_tail()}")
-    shown = get_json(worker, "/leads/lead-3")
-    assert shown["p_convert"] == offline.lead("lead-3", parse_ts(shown["at"]))["p_convert"]
+    shown = get_json(worker, "/leads/still")  # (not a customer: it has a probability)
+    assert shown["p_convert"] == offline.lead("still", parse_ts(shown["at"]))["p_convert"]
 
     # A new model: served without a restart, by the API and the notifications.
     newer = a_model(intercept=0.7)
@@ -657,10 +668,10 @@ async def test_a_worker_serves_the_probability_everywhere_and_reloads_its_model(
     new_offline = Offline(docs, newer)
 
     def serves_the_new_model() -> bool:
-        shown = get_json(worker, "/leads/lead-3")
+        shown = get_json(worker, "/leads/still")
         at = parse_ts(shown.pop("at"))
         del shown["updated_at"]
-        return bool(shown == new_offline.lead("lead-3", at))
+        return bool(shown == new_offline.lead("still", at))
 
     await wait_for(serves_the_new_model, 30,
                    f"the new model was not served; log:\n{worker.log_tail()}")
