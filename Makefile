@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install system run sample test lint types pytest screenshots fmt bench clean
+.PHONY: install system run sample demo-model test lint types pytest screenshots fmt bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -37,6 +37,9 @@ run: install  ## the embedded default: broker, Redis, worker, API, live demo tra
 
 sample: install  ## offline: score the bundled sample and show the leads, hottest first
 	$(BIN)/leadscore score --table config/sample-events.jsonl
+
+demo-model: install  ## retrain config/demo-model.json, make run's model (after an edit of config/demo-rules.yaml)
+	$(BIN)/python -m bench.demo_model
 
 test: lint types pytest  ## lint, types and the whole suite against real servers
 

@@ -13,6 +13,12 @@ of personas, a new lead a second) and prints notifications as they arrive, and i
 scores with config/demo-rules.yaml, the default rules with a half-life of 2 minutes,
 so that the demo's leads turn hot, cool and fade within its first minutes. Rules the
 user names (LEADSCORE_RULES, in the environment or the secrets directory) win.
+
+Unless LEADSCORE_MODEL names a model, ``--demo`` serves config/demo-model.json
+(bench.demo_model trains it on the demo's funnel) for p_convert, but only while the
+rules in use are the ones it was trained for: with other rules (the user's, or the
+demo rules edited and saved, which restarts the worker) dev serves none and its banner
+says why, where a LEADSCORE_MODEL of other rules stops it at start.
 """
 
 from __future__ import annotations
@@ -32,15 +38,16 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 
-from scoring.errors import LeadscoreError
-from scoring.rules import load_rules, parse_rules
+from scoring.errors import LeadscoreError, ModelError
+from scoring.model import load_model
+from scoring.rules import Ruleset, load_rules, parse_rules
 from streams.app import run_worker
 from streams.demo import TICK_SECONDS, LiveDemo
 from streams.destinations import Destination
 from streams.embedded import EmbeddedBroker, EmbeddedRedis, create_topics
 from streams.runtime import now_ms
 from streams.served import ServedModel
-from streams.settings import DEMO_RULES, Settings
+from streams.settings import DEMO_MODEL, DEMO_RULES, ROOT, Settings
 
 __all__ = ["run_dev"]
 
@@ -51,9 +58,9 @@ console = Console(highlight=False, soft_wrap=True)
 
 def run_dev(settings: Settings, demo: bool,
             destinations: list[Destination] | None = None) -> None:
+    demo_rules = demo and "rules" not in settings.model_fields_set
     if settings.model is not None:  # a model of other rules stops here, before any server
-        scored = settings.model_copy(update={"rules": DEMO_RULES}) \
-            if demo and "rules" not in settings.model_fields_set else settings
+        scored = settings.model_copy(update={"rules": DEMO_RULES}) if demo_rules else settings
         ServedModel.configured(scored, load_rules(scored.rules_path()))
     with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
         update: dict[str, Any] = {
@@ -65,7 +72,7 @@ def run_dev(settings: Settings, demo: bool,
             update["web_host"] = "127.0.0.1"
         if "sweep_interval" not in settings.model_fields_set:
             update["sweep_interval"] = 1.0
-        if demo and "rules" not in settings.model_fields_set:
+        if demo_rules:
             update["rules"] = DEMO_RULES
         if demo and "max_clock_skew" not in settings.model_fields_set:
             # The demo's events carry this process's clock. With a half-life of minutes,
@@ -77,7 +84,7 @@ def run_dev(settings: Settings, demo: bool,
             settings.topic_events: settings.partitions, settings.topic_hot: settings.partitions,
             settings.topic_dlq: 1, **({settings.topic_undeliverable: 1} if destinations else {})}))
 
-        def before(app: faust.App, settled: Settings) -> None:
+        def before(app: faust.App, settled: Settings, model: str | None) -> None:
             listening, url = map(escape, _web_address(app))  # an IPv6 host is in [brackets]
             console.print(f"[bold]Leadscore dev[/]  broker {broker.url}  redis {redis.url}\n"
                           f"  listening  {listening}\n"
@@ -88,9 +95,7 @@ def run_dev(settings: Settings, demo: bool,
                           f"{settled.topic_hot}   dead letters {settled.topic_dlq}\n"
                           f"  rules      {escape(str(settled.rules_path()))}: save a change "
                           "to publish it (a rebuild and a cutover)\n"
-                          + ("" if settled.model is None else
-                             f"  model      {escape(str(settled.model))}: p_convert served, "
-                             "reloaded when the file changes\n")
+                          + ("" if model is None else f"  model      {model}\n")
                           + "  Ctrl-C stops everything.")
             if demo:
                 _add_demo(app, settled, broker.bootstrap)
@@ -100,20 +105,54 @@ def run_dev(settings: Settings, demo: bool,
         rules = settings.rules_path()
         while True:
             published = _Published(rules)
+            ruleset = load_rules(rules)  # (the worker's: what the demo's model must be for)
+            served: ServedModel | None = None
+            model: str | None = None
+            if settings.model is not None:
+                model = (f"{escape(str(settings.model))}: p_convert served, reloaded when "
+                         "the file changes")
+            elif demo:
+                served, model = _demo_model(ruleset, demo_rules)
+                if published.restart:  # (no banner this time: the rules changed)
+                    console.print(f"  model      {model}")
 
-            def started(app: faust.App, settled: Settings, published: _Published = published
-                        ) -> None:
+            def started(app: faust.App, settled: Settings, published: _Published = published,
+                        model: str | None = model) -> None:
                 if not published.restart:
-                    before(app, settled)
+                    before(app, settled, model)
                 _watch_rules(app, published)
 
             with contextlib.suppress(SystemExit):
-                run_worker(settings, before=started)
+                run_worker(settings, ruleset, before=started, served=served)
             if not published.changed:
                 return
             console.print(f"[bold]rules changed[/]: {rules} is now rules_version "
                           f"{published.changed}; the worker restarts with it, rebuilds its "
                           "generation from the events topic and cuts over (docs/generations.md)")
+
+
+def _demo_model(rules: Ruleset, demo_rules: bool) -> tuple[ServedModel | None, str]:
+    """The model ``--demo`` serves when LEADSCORE_MODEL names none, and the banner's
+    line about it: DEMO_MODEL (in the working directory, else the bundled one) while
+    ``rules`` are the ones it was trained for; with other rules, or a file that cannot
+    be used, none, and the line says why (dev goes on without p_convert): an edit of
+    the demo rules (``demo_rules``) wants the model retrained by bench.demo_model, the
+    user's rules a model of their own (LEADSCORE_MODEL)."""
+    path = DEMO_MODEL if DEMO_MODEL.exists() else ROOT / DEMO_MODEL
+    shown = escape(str(path))
+    if not path.exists():
+        return None, f"no {shown}: p_convert is off; train it with `python -m bench.demo_model`"
+    try:
+        trained_for = load_model(path).rules_version
+        if trained_for != rules.version:
+            retrain = ("retrain it with `python -m bench.demo_model`" if demo_rules else
+                       "name a model of these rules in LEADSCORE_MODEL (`leadscore model train`)")
+            return None, (f"{shown} is for rules_version {trained_for}, not {rules.version}: "
+                          f"p_convert is off; {retrain}")
+        return ServedModel(path, rules), (f"{shown}: p_convert served (trained on the demo's "
+                                          "funnel by `python -m bench.demo_model`)")
+    except ModelError as exc:  # (damaged)
+        return None, f"p_convert is off: {escape(str(exc))}"
 
 
 class _Published:

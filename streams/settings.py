@@ -17,7 +17,7 @@ from scoring.events import MAX_EVENT_BYTES
 from scoring.rules import parse_duration
 from scoring.store import keys
 
-__all__ = ["CLUSTER_SCHEMES", "DEMO_RULES", "Settings", "load_settings"]
+__all__ = ["CLUSTER_SCHEMES", "DEMO_MODEL", "DEMO_RULES", "Settings", "load_settings"]
 
 
 def _seconds(value: object) -> object:
@@ -37,6 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # minutes (streams.dev).
 DEFAULT_RULES = Path("config/rules.yaml")
 DEMO_RULES = Path("config/demo-rules.yaml")
+# The conversion model `leadscore dev --demo` serves for DEMO_RULES when LEADSCORE_MODEL
+# names none (python -m bench.demo_model trains it), found like DEMO_RULES.
+DEMO_MODEL = Path("config/demo-model.json")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")  # a Redis Cluster, found from one node
 # Transaction shards for new data when LEADSCORE_REDIS_SHARDS is unset: on a cluster, a
 # few per master, so that the shards spread over the masters; on one Redis, a few let

@@ -1,7 +1,9 @@
 """The live demo's funnel (streams.demo.LiveDemo) and its rules (config/demo-rules.yaml),
 without servers: the deck's exact shape, reproducibility, and the story it tells when
 its events are scored as the worker scores them, tick by tick, swept every second as
-``leadscore dev`` sweeps. tests/test_dev.py runs the same demo through ``leadscore dev``.
+``leadscore dev`` sweeps; its history fast-forwarded (demo_history) and the conversion
+model trained on it (config/demo-model.json, by bench.demo_model). tests/test_dev.py
+runs the same demo through ``leadscore dev``.
 """
 
 from __future__ import annotations
@@ -16,14 +18,24 @@ import pytest
 import yaml
 
 from scoring.engine import Notification, score_at
-from scoring.events import parse_event
+from scoring.events import CONVERTED, parse_event
+from scoring.model import Model
 from scoring.preview import band
 from scoring.rules import Ruleset, load_rules, parse_duration
 from scoring.store.in_memory import MemoryStore
-from streams.demo import DECK, FUNNEL, NEW_LEAD_EVERY, TICK_SECONDS, LiveDemo
+from streams.demo import (
+    DECK,
+    FUNNEL,
+    LOOKALIKES,
+    NEW_LEAD_EVERY,
+    TICK_SECONDS,
+    LiveDemo,
+    demo_history,
+)
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 DEMO_RULES = load_rules(CONFIG / "demo-rules.yaml")
+DEMO_MODEL = Model.from_json(orjson.loads((CONFIG / "demo-model.json").read_bytes()))
 T0 = 1_793_923_200_000  # 2026-11-06T00:00:00Z
 TICK_MS = int(TICK_SECONDS * 1000)
 
@@ -149,3 +161,76 @@ def test_the_demo_turns_leads_hot_for_each_product_line() -> None:
     line_alone = {n["lead_id"] for n in notes if n["group"] is not None} - hot_itself
     assert len(line_alone) >= 3
     assert all(n["stage"] != "sql" for n in notes if n["lead_id"] in line_alone)
+
+
+def test_the_demo_model_is_trained_for_the_demo_rules() -> None:
+    """dev --demo serves config/demo-model.json only for the rules it was trained for: an
+    edit of config/demo-rules.yaml (any byte: a new rules_version) wants a new model."""
+    assert DEMO_MODEL.rules_version == DEMO_RULES.version, (
+        f"config/demo-model.json is for rules_version {DEMO_MODEL.rules_version}, but "
+        f"config/demo-rules.yaml is {DEMO_RULES.version}: run `python -m bench.demo_model` "
+        "and commit the new config/demo-model.json")
+    DEMO_MODEL.check(DEMO_RULES)  # (its features are the rules')
+    assert DEMO_MODEL.horizon == "10m"
+
+
+def test_the_demo_history_is_the_live_demo_fast_forwarded() -> None:
+    """demo_history: the events the live demo sends its first leads, tick for tick,
+    stamped on a clock that moves TICK_SECONDS a tick, every journey to its end."""
+    leads = 60
+    history = demo_history(leads, 5, T0)
+    demo, live = LiveDemo(5), []
+    for tick in range(leads * NEW_LEAD_EVERY + 2400):  # 20 minutes: every journey is over
+        live += [e for e in demo.tick(T0 + tick * TICK_MS)
+                 if int(e["lead_id"].removeprefix("demo-")) <= leads]
+    assert history == live
+    assert {e["lead_id"] for e in history} <= {f"demo-{n}" for n in range(1, leads + 1)}
+    assert history[0]["ts"] == T0 and all(e["ts"] % TICK_MS == T0 % TICK_MS for e in history)
+
+
+def test_the_history_of_the_demo_model_adds_lookalikes_that_convert_or_not() -> None:
+    """The model's history (bench.demo_model) deals the funnel and LOOKALIKES: customers
+    and closers convert, every one; stalled customers-to-be and everyone else never do."""
+    funnel = FUNNEL | LOOKALIKES
+    leads = 3 * (DECK + 2)  # three decks
+    demo = LiveDemo(3, funnel=funnel)  # the personas: dealt as the history deals them
+    for tick in range(leads * NEW_LEAD_EVERY):
+        demo.tick(T0 + tick * TICK_MS)
+    assert Counter(demo.personas.values()) == {name: p.per_deck * 3
+                                               for name, p in funnel.items()}
+    sent: dict[str, list[str]] = {}
+    for event in demo_history(leads, 3, T0, funnel=funnel):
+        sent.setdefault(event["lead_id"], []).append(event["type"])
+    converted = {lead for lead, types in sent.items() if CONVERTED in types}
+    assert converted == {lead for lead, persona in demo.personas.items()
+                         if persona in ("customer", "closer")}
+    # Lookalikes: who they look like is all the model can see before they convert or not.
+    assert LOOKALIKES["stalled"].profiles == FUNNEL["customer"].profiles
+    assert LOOKALIKES["closer"].profiles == FUNNEL["buyer"].profiles
+
+
+def test_the_demo_model_tells_the_buyers_from_the_crowd() -> None:
+    """What the dashboard's drawer shows a minute into `make run`: the highest conversion
+    probability is a buyer's, the anonymous visitors' are about 0, and each lead's
+    factors are features of the model."""
+    demo = LiveDemo()
+    store = MemoryStore(DEMO_RULES, history_size=0)
+    now = T0
+    for tick in range(int(60 / TICK_SECONDS)):
+        now = T0 + tick * TICK_MS
+        store.apply_now([parse_event(orjson.dumps(e), latest_ms=now) for e in demo.tick(now)])
+    explained = {lead: DEMO_MODEL.explain(state, now, DEMO_RULES)
+                 for lead, state in store.states().items()}
+    # (A customer's p_convert is None: it has converted.)
+    by_p = sorted(explained, key=lambda lead: -(explained[lead]["p_convert"] or 0.0))
+    assert demo.personas[by_p[0]] == "buyer", [(demo.personas[lead], explained[lead])
+                                               for lead in by_p[:5]]
+    assert explained[by_p[0]]["p_convert"] > 0.5
+    visitors = [lead for lead in explained if demo.personas[lead] == "visitor"]
+    assert visitors and all(explained[lead]["p_convert"] < 0.01 for lead in visitors)
+    for lead, p in explained.items():
+        if store.states()[lead].stage == "customer":  # converted: nothing left to predict
+            assert p == {"p_convert": None, "p_factors": []}
+            continue
+        assert p["p_factors"] and {f["feature"] for f in p["p_factors"]} <= set(
+            DEMO_MODEL.features)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -23,11 +24,14 @@ from streams.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
-# The environment of the tests, without a web host, rules or sweep interval of their own:
-# dev's defaults apply.
+# The environment of the tests, without a web host, rules, sweep interval or model of
+# their own: dev's defaults apply.
 ENV = {name: value for name, value in os.environ.items()
-       if name not in ("LEADSCORE_WEB_HOST", "LEADSCORE_RULES", "LEADSCORE_SWEEP_INTERVAL")}
+       if name not in ("LEADSCORE_WEB_HOST", "LEADSCORE_RULES", "LEADSCORE_SWEEP_INTERVAL",
+                       "LEADSCORE_MODEL")}
 ROOT = Path(__file__).resolve().parent.parent
+DEMO_MODEL = ROOT / "config" / "demo-model.json"  # the bundled one: no config/ in tmp_path
+DEMO_VERSION = orjson.loads(DEMO_MODEL.read_bytes())["rules_version"]
 # dev's line for a notification of the lead's own score, which names the lead's stage
 # (a score group's names its group instead: "(group scoring)").
 OWN = r"(demo-\d+)\s+score\s+-?[\d.]+ \((?:prospect|mql|sql|customer)\)"
@@ -68,8 +72,21 @@ async def test_dev_demo_turns_leads_hot_and_ctrl_c_leaves_nothing_running(
         text = out.read_text()
         lead = OWN_HOT.search(text)
         assert lead is not None
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/leads/{lead.group(1)}") as r:
-            assert b'"hot":true' in r.read()
+        shown = get(port, f"/leads/{lead.group(1)}")
+        assert shown["hot"] is True
+        # The demo's model (README, "The demo"): every lead carries its conversion
+        # probability and factors, and the leads most likely to buy rank first (a
+        # customer-to-be within seconds, a buyer by 20 s: tests/test_demo.py).
+        assert f"  model      {DEMO_MODEL}: p_convert served" in text
+        assert 0 <= shown["p_convert"] <= 1 and shown["p_factors"], shown
+        top: list[Any] = []
+
+        def likely_buyer() -> bool:
+            top[:] = get(port, "/leads?order=p_convert&limit=1")["leads"]
+            return bool(top) and top[0]["p_convert"] > 0.3
+
+        await wait_for(likely_buyer, 60, f"no lead likely to buy: {top}")
+        assert get(port, f"/leads/{top[0]['lead_id']}")["p_factors"]
         # A laptop's API is its own: loopback only, as the banner says.
         assert listening_on(dev.pid, port) == {"127.0.0.1"}
         assert banner_address(text, port) == "127.0.0.1"
@@ -116,6 +133,17 @@ async def test_saving_a_changed_rules_file_in_dev_rebuilds_and_cuts_over(
                          LEADSCORE_RULES=str(rules))
     try:
         await wait_for(lambda: b"HOT " in out.read_bytes(), 90, "no demo lead turned hot")
+        # Rules other than the demo's: no p_convert (config/demo-model.json is theirs), said
+        # in the banner, and dev goes on.
+        first = re.search(r"^HOT\s+(demo-\d+)", out.read_text(), re.MULTILINE)
+        assert first is not None
+        lead = get(port, f"/leads/{first.group(1)}")
+        assert "p_convert" not in lead and "p_factors" not in lead, lead
+        off = (f"  model      {DEMO_MODEL} is for rules_version {DEMO_VERSION}, not {{}}: "
+               "p_convert is off; name a model of these rules in LEADSCORE_MODEL "
+               "(`leadscore model train`)\n")
+        assert off.format(hashlib.sha256(original.encode()).hexdigest()[:12]) \
+            in out.read_text()
         rules.write_text(original.replace("hot: {threshold: 70, rearm_below: 50}",
                                           "hot: {threshold: 70, rearm_below: 90}"))
         await wait_for(lambda: b"rules not published" in out.read_bytes(), 30,
@@ -126,8 +154,10 @@ async def test_saving_a_changed_rules_file_in_dev_rebuilds_and_cuts_over(
         await wait_for(lambda: b"leadscore: cutover: rules" in out.read_bytes(), 90,
                        f"no cutover:\n{out.read_text()[-3000:]}")
         text = out.read_text()
-        assert re.search(r"rules changed: .* is now rules_version [0-9a-f]{12}; the worker "
-                         r"restarts with it", text)
+        changed = re.search(r"rules changed: .* is now rules_version ([0-9a-f]{12}); the "
+                            r"worker restarts with it", text)
+        assert changed is not None
+        assert off.format(changed.group(1)) in text[changed.end():]  # said again
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz") as r:
             assert r.status == 200
     finally:
@@ -194,3 +224,31 @@ def test_dev_prints_a_tombstone_as_a_forgotten_lead_not_a_crash() -> None:
             "reasons": [{"rule": "demo", "points": 52.5}], "cause": "event", "group": None}
     assert _record_line(b"lead-9", orjson.dumps(note)).startswith(
         "[bold red]HOT   [/] lead-9     score  72.50 (sql)")
+
+
+def test_dev_serves_the_demo_model_only_for_the_rules_it_was_trained_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dev --demo's model (streams.dev._demo_model, no servers): config/demo-model.json
+    for the demo rules; for an edit of them (saved while dev runs, or a copy in the
+    working directory) none, and the line says to retrain it; a damaged file, none."""
+    from scoring.rules import load_rules, parse_rules
+    from streams.dev import _demo_model
+
+    monkeypatch.chdir(tmp_path)  # no config/ here: the bundled files
+    demo = load_rules(ROOT / "config" / "demo-rules.yaml")
+    served, line = _demo_model(demo, demo_rules=True)
+    assert served is not None and served.model is not None
+    assert served.model.rules_version == demo.version
+    assert line.startswith(f"{DEMO_MODEL}: p_convert served")
+    edited = (ROOT / "config" / "demo-rules.yaml").read_bytes().replace(
+        b"half_life: 2m ", b"half_life: 15s")
+    faster = parse_rules(edited, "config/demo-rules.yaml")
+    served, line = _demo_model(faster, demo_rules=True)
+    assert served is None
+    assert line == (f"{DEMO_MODEL} is for rules_version {demo.version}, not {faster.version}: "
+                    "p_convert is off; retrain it with `python -m bench.demo_model`")
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "demo-model.json").write_text("{")  # here: it wins, damaged
+    served, line = _demo_model(demo, demo_rules=True)
+    assert served is None
+    assert line.startswith("p_convert is off: config/demo-model.json: not JSON")
