@@ -4,18 +4,17 @@ funnel, fast-forwarded.
 ``python -m bench.demo_model [--out config/demo-model.json] [--leads 4000] [--seed 1]
 [--horizon 10m] [--rules config/demo-rules.yaml]`` plays ``leadscore dev --demo``'s
 funnel (streams.demo) on a simulated clock, half a second a tick as dev ticks it, for
-``--leads`` leads and until each has ended its journey (``demo_history``: about an hour
-and 13,000 events, in a tenth of a second), trains on it as ``leadscore model train`` does
-(scoring.training), writes the model file and prints its metrics. The same arguments
+``--leads`` leads and until each has ended its journey (``demo_history``), trains on
+it as ``leadscore model train`` does (scoring.training), writes the model file and
+prints its metrics. The same arguments
 give the same bytes: the history starts at a fixed instant (``START``).
 
 The history is the funnel plus ``LOOKALIKES`` (streams.demo), one each per deck:
 customers-to-be that stall before converting, and buyers that buy. The funnel alone
 converts its customers and no one else, and a customer's profile is one no other
 persona has: a model of it reads the persona off the lead's first event and says 1
-or 0 from then on (test AUC 1.0, every probability within 0.001 of 0 or 1), which makes
-a drawer that shows nothing. With the lookalikes a good fit converts about half
-the time and what a lead does tells the rest.
+or 0 from then on, which makes a drawer that shows nothing. With the lookalikes a
+good fit converts about half the time and what a lead does tells the rest.
 
 The horizon, 10 minutes, is five of the demo rules' half-lives (2 minutes): a state's
 engagement has decayed to 3% by then, and every journey of the demo is over. Its
@@ -41,11 +40,12 @@ from scoring.events import parse_ts
 from scoring.rules import load_rules, parse_duration
 from scoring.training import MIN_CONVERSIONS, Trained, build_examples, split_parts, train
 from streams.demo import FUNNEL, LOOKALIKES, demo_history
+from streams.model_cli import write_model
 from streams.settings import DEMO_MODEL, DEMO_RULES
 
 __all__ = ["HORIZON", "LEADS", "SEED", "START", "main", "trained"]
 
-LEADS = 4_000  # about 170 converted leads in the training parts, 50 in the test period
+LEADS = 4_000  # enough converted leads in each part (scoring.training.MIN_CONVERSIONS)
 SEED = 1
 HORIZON = "10m"
 START = "2026-11-01T00:00:00Z"
@@ -83,7 +83,7 @@ def main() -> None:
     except LeadscoreError as exc:
         sys.exit(f"bench.demo_model: {exc}")
     model, evaluation = result.model, result.evaluation
-    args.out.write_bytes(orjson.dumps(model.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
+    write_model(model, args.out)  # (as leadscore model train writes it: renamed into place)
     info = model.info
     window = info["window"]
     print(f"{args.out}: rules {rules_path} (rules_version {model.rules_version}), horizon "

@@ -5,10 +5,10 @@
 default rules, config/rules.yaml; ``history(...)`` returns the same events as dicts,
 for tests. The same arguments give the same bytes. Defaults: 4,000 leads over a year
 (365 days) from 2025-06-01 (about 68,000 events, some 400 converted leads); ``--leads
-60000`` is the benchmark size (about 1,000,000 events, some 6,000 converted leads,
-generated in about 12 s). A year, not half of one: with SPEC 12's default horizon
-(90 days), ``leadscore model train`` (as it stood when this was written) refused a
-180-day history, finding no example to fit on.
+60000`` is the benchmark size (about 1,000,000 events, some 6,000 converted leads).
+A year, not half of one: with SPEC 12's default horizon (90 days) a training example
+must end its horizon before the test period (the last 20% of the span), which leaves
+a 180-day history little to fit on.
 
 What is planted (every number below is a constant of this module, for tests):
 
@@ -63,25 +63,15 @@ later times, and a share ``DUPLICATES`` (1%) is delivered again (same event, sam
 event) is never late nor repeated. Times are integer epoch milliseconds, ids
 ``lead-<i>`` and ``lead-<i>-<n>``.
 
-What a model should find. ``leadscore model train`` (horizon 90 days) on 15,000 leads
-(seeds 1 and 2, about 253,000 events) weighted the three STRONG rules +0.27 to +0.48
-per standard deviation, every NOISE rule within +-0.13, competitor -0.7 to -1.0,
-student -0.2 to -0.3; test AUC 0.76 and 0.79, against 0.55 for the rules' own score.
-A rule on ``LEAK_EVENT`` (``--leak``) got weight 0 and changed nothing. At the
-default 4,000 leads the ranking holds (AUC 0.73 to 0.83, rules 0.55 to 0.59) but single
-weights are noisy: NOISE and the rarer rules reach +-0.3 (workshops -0.86 for seed 2),
-as much as consultation-request's 0.20 there; tests of weights want 15,000 leads or
-more. One correlation is real but not planted: a bounded life with STRONG events
-spread over it means that a lead deep into its life has fewer of them ahead, and a
-high contribution of the frequent site-visit says just that: its weight is negative
-(-0.2 to -0.7). The rarer NOISE rules carry little of it, which is why they are
-NOISE and site-visit is not.
-
-Measured (2 shared cores, ``/usr/bin/time``), defaults but for ``--leads``: 4,000
-leads: 67,978 events, 413 converted leads (10.3%), 0.9 s; 60,000 leads: 1,013,385
-events (135 MB), 6,246 converted leads (10.4%), 11.9 s, 116 MB peak memory. Over 180
-days (``--days 180``) the numbers are alike: 67,945 events and 412 conversions;
-1,012,947 and 6,203 in 14.8 s.
+What a model should find: the STRONG rules among the largest weights, the NOISE rules
+near zero, competitors the most negative fit, a rule on ``LEAK_EVENT`` at exactly 0
+(tests/test_training.py checks each). Single weights need about 15,000 leads to be
+steady; the ranking holds from the default 4,000. One correlation is real but not
+planted: a bounded life with STRONG events spread over it means that a lead deep into
+its life has fewer of them ahead, and a high contribution of the frequent site-visit
+says just that, so its weight is negative; the rarer NOISE rules carry little of it,
+which is why they are NOISE and site-visit is not. docs/performance.md has the sizes
+and times (``make bench`` trains on ``--leads 60000``).
 """
 
 from __future__ import annotations

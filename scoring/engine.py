@@ -120,8 +120,7 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> Applied:
     # Step 1: a disarmed lead (or group) that decayed below rearm_below before this event
     # cools first. (Validation keeps rearm_below inside the score range, so the clamp
     # cannot matter.)
-    if in_order and ((state.hot and state.fit + state.engagement * f < rules.rearm_below)
-                     or (state.groups_hot and _groups_cool(state, rules, f))):
+    if in_order and (state.hot or state.groups_hot) and _cools(state, rules, f):
         out += cool(state, t, rules)
 
     if profile is not None:
@@ -543,6 +542,22 @@ def _group_notification(state: LeadState, rules: Ruleset, group: Group, kind: st
         "cause": cause,
         "group": group.id,
     }
+
+
+def cools_first(state: LeadState, t: int, rules: Ruleset) -> bool:
+    """Whether an event at ``t`` finds the lead, or one of its groups, due to cool by
+    decay (step 1 of ``apply``): what a caller needing the state before such a cooling
+    (the conversion model's, scoring.store.batch) checks before taking a copy."""
+    t_ref = state.t_ref
+    if t_ref is None or t < t_ref or not (state.hot or state.groups_hot):
+        return False
+    return _cools(state, rules, factor(t - t_ref, rules.half_life_ms))
+
+
+def _cools(state: LeadState, rules: Ruleset, f: float) -> bool:
+    """Step 1's test, with ``f`` what a point at T is worth at the event's time."""
+    return ((state.hot and state.fit + state.engagement * f < rules.rearm_below)
+            or (bool(state.groups_hot) and _groups_cool(state, rules, f)))
 
 
 def _groups_cool(state: LeadState, rules: Ruleset, f: float) -> bool:

@@ -33,7 +33,8 @@ from scoring.engine import STAGES, LeadState
 from scoring.errors import ModelError
 from scoring.rules import Ruleset
 
-__all__ = ["FORMAT", "TOP_FACTORS", "Model", "feature_names", "features_at", "load_model"]
+__all__ = ["FORMAT", "TOP_FACTORS", "Model", "feature_names", "features_at", "load_model",
+           "model_path"]
 
 FORMAT = "leadscore-model/1"
 TOP_FACTORS = 3  # SPEC 12: "the three features with the largest effect"
@@ -172,6 +173,14 @@ class Model:
 
 _OWN = {"format", "rules_version", "horizon", "horizon_ms", "features", "intercept",
         "calibration"}
+
+
+def model_path(path: str | Path, rules: Ruleset) -> Path:
+    """A model file's path with ``{rules_version}`` replaced by the rules' version: one
+    file per rules version (``/models/{rules_version}.json``), so that while a rules
+    change rebuilds, the old rules' workers read their model and the new ones theirs,
+    and the training job writes the file of the rules it ran under (deploy/k8s)."""
+    return Path(str(path).replace("{rules_version}", rules.version))
 
 
 def load_model(path: str | Path, rules: Ruleset | None = None) -> Model:

@@ -116,11 +116,25 @@ def suggest(model: Model, rules: Ruleset, text: bytes, source: str) -> str:
 
 
 def _engagement_nodes(body: str, source: str) -> list[Any]:
+    """The engagement rules' mappings, each written out in full where it stands: the
+    points are rewritten in place, so a rule that takes them from an anchor (``*x``,
+    ``<<: *x``) is refused rather than rewritten twice or not at all."""
     root = yaml.compose(body, Loader=yaml.SafeLoader)
     if isinstance(root, yaml.MappingNode):
         for key, value in root.value:
             if key.value == "engagement" and isinstance(value, yaml.SequenceNode):
-                return [node for node in value.value if isinstance(node, yaml.MappingNode)]
+                rules = [node for node in value.value if isinstance(node, yaml.MappingNode)]
+                seen: set[int] = set()
+                for index, rule in enumerate(rules):
+                    nodes = [rule, *(n for pair in rule.value for n in pair)]
+                    if any(k.value == "<<" for k, _ in rule.value) or \
+                            any(id(n) in seen for n in nodes):
+                        raise ModelError(
+                            f"{source}: engagement[{index}] uses a YAML anchor or merge key "
+                            "(*, <<); suggest rewrites each rule's points where they are "
+                            "written, so write the rule out in full first")
+                    seen.update(id(n) for n in nodes)
+                return rules
     raise ModelError(f"{source}: no engagement rules to suggest points for")
 
 

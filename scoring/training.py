@@ -138,7 +138,9 @@ def build_examples(lines: Iterable[bytes | None], rules: Ruleset, horizon_ms: in
     lead_index = np.empty(len(events), dtype=np.int32)
     states: dict[str, LeadState] = {}
     index_of: dict[str, int] = {}
-    holds: dict[str, tuple[int, list[bool]]] = {}  # lead -> (id of its profile, fit results)
+    # lead -> (its profile, the fit rules' results on it): a profile_update replaces the
+    # profile dict (never changes it in place), so the same object has the same results.
+    holds: dict[str, tuple[dict[str, Any], list[bool]]] = {}
     n = unlabelled = applied = 0
     total = len(events)
     for i, event in enumerate(events):
@@ -165,8 +167,8 @@ def build_examples(lines: Iterable[bytes | None], rules: Ruleset, horizon_ms: in
             continue
         label = 1 if c is not None and c - at <= horizon_ms else 0
         cached = holds.get(lead)
-        if cached is None or cached[0] != id(state.profile):
-            cached = holds[lead] = (id(state.profile), [r.test(state.profile) for r in rules.fit])
+        if cached is None or cached[0] is not state.profile:
+            cached = holds[lead] = (state.profile, [r.test(state.profile) for r in rules.fit])
         x[n] = features_at(state, at, rules, cached[1])
         y[n], t[n] = label, at
         score[n] = score_at(state, at, rules)
@@ -183,6 +185,7 @@ def build_examples(lines: Iterable[bytes | None], rules: Ruleset, horizon_ms: in
 def train(examples: Examples, rules: Ruleset, horizon: str, horizon_ms: int) -> Trained:
     """Fit, calibrate and test the model (the module's docstring says on what); refuse,
     saying why, when a part has too few conversions to learn from."""
+    from scipy.special import expit
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import brier_score_loss, roc_auc_score
 
@@ -205,7 +208,8 @@ def train(examples: Examples, rules: Ruleset, horizon: str, horizon_ms: int) -> 
     x_fit = examples.x[fit]
     means = x_fit.mean(axis=0)
     scales = x_fit.std(axis=0)
-    scales[scales == 0] = 1.0  # a constant feature: z is 0, so its coefficient stays 0
+    # A constant feature (to rounding): z is 0, so its coefficient stays 0.
+    scales[scales < 1e-9 * np.maximum(1.0, np.abs(means))] = 1.0
 
     def standard(mask: npt.NDArray[np.bool_]) -> Floats:
         out: Floats = (examples.x[mask] - means) / scales
@@ -218,7 +222,7 @@ def train(examples: Examples, rules: Ruleset, horizon: str, horizon_ms: int) -> 
     platt.fit(raw_calibration.reshape(-1, 1), y[calibration])
     slope, offset = float(platt.coef_[0][0]), float(platt.intercept_[0])
     raw_test = regression.decision_function(standard(test))
-    p = 1.0 / (1.0 + np.exp(-(slope * raw_test + offset)))
+    p = expit(slope * raw_test + offset)
     y_test = y[test]
     evaluation = Evaluation(
         examples=int(test.sum()), positives=int(y_test.sum()),

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 
 from scoring.errors import EventError, LeadscoreError, SettingsError
 from scoring.events import parse_ts
-from scoring.model import load_model
+from scoring.model import load_model, model_path
 from scoring.offline import replay
 from scoring.rules import Ruleset, format_duration, load_rules, parse_duration
 from scoring.views import summary
@@ -286,7 +286,7 @@ def _rules_preview(args: argparse.Namespace) -> int:
 
 def _score(args: argparse.Namespace) -> int:
     rules = _rules(args.rules)
-    model = load_model(args.model, rules) if args.model is not None else None  # before reading
+    model = None if args.model is None else load_model(model_path(args.model, rules), rules)
     # The replay keeps every lead's state alive and creates no reference cycles:
     # collecting less often saves ~10% with no growth in memory.
     gc.set_threshold(100_000, 50, 100)

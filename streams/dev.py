@@ -108,9 +108,19 @@ def run_dev(settings: Settings, demo: bool,
             ruleset = load_rules(rules)  # (the worker's: what the demo's model must be for)
             served: ServedModel | None = None
             model: str | None = None
+            worker_settings = settings
             if settings.model is not None:
                 model = (f"{escape(str(settings.model))}: p_convert served, reloaded when "
                          "the file changes")
+                if published.restart:  # (at the first start a refusal stopped dev above)
+                    try:
+                        served = ServedModel.configured(settings, ruleset)
+                    except ModelError as exc:  # a model of the rules before the edit
+                        worker_settings = settings.model_copy(update={"model": None})
+                        model = (f"p_convert is off: {escape(str(exc))}; with "
+                                 "{rules_version} in LEADSCORE_MODEL each rules version "
+                                 "has its own file")
+                    console.print(f"  model      {model}")
             elif demo:
                 served, model = _demo_model(ruleset, demo_rules)
                 if published.restart:  # (no banner this time: the rules changed)
@@ -123,7 +133,7 @@ def run_dev(settings: Settings, demo: bool,
                 _watch_rules(app, published)
 
             with contextlib.suppress(SystemExit):
-                run_worker(settings, ruleset, before=started, served=served)
+                run_worker(worker_settings, ruleset, before=started, served=served)
             if not published.changed:
                 return
             console.print(f"[bold]rules changed[/]: {rules} is now rules_version "

@@ -33,7 +33,7 @@ from rich.progress import (
 )
 
 from scoring.errors import LeadscoreError
-from scoring.model import Model, load_model
+from scoring.model import Model, load_model, model_path
 from scoring.rules import load_rules, parse_duration
 from scoring.training import Examples, build_examples, train
 from streams.model_report import Labels, print_summary, write_html
@@ -69,7 +69,8 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     trainer.add_argument("--horizon", default="90d", metavar="DURATION",
                          help="predict a conversion within this time (default: 90d)")
     trainer.add_argument("--out", type=Path, default=Path("model.json"), metavar="FILE",
-                         help="where to write the model (default: model.json)")
+                         help="where to write the model (default: model.json); "
+                         "{rules_version} in it is the rules' version")
     trainer.add_argument("--report", type=Path, metavar="FILE.html",
                          help="also write a self-contained HTML page: metrics, reliability "
                          "diagram, lift chart, weights")
@@ -92,8 +93,8 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:  # type: i
 
 
 def _train(args: argparse.Namespace) -> int:
-    """Exit status 0, or 1 when some events were refused (listed on stderr) although the
-    model was trained and written."""
+    """Exit status 0 once the model is written, even when some events were refused
+    (listed on stderr); 1 when no model could be trained."""
     if (args.events is None) == (not args.topic):
         raise LeadscoreError("model train: give an events file (EVENTS.jsonl) or --topic, "
                              "not both and not neither")
@@ -137,11 +138,12 @@ def _train(args: argparse.Namespace) -> int:
         # reason names the event and its lead.
         print(f"{where(number) if number else source}: {reason}", file=sys.stderr)
     trained = train(examples, rules, args.horizon, horizon)
-    write_model(trained.model, args.out)
-    labels = Labels(str(rules_path), source, str(args.out))
+    out = model_path(args.out, rules)  # ({rules_version}: the file of these rules)
+    write_model(trained.model, out)
+    labels = Labels(str(rules_path), source, str(out))
     if args.report is not None:  # the files first: a closed stdout must not lose them
         try:
-            write_html(trained, labels, args.report)
+            write_html(trained, labels, model_path(args.report, rules))
         except OSError as exc:
             raise LeadscoreError(f"{args.report}: cannot write the page ({exc.strerror}); "
                                  "give --report a file in a directory you can write") from None
@@ -160,7 +162,7 @@ def _suggest(args: argparse.Namespace) -> int:
 
     path: Path = args.rules if args.rules is not None else load_settings().rules_path()
     rules = load_rules(path)
-    model = load_model(args.model, rules)  # refuses a model of other rules, saying so
+    model = load_model(model_path(args.model, rules), rules)  # refuses other rules' model
     try:
         text = path.read_bytes()
     except OSError as exc:
@@ -175,7 +177,10 @@ def write_model(model: Model, path: Path) -> None:
     sees half of one)."""
     partial = path.with_name(f".{path.name}.partial")
     try:
-        partial.write_bytes(orjson.dumps(model.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
+        with partial.open("wb") as file:
+            file.write(orjson.dumps(model.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
+            file.flush()
+            os.fsync(file.fileno())  # on disk before the rename makes it the model
         os.replace(partial, path)
     except OSError as exc:
         partial.unlink(missing_ok=True)

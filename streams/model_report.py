@@ -108,10 +108,12 @@ def left_out(model: Model) -> str:
 
 
 def largest_weights(model: Model, count: int | None = None) -> list[tuple[str, float]]:
-    """(feature, coefficient) by decreasing absolute value (ties in feature order)."""
+    """(feature, weight) by decreasing absolute value (ties in feature order): the
+    weight is the calibrated log-odds per standard deviation, ``slope * coefficient``,
+    the scale of ``p_factors``, so the report and the drawer say the same."""
     order = sorted(range(len(model.features)),
                    key=lambda i: (-abs(model.coefficients[i]), i))
-    return [(model.features[i], model.coefficients[i]) for i in order[:count]]
+    return [(model.features[i], model.slope * model.coefficients[i]) for i in order[:count]]
 
 
 # --- rows shared by both reports ---------------------------------------------------------

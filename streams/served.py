@@ -31,7 +31,7 @@ import orjson
 
 from scoring.engine import LeadState
 from scoring.errors import ModelError
-from scoring.model import Model
+from scoring.model import Model, model_path
 from scoring.rules import Ruleset
 from scoring.views import Explain
 from streams import metrics
@@ -61,8 +61,10 @@ class ServedModel:
 
     @classmethod
     def configured(cls, settings: Settings, rules: Ruleset) -> ServedModel | None:
-        """The model LEADSCORE_MODEL names, for ``rules``; None when it names none."""
-        return None if settings.model is None else cls(settings.model, rules)
+        """The model LEADSCORE_MODEL names, for ``rules`` (``{rules_version}`` in it is
+        theirs: scoring.model.model_path); None when it names none."""
+        return None if settings.model is None else cls(model_path(settings.model, rules),
+                                                        rules)
 
     def explain(self, state: LeadState, at: int) -> dict[str, Any]:
         """``p_convert`` and ``p_factors`` of the lead at ``at`` (epoch ms), by the model

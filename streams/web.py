@@ -505,7 +505,8 @@ def _order(api: Api, request: Request) -> str:
         raise BadRequest("order=p_convert needs a conversion model, and this worker serves "
                          "none: set LEADSCORE_MODEL to a file of `leadscore model train`"
                          + ("" if api.served is None else
-                            f" ({api.served.path} does not exist yet)"))
+                            f" ({api.served.path} does not exist yet, or was refused: see "
+                            "the worker's log)"))
     return raw
 
 

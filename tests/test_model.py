@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from helpers import DAY, HOUR, T0, ev, rules, run
+from helpers import BASE_RULES, DAY, HOUR, T0, ev, rules, run
 
 from scoring.errors import ModelError
 from scoring.events import Event
-from scoring.model import Model, feature_names, features_at, load_model
-from scoring.suggest import rule_weights, scale_points
+from scoring.model import Model, feature_names, features_at, load_model, model_path
+from scoring.rules import parse_rules
+from scoring.suggest import rule_weights, scale_points, suggest
 from scoring.training import build_examples, split_parts
 
 BODY = """
@@ -28,6 +30,7 @@ engagement:
   - {id: blog, event: page_view, if: {url: {matches: "^/blog"}}, points: 2}
 """
 RULES = rules(BODY, "1d")
+BASE = BASE_RULES.format(half_life="1d")
 NAMES = ["rule:pricing", "rule:demo", "rule:blog", "fit:decision-maker", "stage:mql",
          "stage:sql", "stage:customer", "engagement"]
 
@@ -255,3 +258,27 @@ def test_a_customer_has_no_probability_of_converting() -> None:
     assert state.stage == "customer"
     assert model([0.1] * 8).explain(state, T0 + 3 * HOUR, RULES) == {"p_convert": None,
                                                                       "p_factors": []}
+
+
+def test_a_model_path_may_name_the_rules_version() -> None:
+    """One file per rules version (deploy/k8s): a worker of each rules reads its own."""
+    assert model_path("/models/{rules_version}.json", RULES) == \
+        Path(f"/models/{RULES.version}.json")
+    assert model_path("/models/model.json", RULES) == Path("/models/model.json")
+
+
+def test_suggest_refuses_points_written_through_an_anchor() -> None:
+    """Points are rewritten where they are written: points shared through an anchor
+    would be rewritten twice (the rules file refuses merge keys already)."""
+    text = (BASE + """
+engagement:
+  - {id: pricing, event: page_view, if: {url: {matches: "^/pricing"}}, points: &p 15}
+  - {id: pricing-again, event: page_view, if: {url: {matches: "^/pricing"}}, points: *p}
+""").encode()
+    anchored = parse_rules(text, "anchored.yaml")
+    names = feature_names(anchored)
+    m = model([0.1] * len(names), rules_version=anchored.version, features=tuple(names),
+              means=[0.0] * len(names), scales=[1.0] * len(names),
+              info={"suggested_points": {"pricing": 20.0, "pricing-again": 20.0}})
+    with pytest.raises(ModelError, match=r"anchored.yaml: engagement\[1\] uses a YAML anchor"):
+        suggest(m, anchored, text, "anchored.yaml")

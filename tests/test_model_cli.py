@@ -122,7 +122,8 @@ def test_train_writes_the_model_of_the_rules_and_prints_its_numbers(
     assert {f["coefficient"] < 0 for f in largest} == {True, False}
     shown = [(m.group(1), m.group(2)) for m in
              re.finditer(r"│ ((?:rule|fit|stage):\S+|engagement)\s*│\s*([+-]\d+\.\d{4}) │", out)]
-    assert shown == [(f["name"], f"{f['coefficient']:+.4f}") for f in largest]
+    slope = data["calibration"]["slope"]  # calibrated log-odds, as p_factors has them
+    assert shown == [(f["name"], f"{slope * f['coefficient']:+.4f}") for f in largest]
     assert [name for name, _ in largest_weights(model, TOP_WEIGHTS)] == [
         f["name"] for f in largest]
 

@@ -14,13 +14,12 @@ work per event is added.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scoring import history
-from scoring.engine import Applied, LeadState, Notification, apply
+from scoring.engine import Applied, LeadState, Notification, apply, cools_first
 from scoring.errors import EventError
 from scoring.events import Event
 from scoring.rules import Ruleset
@@ -114,7 +113,6 @@ def apply_batch(leads: Mapping[str, Lead],
     score groups its events fed (a store whose leads live for one batch: Redis's).
     ``explain``: annotate each notification with the lead's conversion probability
     (``_apply_explained``)."""
-    step = apply if explain is None else functools.partial(_apply_explained, explain)
     outcome = Outcome()
     notes, awards, rejected = outcome.notifications, outcome.awards, outcome.rejected
     applied_count = duplicates = replayed = 0
@@ -131,7 +129,8 @@ def apply_batch(leads: Mapping[str, Lead],
         if keep_history:
             stage, fit = state.stage, state.fit
         try:
-            applied = step(state, event, rules)
+            applied = apply(state, event, rules) if explain is None else \
+                _apply_explained(explain, state, event, rules)
         except EventError as exc:  # refused before it changed anything
             rejected.append((index, exc))
             continue
@@ -166,11 +165,11 @@ def _apply_explained(explain: Explain, state: LeadState, event: Event, rules: Ru
     that moment, at its ``event_ts``: a cooling by decay that the event found due (step 1
     of ``apply``: cause "decay", before the event's own awards) from the state as it was
     before the event, every other from the state after it. The state before is copied
-    only for a disarmed lead (hot, or hot for a group), the only kind step 1 can cool,
-    and only the parts the features read: apply replaces the profile, never changes it
-    in place, so the copy shares it."""
+    only when the event finds such a cooling due (``cools_first``: a few per thousand
+    events), and only the parts the features read: apply replaces the profile, never
+    changes it in place, so the copy shares it."""
     before = None
-    if state.hot or state.groups_hot:
+    if (state.hot or state.groups_hot) and cools_first(state, event.ts, rules):
         before = LeadState(state.lead_id, state.t_ref, state.engagement, state.fit,
                            dict(state.contributions), state.profile, state.stage)
     applied = apply(state, event, rules)
