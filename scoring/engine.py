@@ -16,7 +16,7 @@ State is plain data (``LeadState.to_dict`` is JSON) so that it can live anywhere
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -24,7 +24,7 @@ import orjson
 
 from scoring.decay import crossing_time, factor
 from scoring.errors import EventError
-from scoring.events import PROFILE_UPDATE, Event, format_ts
+from scoring.events import PROFILE_UPDATE, Event, format_ts, parse_ts
 from scoring.rules import Group, Ruleset
 
 STAGES = ("prospect", "mql", "sql", "customer")
@@ -40,6 +40,9 @@ MAX_PROFILE_KEYS = 256
 MAX_PROFILE_BYTES = 32 * 1024
 
 Notification = dict[str, Any]
+# What a conversion model adds to a notification (scoring.model.Model.explain, bound to
+# its rules): the lead's state and the instant in, p_convert and p_factors out.
+Explain = Callable[["LeadState", int], dict[str, Any]]
 Award = tuple[str, float]  # (rule id, points as awarded at the event's own time)
 _INF = math.inf
 
@@ -89,8 +92,14 @@ class Applied(NamedTuple):
     duplicate: bool  # a repeat of an applied event_id: nothing changed
 
 
-def apply(state: LeadState, event: Event, rules: Ruleset) -> Applied:
+def apply(state: LeadState, event: Event, rules: Ruleset,
+          explain: Explain | None = None) -> Applied:
     """Apply one event to its lead's state; say what it did (``Applied``).
+
+    ``explain`` (a conversion model's, SPEC 12): each notification also gets what it
+    returns for the lead's state at that notification's moment and ``event_ts``: a
+    cooling by decay found due before the event's awards from the state before them,
+    the others from the state after the event. Called for notifications only.
 
     Raises ``EventError`` with kind ``profile_too_large`` (a profile_update that
     would grow the profile past MAX_PROFILE_KEYS or MAX_PROFILE_BYTES) or
@@ -120,8 +129,11 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> Applied:
     # Step 1: a disarmed lead (or group) that decayed below rearm_below before this event
     # cools first. (Validation keeps rearm_below inside the score range, so the clamp
     # cannot matter.)
-    if in_order and (state.hot or state.groups_hot) and _cools(state, rules, f):
+    if in_order and ((state.hot and state.fit + state.engagement * f < rules.rearm_below)
+                     or (state.groups_hot and _groups_cool(state, rules, f))):
         out += cool(state, t, rules)
+        if explain is not None:  # the state as it was before the event, at each crossing
+            _explained(out, state, explain)
 
     if profile is not None:
         state.profile = profile
@@ -192,6 +204,8 @@ def apply(state: LeadState, event: Event, rules: Ruleset) -> Applied:
                 _set_group_hot(state, group.id, False, rules)
                 out.append(_group_notification(state, rules, group, "lead.cooled", now,
                                                event.event_id, t, "event"))
+    if explain is not None and out and "p_convert" not in out[-1]:
+        _explained(out, state, explain)
     return Applied(out, awards, False)
 
 
@@ -544,20 +558,11 @@ def _group_notification(state: LeadState, rules: Ruleset, group: Group, kind: st
     }
 
 
-def cools_first(state: LeadState, t: int, rules: Ruleset) -> bool:
-    """Whether an event at ``t`` finds the lead, or one of its groups, due to cool by
-    decay (step 1 of ``apply``): what a caller needing the state before such a cooling
-    (the conversion model's, scoring.store.batch) checks before taking a copy."""
-    t_ref = state.t_ref
-    if t_ref is None or t < t_ref or not (state.hot or state.groups_hot):
-        return False
-    return _cools(state, rules, factor(t - t_ref, rules.half_life_ms))
-
-
-def _cools(state: LeadState, rules: Ruleset, f: float) -> bool:
-    """Step 1's test, with ``f`` what a point at T is worth at the event's time."""
-    return ((state.hot and state.fit + state.engagement * f < rules.rearm_below)
-            or (bool(state.groups_hot) and _groups_cool(state, rules, f)))
+def _explained(notes: list[Notification], state: LeadState, explain: Explain) -> None:
+    """Annotate the notifications not yet explained, from ``state`` at their event_ts."""
+    for note in notes:
+        if "p_convert" not in note:
+            note.update(explain(state, parse_ts(note["event_ts"])))
 
 
 def _groups_cool(state: LeadState, rules: Ruleset, f: float) -> bool:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,16 @@ class Model:
     offset: float
     # Everything else the file says (training window, metrics, example counts), for people.
     info: dict[str, Any]
+    # Folded once for serving: each feature's term of the calibrated log-odds is
+    # weights[i] * (x_i - means[i]), with weights[i] = slope * coefficients[i] / scales[i],
+    # and the log-odds is base + the sum of the terms, base = slope * intercept + offset.
+    weights: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    base: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", tuple(
+            self.slope * c / s for c, s in zip(self.coefficients, self.scales, strict=True)))
+        object.__setattr__(self, "base", self.slope * self.intercept + self.offset)
 
     def check(self, rules: Ruleset, source: str = "the model") -> None:
         """Refuse a model trained under other rules: its features would mean other things."""
@@ -113,21 +123,18 @@ class Model:
         if state.stage == CUSTOMER:
             return {"p_convert": None, "p_factors": []}
         x = features_at(state, at, rules)
-        slope = self.slope
-        terms = [slope * c * (v - m) / s for v, m, s, c
-                 in zip(x, self.means, self.scales, self.coefficients, strict=True)]
-        logit = slope * self.intercept + self.offset + sum(terms)
-        order = sorted(range(len(terms)), key=lambda i: (-abs(terms[i]), i))
+        terms = [w * (v - m) for w, v, m in zip(self.weights, x, self.means, strict=True)]
+        # (A stable sort: equal terms stay in feature order.)
+        sizes = list(map(abs, terms))
+        top = sorted(range(len(terms)), key=sizes.__getitem__, reverse=True)[:TOP_FACTORS]
         factors = [{"feature": self.features[i], "effect": round(terms[i], 4)}
-                   for i in order[:TOP_FACTORS] if round(terms[i], 4) != 0.0]
-        return {"p_convert": round(_sigmoid(logit), 4), "p_factors": factors}
+                   for i in top if round(terms[i], 4) != 0.0]
+        return {"p_convert": round(_sigmoid(self.base + sum(terms)), 4), "p_factors": factors}
 
     def probability(self, x: Sequence[float]) -> float:
         """The calibrated probability of a feature vector, unrounded."""
-        raw = self.intercept + sum(c * (v - m) / s for v, m, s, c
-                                   in zip(x, self.means, self.scales, self.coefficients,
-                                          strict=True))
-        return _sigmoid(self.slope * raw + self.offset)
+        return _sigmoid(self.base + sum(w * (v - m) for w, v, m
+                                        in zip(self.weights, x, self.means, strict=True)))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -150,24 +157,26 @@ class Model:
         try:
             features = data["features"]
             calibration = data["calibration"]
-            model = Model(
-                rules_version=str(data["rules_version"]), horizon=str(data["horizon"]),
-                horizon_ms=int(data["horizon_ms"]),
-                features=tuple(str(f["name"]) for f in features),
-                means=tuple(float(f["mean"]) for f in features),
-                scales=tuple(float(f["scale"]) for f in features),
-                coefficients=tuple(float(f["coefficient"]) for f in features),
-                intercept=float(data["intercept"]), slope=float(calibration["slope"]),
-                offset=float(calibration["offset"]),
-                info={k: v for k, v in data.items() if k not in _OWN})
+            fields: dict[str, Any] = {
+                "rules_version": str(data["rules_version"]), "horizon": str(data["horizon"]),
+                "horizon_ms": int(data["horizon_ms"]),
+                "features": tuple(str(f["name"]) for f in features),
+                "means": tuple(float(f["mean"]) for f in features),
+                "scales": tuple(float(f["scale"]) for f in features),
+                "coefficients": tuple(float(f["coefficient"]) for f in features),
+                "intercept": float(data["intercept"]), "slope": float(calibration["slope"]),
+                "offset": float(calibration["offset"]),
+                "info": {k: v for k, v in data.items() if k not in _OWN}}
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{source}: a damaged model file ({type(exc).__name__}: {exc}); "
                              "train it again with `leadscore model train`") from None
-        numbers = (*model.means, *model.scales, *model.coefficients, model.intercept,
-                   model.slope, model.offset)
-        if not all(math.isfinite(n) for n in numbers) or not all(s > 0 for s in model.scales):
+        numbers = (*fields["means"], *fields["scales"], *fields["coefficients"],
+                   fields["intercept"], fields["slope"], fields["offset"])
+        if not all(math.isfinite(n) for n in numbers) or not all(
+                s > 0 for s in fields["scales"]):
             raise ModelError(f"{source}: a damaged model file (a number that is not finite, "
                              "or a scale that is not positive); train it again")
+        model = Model(**fields)
         return model
 
 

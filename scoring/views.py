@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from scoring.engine import (
+    Explain,
     LeadState,
     Notification,
     cool,
@@ -37,11 +38,6 @@ __all__ = ["BANDS", "BAND_WIDTH", "ByProbability", "Explain", "Ranked", "Selecti
 
 BANDS = 10  # SPEC 9: ten score bands of BAND_WIDTH points
 BAND_WIDTH = 10
-
-# A lead's conversion probability at an instant (SPEC 12): ``{"p_convert": p,
-# "p_factors": [...]}`` of a state at epoch ms, as ``scoring.model.Model.explain`` with
-# its rules bound.
-Explain = Callable[[LeadState, int], dict[str, Any]]
 
 
 def as_of(state: LeadState, at: int, rules: Ruleset) -> LeadState:

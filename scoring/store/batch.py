@@ -7,9 +7,9 @@ shard in Redis (scoring.store.in_redis), in a dict in memory (scoring.store.in_m
 Offline and streaming therefore differ only in where the state lives.
 
 With a conversion model (SPEC 12), a store's ``explain`` annotates each notification
-with the lead's ``p_convert`` and ``p_factors`` at the notification's ``event_ts``
-(``_apply_explained``). Without one the loop runs the engine's ``apply`` itself: no
-work per event is added.
+with the lead's ``p_convert`` and ``p_factors`` at the notification's ``event_ts``, in
+the engine's ``apply`` (which knows the state of each notification's moment): work per
+notification, none per event.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scoring import history
-from scoring.engine import Applied, LeadState, Notification, apply, cools_first
+from scoring.engine import Explain, LeadState, Notification, apply
 from scoring.errors import EventError
 from scoring.events import Event
 from scoring.rules import Ruleset
-from scoring.views import Explain, explained
 
 # A batch's events, in order: (index in the batch, event, its (partition, offset)).
 Batch = list[tuple[int, Event, tuple[int, int] | None]]
@@ -112,7 +111,7 @@ def apply_batch(leads: Mapping[str, Lead],
     of the events that caused them. ``track_fed``: record in each ``Lead.fed`` the
     score groups its events fed (a store whose leads live for one batch: Redis's).
     ``explain``: annotate each notification with the lead's conversion probability
-    (``_apply_explained``)."""
+    (``scoring.engine.apply``)."""
     outcome = Outcome()
     notes, awards, rejected = outcome.notifications, outcome.awards, outcome.rejected
     applied_count = duplicates = replayed = 0
@@ -129,8 +128,7 @@ def apply_batch(leads: Mapping[str, Lead],
         if keep_history:
             stage, fit = state.stage, state.fit
         try:
-            applied = apply(state, event, rules) if explain is None else \
-                _apply_explained(explain, state, event, rules)
+            applied = apply(state, event, rules, explain)
         except EventError as exc:  # refused before it changed anything
             rejected.append((index, exc))
             continue
@@ -158,25 +156,3 @@ def apply_batch(leads: Mapping[str, Lead],
     outcome.applied, outcome.duplicates, outcome.replayed = applied_count, duplicates, replayed
     return outcome
 
-
-def _apply_explained(explain: Explain, state: LeadState, event: Event, rules: Ruleset
-                     ) -> Applied:
-    """``apply``, then each notification annotated with ``explain`` of the lead's state at
-    that moment, at its ``event_ts``: a cooling by decay that the event found due (step 1
-    of ``apply``: cause "decay", before the event's own awards) from the state as it was
-    before the event, every other from the state after it. The state before is copied
-    only when the event finds such a cooling due (``cools_first``: a few per thousand
-    events), and only the parts the features read: apply replaces the profile, never
-    changes it in place, so the copy shares it."""
-    before = None
-    if (state.hot or state.groups_hot) and cools_first(state, event.ts, rules):
-        before = LeadState(state.lead_id, state.t_ref, state.engagement, state.fit,
-                           dict(state.contributions), state.profile, state.stage)
-    applied = apply(state, event, rules)
-    for note in applied.notifications:  # (most events emit none)
-        if note["cause"] == "decay":
-            assert before is not None  # (only a disarmed lead cools)
-            explained(note, before, explain)
-        else:
-            explained(note, state, explain)
-    return applied
