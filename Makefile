@@ -61,7 +61,7 @@ screenshots: install system  ## retake the README's dashboard screenshots (docs/
 fmt: install
 	$(BIN)/ruff check --fix .
 
-bench: install  ## the whole benchmark (15-18 minutes); see docs/performance.md
+bench: install  ## the whole benchmark (about 20 minutes); see docs/performance.md
 	$(BIN)/python -m bench.run
 
 clean:
