@@ -34,7 +34,7 @@ from scoring.errors import ModelError
 from scoring.rules import Ruleset
 
 __all__ = ["FORMAT", "TOP_FACTORS", "Model", "feature_names", "features_at", "load_model",
-           "model_path"]
+           "model_path", "parse_model"]
 
 FORMAT = "leadscore-model/1"
 TOP_FACTORS = 3  # SPEC 12: "the three features with the largest effect"
@@ -194,16 +194,22 @@ def model_path(path: str | Path, rules: Ruleset) -> Path:
 
 def load_model(path: str | Path, rules: Ruleset | None = None) -> Model:
     """Read a model file; with ``rules``, refuse it unless it was trained for them."""
-    source = str(path)
     try:
-        data = orjson.loads(Path(path).read_bytes())
+        data = Path(path).read_bytes()
     except OSError as exc:
-        raise ModelError(f"{source}: cannot read the model file ({exc.strerror}); check "
+        raise ModelError(f"{path}: cannot read the model file ({exc.strerror}); check "
                          "LEADSCORE_MODEL / --model") from None
+    return parse_model(data, str(path), rules)
+
+
+def parse_model(data: bytes, source: str, rules: Ruleset | None = None) -> Model:
+    """The model in a file's bytes; with ``rules``, refused unless trained for them."""
+    try:
+        doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ModelError(f"{source}: not JSON ({exc}); give a file written by "
                          "`leadscore model train`") from None
-    model = Model.from_json(data, source)
+    model = Model.from_json(doc, source)
     if rules is not None:
         model.check(rules, source)
     return model

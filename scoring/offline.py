@@ -10,7 +10,7 @@ once and applied to one store per ruleset (parsing is a sixth of a replay's time
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from scoring.engine import LeadState, Notification
@@ -37,6 +37,34 @@ class Replay:
 
 CHUNK = 10_000  # events applied to the store at a time
 NO_VALUE = "message has no value"  # a Kafka message without a value, as the worker says
+
+
+def parsed(lines: Iterable[bytes | None], refused: list[tuple[int, str]],
+           max_event_bytes: int = MAX_EVENT_BYTES, latest_ms: int | None = None
+           ) -> Iterator[tuple[int, Event]]:
+    """Each line's event with its line number (from 1), as the worker parses messages;
+    a line it would dead-letter is appended to ``refused`` as (line number, reason) and
+    skipped, and a blank line skipped. ``None`` for a line is a Kafka message without a
+    value."""
+    for number, line in enumerate(lines, start=1):
+        if line is None:
+            refused.append((number, NO_VALUE))
+            continue
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            yield number, parse_event(line, max_event_bytes, latest_ms=latest_ms)
+        except EventError as exc:
+            refused.append((number, exc.reason))
+
+
+def first_conversion(conversions: dict[str, int], event: Event) -> None:
+    """Keep in ``conversions`` each lead's earliest `converted` time (SPEC 9, 12)."""
+    if event.type == CONVERTED:
+        first = conversions.get(event.lead_id)
+        if first is None or event.ts < first:
+            conversions[event.lead_id] = event.ts
 
 
 def replay(lines: Iterable[bytes | None], rules: Ruleset, at: int | None = None,
@@ -100,25 +128,11 @@ def replay_many(lines: Iterable[bytes | None], rulesets: Sequence[Ruleset],
         events.clear()
         numbers.clear()
 
-    for number, line in enumerate(lines, start=1):
-        if line is None:
-            door.append((number, NO_VALUE))
-            continue
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            event = parse_event(line, max_event_bytes, latest_ms=latest_ms)
-        except EventError as exc:
-            door.append((number, exc.reason))
-            continue
+    for number, event in parsed(lines, door, max_event_bytes, latest_ms):
         if at is not None and event.ts > at:
             after_at += 1
             continue
-        if event.type == CONVERTED:
-            first = conversions.get(event.lead_id)
-            if first is None or event.ts < first:
-                conversions[event.lead_id] = event.ts
+        first_conversion(conversions, event)
         events.append(event)
         numbers.append(number)
         if len(events) >= CHUNK:

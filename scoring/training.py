@@ -32,8 +32,9 @@ import numpy.typing as npt
 
 from scoring.engine import LeadState, apply, score_at
 from scoring.errors import EventError, ModelError
-from scoring.events import CONVERTED, MAX_EVENT_BYTES, Event, format_ts, parse_event
+from scoring.events import MAX_EVENT_BYTES, Event, format_ts
 from scoring.model import Model, feature_names, features_at
+from scoring.offline import first_conversion, parsed
 from scoring.rules import Ruleset
 from scoring.suggest import scale_points
 
@@ -103,23 +104,9 @@ def build_examples(lines: Iterable[bytes | None], rules: Ruleset, horizon_ms: in
     events: list[Event] = []
     bad: list[tuple[int, str]] = []
     conversions: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        if line is None:
-            bad.append((number, "message has no value"))
-            continue
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            event = parse_event(line, max_event_bytes, latest_ms=latest_ms)
-        except EventError as exc:
-            bad.append((number, exc.reason))
-            continue
+    for number, event in parsed(lines, bad, max_event_bytes, latest_ms):
         events.append(event)
-        if event.type == CONVERTED:
-            first = conversions.get(event.lead_id)
-            if first is None or event.ts < first:
-                conversions[event.lead_id] = event.ts
+        first_conversion(conversions, event)
         if progress is not None and number % 50_000 == 0:
             progress("reading", number, 0)
     if not events:

@@ -128,10 +128,11 @@ def ranked(state: LeadState, rules: Ruleset, at: int,
     with a model adds the lead's ``p_convert`` and ``p_factors`` at ``at``."""
     view = describe(state, rules, at)
     del view["profile"]
-    if isinstance(keep, Selection) and keep.explain is not None:
-        view.update(keep.explain(state, at))
     if keep is not None and not keep(view):
         return None
+    # (After the filter, which reads the score's fields only: no model for a lead it drops.)
+    if isinstance(keep, Selection) and keep.explain is not None:
+        view.update(keep.explain(state, at))
     if group is not None:
         return (group_score_at(state, group, at, rules),
                 group_engagement_at(state, group, at, rules), state.lead_id, view)

@@ -74,20 +74,14 @@ def _parser() -> argparse.ArgumentParser:
                          help="events, one JSON object per line (or --topic)")
     preview.add_argument("--against", type=Path, metavar="OLD.yaml",
                          help="the rules file to compare with (default: LEADSCORE_RULES)")
-    preview.add_argument("--topic", action="store_true",
-                         help="read the events topic (LEADSCORE_TOPIC_EVENTS) from its earliest "
-                         "offset, without a consumer group, instead of a file")
+    topic_option(preview)
     preview.add_argument("--at", type=_instant,
                          help="compare at this time (RFC 3339 or epoch ms; default: the last "
                          "event)")
     preview.add_argument("--horizon", default="90d", metavar="DURATION",
                          help="how long before a conversion an alert counts as predicting it "
                          "(default: 90d)")
-    preview.add_argument("--now", type=_instant,
-                         help="the clock that events may not be dated ahead of by more than "
-                         "--max-clock-skew (default: the wall clock)")
-    preview.add_argument("--max-clock-skew", type=_duration, default="1h", metavar="DURATION",
-                         help="how far ahead of --now an event may be dated (default: 1h)")
+    clock_options(preview)
     preview.add_argument("--json", action="store_true",
                          help="print one JSON object (SPEC 9) instead of the report")
     preview.add_argument("--html", type=Path, metavar="FILE",
@@ -99,12 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--rules", type=Path, help="rules file (default: LEADSCORE_RULES)")
     score.add_argument("--at", type=_instant,
                        help="score at this time (RFC 3339 or epoch ms; default: the last event)")
-    score.add_argument("--now", type=_instant,
-                       help="the clock that events may not be dated ahead of by more than "
-                       "--max-clock-skew (RFC 3339 or epoch ms; default: the wall clock)")
-    score.add_argument("--max-clock-skew", type=_duration, default="1h", metavar="DURATION",
-                       help="how far ahead of --now an event may be dated (30s, 15m, 12h, "
-                       "7d, 2w; default: 1h); events dated later are reported as bad lines")
+    clock_options(score)
     score.add_argument("--notifications", action="store_true",
                        help="print the notifications instead of the leads")
     score.add_argument("--table", action="store_true",
@@ -153,6 +142,24 @@ def _parser() -> argparse.ArgumentParser:
     from streams.model_cli import add_model_commands
     add_model_commands(commands)
     return parser
+
+
+def clock_options(parser: argparse.ArgumentParser) -> None:
+    """--now and --max-clock-skew: what a command that reads events refuses as dated
+    ahead, as the worker dead-letters it (SPEC 1)."""
+    parser.add_argument("--now", type=_instant,
+                        help="the clock that events may not be dated ahead of by more than "
+                        "--max-clock-skew (RFC 3339 or epoch ms; default: the wall clock)")
+    parser.add_argument("--max-clock-skew", type=_duration, default="1h", metavar="DURATION",
+                        help="how far ahead of --now an event may be dated (30s, 15m, 12h, "
+                        "7d, 2w; default: 1h); events dated later are reported as bad lines")
+
+
+def topic_option(parser: argparse.ArgumentParser) -> None:
+    """--topic: the events topic instead of a file (streams.snapshot)."""
+    parser.add_argument("--topic", action="store_true",
+                        help="read the events topic (LEADSCORE_TOPIC_EVENTS) from its earliest "
+                        "offset, without a consumer group, instead of a file")
 
 
 class _Intermixed(argparse.ArgumentParser):

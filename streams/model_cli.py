@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
-from pydantic_core import PydanticCustomError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -34,13 +33,14 @@ from rich.progress import (
 
 from scoring.errors import LeadscoreError
 from scoring.model import Model, load_model, model_path
-from scoring.rules import load_rules, parse_duration
+from scoring.rules import load_rules
 from scoring.training import Examples, build_examples, train
 from streams.model_report import Labels, print_summary, write_html
+from streams.preview import horizon_ms
 from streams.runtime import now_ms
 from streams.settings import load_settings
 
-__all__ = ["add_model_commands", "horizon_ms", "write_model"]
+__all__ = ["add_model_commands", "write_model"]
 
 # scoring.training's phases, as the bars name them
 PHASES = {"reading": "{source}: reading events", "examples": "replaying into examples"}
@@ -50,7 +50,7 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     """``leadscore model train`` and ``leadscore model suggest``, under ``commands``."""
     # The parsers of instants and durations that every command shares (streams.cli
     # imports this module only once it is loaded itself).
-    from streams.cli import _duration, _instant
+    from streams.cli import clock_options, topic_option
 
     model = commands.add_parser(
         "model", help="learn the conversion probability (p_convert) from history, and turn "
@@ -63,9 +63,7 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:  # type: i
                          help="events, one JSON object per line (or --topic)")
     trainer.add_argument("--rules", type=Path, metavar="FILE",
                          help="the rules whose state the model reads (default: LEADSCORE_RULES)")
-    trainer.add_argument("--topic", action="store_true",
-                         help="read the events topic (LEADSCORE_TOPIC_EVENTS) from its earliest "
-                         "offset, without a consumer group, instead of a file")
+    topic_option(trainer)
     trainer.add_argument("--horizon", default="90d", metavar="DURATION",
                          help="predict a conversion within this time (default: 90d)")
     trainer.add_argument("--out", type=Path, default=Path("model.json"), metavar="FILE",
@@ -74,11 +72,7 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:  # type: i
     trainer.add_argument("--report", type=Path, metavar="FILE.html",
                          help="also write a self-contained HTML page: metrics, reliability "
                          "diagram, lift chart, weights")
-    trainer.add_argument("--now", type=_instant,
-                         help="the clock that events may not be dated ahead of by more than "
-                         "--max-clock-skew (RFC 3339 or epoch ms; default: the wall clock)")
-    trainer.add_argument("--max-clock-skew", type=_duration, default="1h", metavar="DURATION",
-                         help="how far ahead of --now an event may be dated (default: 1h)")
+    clock_options(trainer)
     trainer.set_defaults(run=_train)
 
     suggester = model_commands.add_parser(
@@ -98,7 +92,8 @@ def _train(args: argparse.Namespace) -> int:
     if (args.events is None) == (not args.topic):
         raise LeadscoreError("model train: give an events file (EVENTS.jsonl) or --topic, "
                              "not both and not neither")
-    horizon = horizon_ms(args.horizon)
+    horizon = horizon_ms(args.horizon, "the model predicts whether a lead converts within "
+                         "this time")
     settings = load_settings()
     rules_path = args.rules if args.rules is not None else settings.rules_path()
     rules = load_rules(rules_path)
@@ -186,15 +181,6 @@ def write_model(model: Model, path: Path) -> None:
         partial.unlink(missing_ok=True)
         raise LeadscoreError(f"{path}: cannot write the model ({exc.strerror}); give --out a "
                              "file in a directory you can write") from None
-
-
-def horizon_ms(text: str) -> int:
-    """``--horizon`` as milliseconds; a bad one is refused saying what to write."""
-    try:
-        return parse_duration(text)
-    except PydanticCustomError as exc:
-        raise LeadscoreError(f"--horizon: {exc}; the model predicts whether a lead converts "
-                             "within this time") from None
 
 
 # --- progress ------------------------------------------------------------------------------

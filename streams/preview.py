@@ -88,13 +88,14 @@ def run(args: argparse.Namespace) -> int:
     return 1 if old.bad_lines or new.bad_lines else 0
 
 
-def horizon_ms(text: str) -> int:
-    """``--horizon`` as milliseconds; a bad one is refused saying what to write."""
+def horizon_ms(text: str, meaning: str = "the backtest counts an alert as a hit when its "
+               "lead converted within this time after it") -> int:
+    """``--horizon`` as milliseconds; a bad one is refused saying what to write and what
+    the horizon means to the command (``meaning``)."""
     try:
         return parse_duration(text)
     except PydanticCustomError as exc:
-        raise LeadscoreError(f"--horizon: {exc}; the backtest counts an alert as a hit when "
-                             "its lead converted within this time after it") from None
+        raise LeadscoreError(f"--horizon: {exc}; {meaning}") from None
 
 
 def _report_refusals(old: Replay, new: Replay, where: Callable[[int], str],

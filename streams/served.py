@@ -27,11 +27,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from scoring.engine import LeadState
 from scoring.errors import ModelError
-from scoring.model import Model, model_path
+from scoring.model import Model, model_path, parse_model
 from scoring.rules import Ruleset
 from scoring.views import Explain
 from streams import metrics
@@ -56,7 +54,7 @@ class ServedModel:
                         path)
             return
         data = _read(path)
-        self.model = _parse(data, str(path), rules)  # ModelError: refused at start
+        self.model = parse_model(data, str(path), rules)  # ModelError: refused at start
         self.digest = hashlib.sha256(data).hexdigest()
 
     @classmethod
@@ -105,7 +103,7 @@ class ServedModel:
         if digest == self.refused:
             return "refused"
         try:
-            model = _parse(data, str(self.path), self.rules)
+            model = parse_model(data, str(self.path), self.rules)
         except ModelError as exc:
             return self._refuse(digest, exc)
         self.model, self.digest, self.refused = model, digest, None
@@ -130,15 +128,3 @@ def _read(path: Path) -> bytes:
         raise ModelError(f"{path}: cannot read the model file ({exc.strerror}); check "
                          "LEADSCORE_MODEL / --model") from None
 
-
-def _parse(data: bytes, source: str, rules: Ruleset) -> Model:
-    """The model in ``data`` (a file's bytes), refused unless trained for ``rules``: what
-    ``scoring.model.load_model`` does with a path, on the very bytes that were hashed."""
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ModelError(f"{source}: not JSON ({exc}); give a file written by "
-                         "`leadscore model train`") from None
-    model = Model.from_json(doc, source)
-    model.check(rules, source)
-    return model

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from scoring.engine import LeadState, Notification, apply
 from scoring.events import Event
@@ -46,3 +53,46 @@ def live(state: LeadState, ruleset: Ruleset) -> LeadState:
     horizon = (state.t_ref or 0) - ruleset.dedupe_window_ms
     return dataclasses.replace(state, seen={i: t for i, t in state.seen.items()
                                             if t >= horizon})
+
+
+CHROMIUM = os.environ.get("LEADSCORE_CHROMIUM", "/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.asynccontextmanager
+async def report_in_browser(path: Path, height: int, screenshot: str
+                            ) -> AsyncIterator[tuple[Any, list[str]]]:
+    """A self-contained page (a report of ``rules preview`` or ``model train``) open in
+    Debian's headless Chromium, with every URL it requested; on leaving, a screenshot,
+    copied to docs/``screenshot`` with LEADSCORE_UPDATE_SCREENSHOTS=1 (the README's)."""
+    from playwright.async_api import async_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium "
+                    "package (apt-get install chromium), or set LEADSCORE_CHROMIUM")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, chromium_sandbox=False,
+            args=["--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"])
+        page = await browser.new_page(viewport={"width": 1320, "height": height})
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        await page.goto(path.as_uri())
+        yield page, requests
+        shot = path.with_name(screenshot)
+        await page.screenshot(path=str(shot), animations="disabled")
+        await browser.close()
+    if os.environ.get("LEADSCORE_UPDATE_SCREENSHOTS") == "1":
+        shutil.copy(shot, ROOT / "docs" / screenshot)
+
+
+async def assert_charts_drawn(page: Any, count: int) -> Any:
+    """The page's ``count`` charts, each drawn large and with its text; returns them."""
+    charts = page.locator("figure svg")
+    assert await charts.count() == count
+    for i in range(count):
+        box = await charts.nth(i).bounding_box()
+        assert box is not None and box["width"] > 500 and box["height"] > 250
+        assert await charts.nth(i).locator("text").count() > 10  # axes, ticks, labels
+    return charts

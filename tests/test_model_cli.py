@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers import assert_charts_drawn, report_in_browser
 
 from scoring.errors import EventError, ModelError
 from scoring.events import parse_event, parse_ts
@@ -34,7 +35,6 @@ NOW = "2026-07-02T00:00:00Z"  # after every event: none is refused as dated ahea
 HORIZON = "30d"
 LEADS = 1500  # about 26,000 events and 160 converted leads: every part has enough
 FEW = 200  # about 18 converted leads: too few to fit on
-CHROMIUM = os.environ.get("LEADSCORE_CHROMIUM", "/usr/bin/chromium")
 MODEL_KEYS = {"format", "rules_version", "horizon", "horizon_ms", "features", "intercept",
               "calibration", "rules_name", "window", "metrics", "examples",
               "regularisation", "suggested_points"}
@@ -255,38 +255,15 @@ async def test_the_page_draws_its_charts_in_a_browser_and_fetches_nothing(
         trained: dict[str, Any], tmp_path: Path) -> None:
     """In Debian's headless Chromium: the three charts drawn, every request the page's own
     file. The screenshot is the README's: ``LEADSCORE_UPDATE_SCREENSHOTS=1`` copies it."""
-    from playwright.async_api import async_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium "
-                    "package (apt-get install chromium), or set LEADSCORE_CHROMIUM")
     page_path: Path = trained["page"]
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, chromium_sandbox=False,
-            args=["--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
-        page = await browser.new_page(viewport={"width": 1320, "height": 1460})
-        requests: list[str] = []
-        page.on("request", lambda request: requests.append(request.url))
-        await page.goto(page_path.as_uri())
-        charts = page.locator("figure svg")
-        assert await charts.count() == 3
-        for i in range(3):
-            box = await charts.nth(i).bounding_box()
-            assert box is not None and box["width"] > 500 and box["height"] > 250
-            assert await charts.nth(i).locator("text").count() > 10  # axes, ticks, labels
+    async with report_in_browser(page_path, 1460, "model-report.png") as (page, requests):
+        charts = await assert_charts_drawn(page, 3)
         # The weights chart names the largest weights, largest first.
         names = [name for name, _ in largest_weights(load_model(page_path.with_name(
             "model.json")), TOP_WEIGHTS)]
         labels = await charts.nth(2).locator("text").all_text_contents()
         assert [label for label in labels if label in names] == names
         assert requests == [page_path.as_uri()]
-        shot = tmp_path / "model-report.png"
-        await page.screenshot(path=str(shot), animations="disabled")
-        await browser.close()
-    if os.environ.get("LEADSCORE_UPDATE_SCREENSHOTS") == "1":
-        shutil.copy(shot, ROOT / "docs" / "model-report.png")
 
 
 @pytest.mark.integration

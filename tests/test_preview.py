@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers import assert_charts_drawn, report_in_browser
 
 from scoring.engine import LeadState, apply, cool, score_at
 from scoring.errors import EventError
@@ -342,18 +343,10 @@ def test_bad_lines_are_reported_as_score_reports_them(
     assert orjson.loads(out) == expected
 
 
-CHROMIUM = os.environ.get("LEADSCORE_CHROMIUM", "/usr/bin/chromium")
-
-
 async def test_the_page_draws_its_charts_in_a_browser_and_fetches_nothing(
         files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In Debian's headless Chromium: both charts drawn, every request the page's own
     file. The screenshot is the README's: ``LEADSCORE_UPDATE_SCREENSHOTS=1`` copies it."""
-    from playwright.async_api import async_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"no Chromium at {CHROMIUM}: `make test` installs Debian's chromium "
-                    "package (apt-get install chromium), or set LEADSCORE_CHROMIUM")
     monkeypatch.chdir(tmp_path)  # the page shows the files as given: short, relative
     shutil.copy(files["old"], "current.yaml")
     shutil.copy(files["new"], "candidate.yaml")
@@ -362,27 +355,9 @@ async def test_the_page_draws_its_charts_in_a_browser_and_fetches_nothing(
     page_path = tmp_path / "preview.html"
     assert main(["rules", "preview", "candidate.yaml", "--against", "current.yaml", "--horizon",
                  HORIZON, "--now", NOW, "--html", "preview.html", "events.jsonl"]) == 0
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, chromium_sandbox=False,
-            args=["--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"])
-        page = await browser.new_page(viewport={"width": 1320, "height": 1000})
-        requests: list[str] = []
-        page.on("request", lambda request: requests.append(request.url))
-        await page.goto(page_path.as_uri())
-        charts = page.locator("figure svg")
-        assert await charts.count() == 2
-        for i in range(2):
-            box = await charts.nth(i).bounding_box()
-            assert box is not None and box["width"] > 500 and box["height"] > 250
-            assert await charts.nth(i).locator("text").count() > 10  # axes, ticks, legend
+    async with report_in_browser(page_path, 1000, "preview.png") as (page, requests):
+        await assert_charts_drawn(page, 2)
         assert requests == [page_path.as_uri()]
-        shot = tmp_path / "preview.png"
-        await page.screenshot(path=str(shot), animations="disabled")
-        await browser.close()
-    if os.environ.get("LEADSCORE_UPDATE_SCREENSHOTS") == "1":
-        shutil.copy(shot, ROOT / "docs" / "preview.png")
 
 
 @pytest.mark.integration
