@@ -24,7 +24,7 @@ import orjson
 
 from scoring.decay import crossing_time, factor
 from scoring.errors import EventError
-from scoring.events import PROFILE_UPDATE, Event, format_ts, parse_ts
+from scoring.events import MEMBER_AWARD, Event, format_ts, parse_ts
 from scoring.rules import Group, Ruleset
 
 STAGES = ("prospect", "mql", "sql", "customer")
@@ -69,6 +69,9 @@ class LeadState:
     # in the rules file's order. A group's score is not kept: it is the sum of its
     # rules' shares in ``contributions``, so it cannot drift from them.
     groups_hot: list[str] = field(default_factory=list)
+    # An account's (SPEC 11): each member lead's share of E, as of T, decayed like the
+    # rules' shares; a lead's state has none.
+    members: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +82,7 @@ class LeadState:
                         for rule, ws in self.windows.items()},
             "seen": self.seen, "notified": self.notified,
             **({"groups_hot": self.groups_hot} if self.groups_hot else {}),
+            **({"members": self.members} if self.members else {}),
         }
 
 
@@ -117,7 +121,7 @@ def apply(state: LeadState, event: Event, rules: Ruleset,
     f = 1.0 if t_ref is None else factor(abs(t - t_ref), rules.half_life_ms)
 
     # Plan: everything that can refuse the event, with the state untouched.
-    if event.type == PROFILE_UPDATE:
+    if event.type == rules.profile_type:
         profile, fit, awards = _merged_profile(state, event.properties, rules)
     else:
         profile, awards = None, []
@@ -146,6 +150,10 @@ def apply(state: LeadState, event: Event, rules: Ruleset,
             contributions = state.contributions
             for rule_id in contributions:
                 contributions[rule_id] *= f
+            if state.members:
+                members = state.members
+                for lead_id in members:
+                    members[lead_id] *= f
         state.t_ref = t
         _award(state, event, rules, 1.0, awards)
     else:
@@ -371,7 +379,11 @@ def stamp(notification: Notification, emitted_at: int) -> Notification:
 def _award(state: LeadState, event: Event, rules: Ruleset, weight: float,
            awards: list[Award] | None) -> None:
     """Add what each matching engagement rule awards (after `after` and `limit`) to E
-    and to the rule's own share, each worth ``weight`` as of T."""
+    and to the rule's own share, each worth ``weight`` as of T. An account's member award
+    (SPEC 11) brings its points ready-made: each also adds to the member's share."""
+    if event.type == MEMBER_AWARD and rules.subject == "account":
+        _member_awards(state, event, weight, awards)
+        return
     candidates = rules.by_type.get(event.type)
     if not candidates:
         return
@@ -407,6 +419,23 @@ def _award(state: LeadState, event: Event, rules: Ruleset, weight: float,
             state.contributions[rule.id] = state.contributions.get(rule.id, 0.0) + points
 
 
+def _member_awards(state: LeadState, event: Event, weight: float,
+                   awards: list[Award] | None) -> None:
+    """A lead's awards to its account (``scoring.accounts.award_event``): points already
+    weighted by ``lead_weight``, at the lead event's time, attributed to the lead."""
+    lead_id = event.properties["lead"]
+    contributions = state.contributions
+    total = 0.0
+    for rule_id, points in event.properties["awards"]:
+        if awards is not None:
+            awards.append((rule_id, points))
+        points *= weight
+        total += points
+        state.engagement += points
+        contributions[rule_id] = contributions.get(rule_id, 0.0) + points
+    state.members[lead_id] = state.members.get(lead_id, 0.0) + total
+
+
 def _refuse_if_not_finite(state: LeadState, event: Event, rules: Ruleset, in_order: bool,
                           f: float) -> None:
     """Raise ``EventError`` (``not_finite``) if the event's awards would make E or a
@@ -418,7 +447,8 @@ def _refuse_if_not_finite(state: LeadState, event: Event, rules: Ruleset, in_ord
     """
     trial = LeadState(state.lead_id, state.t_ref, state.engagement,
                       contributions=dict(state.contributions), counts=dict(state.counts),
-                      windows={rule_id: dict(used) for rule_id, used in state.windows.items()})
+                      windows={rule_id: dict(used) for rule_id, used in state.windows.items()},
+                      members=dict(state.members))
     if in_order:
         trial.engagement *= f
         for rule_id in trial.contributions:
@@ -513,6 +543,8 @@ def _notification(state: LeadState, rules: Ruleset, kind: str, at: float,
                   event_id: str | None, event_ts: int, cause: str) -> Notification:
     state.notified += 1
     engagement = engagement_at(state, at, rules)
+    if rules.subject == "account":
+        return _account_notification(state, rules, kind, at, engagement, event_ts, cause)
     return {
         "type": kind,
         "notification_id": f"{state.lead_id}:{state.notified}",
@@ -530,6 +562,39 @@ def _notification(state: LeadState, rules: Ruleset, kind: str, at: float,
         "cause": cause,  # event, decay or rescore (SPEC 4)
         "group": None,  # the lead's own score (score groups: SPEC 10)
     }
+
+
+def _account_notification(state: LeadState, rules: Ruleset, kind: str, at: float,
+                          engagement: float, event_ts: int, cause: str) -> Notification:
+    """An account's account.hot or account.cooled (SPEC 11): no stage, event or group;
+    its members' largest contributions in ``leads``."""
+    return {
+        "type": kind.replace("lead.", "account.", 1),
+        "notification_id": f"{state.lead_id}:{state.notified}",
+        "account_id": state.lead_id,
+        "score": round(score_at(state, at, rules), 2),
+        "fit": round(state.fit, 2),
+        "engagement": round(engagement, 2),
+        "threshold": plain(rules.threshold),
+        "cause": cause,
+        "event_ts": format_ts(event_ts),
+        "emitted_at": None,
+        "rules_version": rules.version,
+        "leads": members_at(state, rules, at),
+        "reasons": reasons(state, rules, at),
+    }
+
+
+def members_at(state: LeadState, rules: Ruleset, at: float, limit: int = MAX_REASONS
+               ) -> list[dict[str, Any]]:
+    """An account's members with the largest contributions at ``at`` by absolute value
+    (its buying committee), at most ``limit``; ties by lead id."""
+    f = factor(at - state.t_ref, rules.half_life_ms) if state.t_ref is not None and \
+        at > state.t_ref else 1.0
+    parts = [(lead_id, round(value * f, 2)) for lead_id, value in state.members.items()]
+    parts = [(lead_id, points) for lead_id, points in parts if points != 0]
+    parts.sort(key=lambda p: (-abs(p[1]), p[0]))
+    return [{"lead_id": lead_id, "points": points} for lead_id, points in parts[:limit]]
 
 
 def _group_notification(state: LeadState, rules: Ruleset, group: Group, kind: str,
@@ -585,6 +650,13 @@ def _set_group_hot(state: LeadState, group_id: str, hot: bool, rules: Ruleset) -
     else:
         hot_now.discard(group_id)
     state.groups_hot = [g.id for g in rules.alerting if g.id in hot_now]
+
+
+def subject_of(note: Notification) -> str:
+    """The id a notification is about: its lead's, or an account's (SPEC 11); its key on
+    the notifications topic."""
+    lead_id = note.get("lead_id")
+    return lead_id if lead_id is not None else note["account_id"]  # type: ignore[no-any-return]
 
 
 def plain(number: float) -> float | int:

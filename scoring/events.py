@@ -29,9 +29,14 @@ from scoring.errors import EventError
 MAX_EVENT_BYTES = 64 * 1024
 PROFILE_UPDATE = "profile_update"
 CONVERTED = "converted"
+ACCOUNT_UPDATE = "account_update"  # merges into an account's profile (SPEC 11)
+# The type of the award a lead event makes to its account (scoring.accounts): internal,
+# so refused on an account event from outside.
+MEMBER_AWARD = "member_award"
 
 MAX_ID_LENGTH = 200
-_LIMITS = {"event_id": MAX_ID_LENGTH, "lead_id": MAX_ID_LENGTH, "type": 100}
+_LIMITS = {"event_id": MAX_ID_LENGTH, "lead_id": MAX_ID_LENGTH, "account_id": MAX_ID_LENGTH,
+           "type": 100}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
@@ -46,11 +51,15 @@ _CONTAINERS = frozenset((dict, list))  # the types orjson decodes that can nest
 
 @dataclass(slots=True)
 class Event:
+    """One event about one lead, or (``account``) about one account (SPEC 11): then
+    ``lead_id`` holds the account's id, the id of the state the event is applied to."""
+
     event_id: str
     lead_id: str
     type: str
     ts: int  # event time, epoch milliseconds
     properties: dict[str, Any]
+    account: bool = False
 
 
 def parse_event(raw: bytes, max_bytes: int = MAX_EVENT_BYTES, *,
@@ -86,8 +95,9 @@ def _event(doc: object, latest_ms: int | None) -> Event:
         properties = doc.get("properties")
         if (type(event_id) is str and type(lead_id) is str and type(kind) is str
                 and 0 < len(event_id) <= 200 and 0 < len(lead_id) <= 200
-                and 0 < len(kind) <= 100
-                and ts is not None and (type(properties) is dict or properties is None)):
+                and 0 < len(kind) <= 100 and kind != ACCOUNT_UPDATE
+                and ts is not None and (type(properties) is dict or properties is None)
+                and "account_id" not in doc):
             if type(ts) is not int or not 0 <= ts <= 253_402_300_799_999:  # MIN/MAX_TS_MS
                 ts = parse_ts(ts)
             if latest_ms is not None and ts > latest_ms:
@@ -96,7 +106,7 @@ def _event(doc: object, latest_ms: int | None) -> Event:
                 # A flat dict of scalars costs one pass; only nested values are walked.
                 for value in properties.values():
                     if type(value) in _CONTAINERS:
-                        _check_depth(properties)
+                        check_depth(properties)
                         break
                 return Event(event_id, lead_id, kind, ts, properties)
             return Event(event_id, lead_id, kind, ts, {})
@@ -106,7 +116,19 @@ def _event(doc: object, latest_ms: int | None) -> Event:
 def _explain(doc: object, latest_ms: int | None) -> Event:
     if not isinstance(doc, dict):
         raise EventError(f"event must be a JSON object, got {_json_type(doc)}", "not_object")
-    ids = [_text(doc, name) for name in ("event_id", "lead_id", "type")]
+    account = "account_id" in doc
+    if account and "lead_id" in doc:
+        raise EventError("event has both lead_id and account_id; an event is about a lead "
+                         "or about an account (SPEC 11), not both", "both_ids")
+    ids = [_text(doc, name) for name in ("event_id", "account_id" if account else "lead_id",
+                                         "type")]
+    if account and ids[2] in (PROFILE_UPDATE, CONVERTED, MEMBER_AWARD):
+        hint = "use account_update to change an account's profile" \
+            if ids[2] == PROFILE_UPDATE else "it is a lead's type, not an account's"
+        raise EventError(f'type "{ids[2]}" is reserved: {hint}', "reserved_type")
+    if not account and ids[2] == ACCOUNT_UPDATE:
+        raise EventError('type "account_update" is for events about an account: send it '
+                         "with account_id instead of lead_id", "reserved_type")
     if "ts" not in doc:
         raise EventError("missing field ts", "missing_field")
     properties = doc.get("properties")
@@ -118,8 +140,8 @@ def _explain(doc: object, latest_ms: int | None) -> Event:
     ts = parse_ts(doc["ts"])
     if latest_ms is not None and ts > latest_ms:
         raise _ahead(ts, latest_ms)
-    _check_depth(properties)
-    return Event(ids[0], ids[1], ids[2], ts, properties)
+    check_depth(properties)
+    return Event(ids[0], ids[1], ids[2], ts, properties, account)
 
 
 def _ahead(ts: int, latest_ms: int) -> EventError:
@@ -129,7 +151,7 @@ def _ahead(ts: int, latest_ms: int) -> EventError:
                       "clock skew)", "future_ts")
 
 
-def _check_depth(properties: dict[str, Any]) -> None:
+def check_depth(properties: dict[str, Any]) -> None:
     """Refuse properties nested deeper than MAX_DEPTH, naming their depth.
 
     Iterative, so that no nesting orjson decodes can hit Python's recursion limit.

@@ -35,9 +35,9 @@ def entries(state: LeadState, event: Event, applied: Applied, stage: str, fit: f
     caused: list[str] = []
     grouped: list[list[str]] = []
     for note in applied.notifications:  # (most events emit none)
-        if note["event_id"] is None:
+        if note["cause"] == "decay":
             found.append(cooling(note))  # cooled before it
-        elif note["group"] is None:
+        elif note.get("group") is None:  # (an account's have no group)
             caused.append(note["type"])
         else:
             grouped.append([note["group"], note["type"]])
@@ -58,16 +58,17 @@ def entries(state: LeadState, event: Event, applied: Applied, stage: str, fit: f
 
 def cooling(note: Notification) -> Entry:
     """The entry of a lead.cooled by decay (no event caused it): as of its crossing time."""
-    entry = [note["event_ts"], None, None, "lead.cooled", [], note["score"],
-             _STAGE_INDEX[note["stage"]], 0, "lead.cooled"]
-    return entry if note["group"] is None else [*entry, note["group"]]
+    entry = [note["event_ts"], None, None, note["type"], [], note["score"],
+             _STAGE_INDEX[note.get("stage", "prospect")], 0, note["type"]]
+    return entry if note.get("group") is None else [*entry, note["group"]]
 
 
 def rescored(note: Notification) -> Entry:
     """The entry of a cutover's notification (docs/generations.md): as of the cutover."""
     entry = [note["event_ts"], None, None, "rescore", [], note["score"],
-             _STAGE_INDEX[note["stage"]], int(note["type"] == "lead.hot"), note["type"]]
-    return entry if note["group"] is None else [*entry, note["group"]]
+             _STAGE_INDEX[note.get("stage", "prospect")], int(note["type"].endswith(".hot")),
+             note["type"]]
+    return entry if note.get("group") is None else [*entry, note["group"]]
 
 
 def view(entry: Entry) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from scoring.accounts import NO_ACCOUNTS
 from scoring.engine import LeadState, Notification
 from scoring.errors import EventError
 from scoring.events import CONVERTED, MAX_EVENT_BYTES, Event, parse_event
@@ -33,6 +34,10 @@ class Replay:
     # lead_id -> the earliest time of its `converted` events accepted at the door, at or
     # before ``at`` (the backtest's conversion times, SPEC 9); the same for every ruleset.
     conversions: dict[str, int] = field(default_factory=dict)
+    # With an accounts: section (SPEC 11): every account's state, and its notifications
+    # (in the order their awards and events reached it: the file's).
+    accounts: dict[str, LeadState] = field(default_factory=dict)
+    account_notifications: list[Notification] = field(default_factory=list)
 
 
 CHUNK = 10_000  # events applied to the store at a time
@@ -100,6 +105,10 @@ def replay_many(lines: Iterable[bytes | None], rulesets: Sequence[Ruleset],
     message without a value, refused as the worker refuses it.
     """
     stores = [MemoryStore(rules, history_size=0) for rules in rulesets]
+    # Each ruleset's accounts (SPEC 11): the awards of its lead events and the account
+    # events, in the file's order, through a store of their own.
+    account_stores = [MemoryStore(rules.accounts.rules, history_size=0)
+                      if rules.accounts is not None else None for rules in rulesets]
     outs = [Replay() for _ in rulesets]
     door: list[tuple[int, str]] = []  # refused by parse_event: the same for every ruleset
     latest: list[int | None] = [None] * len(stores)
@@ -107,32 +116,48 @@ def replay_many(lines: Iterable[bytes | None], rulesets: Sequence[Ruleset],
     after_at = 0
     events: list[Event] = []
     numbers: list[int] = []
+    lead_index: list[int] = []  # a lead event's index among the chunk's lead events -> in it
 
     def flush() -> None:
         if not events:
             return
         chunk_latest = max(event.ts for event in events)  # of every store that refused none
+        mixed = any(event.account for event in events)
+        leads = [event for event in events if not event.account] if mixed else events
         for i, (store, out) in enumerate(zip(stores, outs, strict=True)):
-            outcome = store.apply_now(events)
+            outcome = store.apply_now(leads)
             out.notifications += outcome.notifications
             newest: int | None = chunk_latest
-            if outcome.rejected:
-                refused = {index for index, _ in outcome.rejected}
-                out.bad_lines += [(numbers[index], exc.reason) for index, exc in outcome.rejected]
+            refused = {lead_index[index] if mixed else index for index, _ in outcome.rejected}
+            out.bad_lines += [(numbers[lead_index[index] if mixed else index], exc.reason)
+                              for index, exc in outcome.rejected]
+            accounts = account_stores[i]
+            if accounts is not None:
+                refused |= _apply_accounts(accounts, events, outcome.forwards,
+                                           lead_index if mixed else None, numbers, out)
+            elif mixed:
+                for index, event in enumerate(events):
+                    if event.account:
+                        refused.add(index)
+                        out.bad_lines.append((numbers[index], NO_ACCOUNTS))
+            if refused:
                 newest = max((event.ts for index, event in enumerate(events)
                               if index not in refused), default=None)
-            out.applied += len(events) - len(outcome.rejected)
+            out.applied += len(events) - len(refused)
             before = latest[i]
             if newest is not None and (before is None or newest > before):
                 latest[i] = newest
         events.clear()
         numbers.clear()
+        lead_index.clear()
 
     for number, event in parsed(lines, door, max_event_bytes, latest_ms):
         if at is not None and event.ts > at:
             after_at += 1
             continue
-        first_conversion(conversions, event)
+        if not event.account:
+            first_conversion(conversions, event)
+            lead_index.append(len(events))
         events.append(event)
         numbers.append(number)
         if len(events) >= CHUNK:
@@ -141,13 +166,45 @@ def replay_many(lines: Iterable[bytes | None], rulesets: Sequence[Ruleset],
     if at is None:
         known = [t for t in latest if t is not None]
         at = max(known) if known else None
-    for store, out in zip(stores, outs, strict=True):
+    for store, accounts, out in zip(stores, account_stores, outs, strict=True):
         out.bad_lines += door
         out.bad_lines.sort()
         out.after_at, out.at, out.conversions = after_at, at, conversions
         if at is not None:
             out.notifications += store.sweep_now(at)
-        for n in out.notifications:
+            if accounts is not None:
+                out.account_notifications += accounts.sweep_now(at)
+        for n in (*out.notifications, *out.account_notifications):
             n["emitted_at"] = n["event_ts"]
         out.states = store.states()
+        if accounts is not None:
+            out.accounts = accounts.states()
     return outs
+
+
+def _apply_accounts(store: MemoryStore, events: list[Event], forwards: list[tuple[int, Event]],
+                    lead_index: list[int] | None, numbers: list[int], out: Replay) -> set[int]:
+    """A chunk's account side, in the file's order: each account event where it stands,
+    each lead event's member award where its event stands. Returns the indexes (in the
+    chunk) of the account events refused, which ``out.bad_lines`` then names."""
+    at_index = {lead_index[i] if lead_index is not None else i: award for i, award in forwards}
+    stream: list[Event] = []
+    origin: list[int | None] = []  # index in the chunk of an account event, None: an award
+    for index, event in enumerate(events):
+        if event.account:
+            stream.append(event)
+            origin.append(index)
+        elif index in at_index:
+            stream.append(at_index[index])
+            origin.append(None)
+    if not stream:
+        return set()
+    outcome = store.apply_now(stream)
+    out.account_notifications += outcome.notifications
+    refused = set()
+    for index, exc in outcome.rejected:
+        source = origin[index]
+        if source is not None:  # (an award is never refused: its points are a lead's)
+            refused.add(source)
+            out.bad_lines.append((numbers[source], exc.reason))
+    return refused

@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from scoring.conditions import Patterns, Predicate, compile_if, show
 from scoring.errors import RulesError
-from scoring.events import CONVERTED
+from scoring.events import ACCOUNT_UPDATE, CONVERTED, PROFILE_UPDATE
 
 # ---------------------------------------------------------------- limits
 
@@ -177,6 +177,17 @@ class ScoreSpec(_Strict):
     max: Number = 100.0
 
 
+class AccountsSpec(_Strict):
+    """The ``accounts:`` section (SPEC 11): how leads roll up into their companies."""
+
+    key: str = Field(default="account_id", min_length=1, max_length=100)
+    lead_weight: Number = 1.0
+    score: ScoreSpec = ScoreSpec()
+    hot: HotSpec
+    fit: list[FitRuleSpec] = []
+    engagement: list[EngagementRuleSpec] = []
+
+
 class RulesSpec(_Strict):
     name: str = Field(min_length=1)
     half_life: HalfLife
@@ -187,13 +198,19 @@ class RulesSpec(_Strict):
     groups: list[GroupSpec] = []
     fit: list[FitRuleSpec] = []
     engagement: list[EngagementRuleSpec] = []
+    accounts: AccountsSpec | None = None
 
 
 # Which model a location belongs to, to suggest the key a typo meant.
 _MODEL_AT: dict[str, type[BaseModel]] = {
     "": RulesSpec, "fit": FitRuleSpec, "engagement": EngagementRuleSpec,
     "engagement.limit": LimitSpec, "hot": HotSpec, "score": ScoreSpec,
-    "groups": GroupSpec, "groups.hot": HotSpec}
+    "groups": GroupSpec, "groups.hot": HotSpec, "accounts": AccountsSpec,
+    "accounts.fit": FitRuleSpec, "accounts.engagement": EngagementRuleSpec,
+    "accounts.engagement.limit": LimitSpec, "accounts.hot": HotSpec,
+    "accounts.score": ScoreSpec}
+# The sections of rules whose `if` conditions are compiled, and where they sit.
+_RULE_SECTIONS = (("fit",), ("engagement",), ("accounts", "fit"), ("accounts", "engagement"))
 
 # ---------------------------------------------------------------- compiled rules
 
@@ -269,8 +286,17 @@ class Ruleset:
     # The file's bytes, kept with a generation so that any reader can score its leads
     # (docs/generations.md); empty for a ruleset built in code.
     text: bytes = field(default=b"", repr=False, compare=False)
+    # The roll-up of leads into accounts (SPEC 11), if the file has ``accounts:``.
+    accounts: Accounts | None = None
+    # Whose state the rules score: "lead", or "account" for the ruleset of an
+    # ``accounts:`` section (``Accounts.rules``), whose notifications are account.hot and
+    # account.cooled and whose profile changes by ``profile_type`` events.
+    subject: str = "lead"
+    profile_type: str = PROFILE_UPDATE
+    engagement_ids: frozenset[str] = field(init=False)  # (to tell fit awards apart)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "engagement_ids", frozenset(r.id for r in self.engagement))
         bounded = all(-SAFE_POINTS < r.points < SAFE_POINTS for r in self.fit) and all(
             -SAFE_POINTS < r.points < SAFE_POINTS for r in self.engagement)
         object.__setattr__(self, "awards_stay_finite", bounded)
@@ -291,6 +317,19 @@ class Ruleset:
         declared = ", ".join(g.id for g in self.groups) or "none"
         raise KeyError(f"no score group {group_id!r} in rules {self.version} "
                        f"(declared: {declared})")
+
+
+@dataclass(frozen=True, slots=True)
+class Accounts:
+    """The ``accounts:`` section compiled (SPEC 11): the profile field that names a lead's
+    account, the share of each member award the account receives, and the account's own
+    ruleset (its score range, hot thresholds, fit and engagement rules, with the file's
+    half-life, dedupe window and version), which the engine applies to an account's
+    state as it applies a lead's rules to a lead's."""
+
+    key: str
+    lead_weight: float
+    rules: Ruleset
 
 
 def load_rules(path: str | Path) -> Ruleset:
@@ -319,53 +358,99 @@ def parse_rules(data: bytes, source: str = "<rules>") -> Ruleset:
         raise RulesError(source, problems)
 
     patterns = Patterns()  # shared, so that a pattern used by several rules compiles once
-    tests = {(section, i): compile_if(rule["if"], f"{section}[{i}].if", problems, patterns)
-             for section in ("fit", "engagement")
-             for i, rule in enumerate(_as_list(raw.get(section)))
+    tests = {(".".join(path), i): compile_if(rule["if"], f"{'.'.join(path)}[{i}].if",
+                                             problems, patterns)
+             for path in _RULE_SECTIONS
+             for i, rule in enumerate(_section(raw, path))
              if isinstance(rule, dict) and "if" in rule}
     spec: RulesSpec | None = None
     try:
         spec = RulesSpec.model_validate(raw)
     except ValidationError as exc:
         # A fit rule's group: is explained by _group_checks, not as an unknown key.
-        problems.extend(_describe(err) for err in exc.errors()
-                        if not (err["type"] == "extra_forbidden" and len(err["loc"]) == 3
-                                and err["loc"][0] == "fit" and err["loc"][2] == "group"))
+        problems.extend(_describe(err) for err in exc.errors() if not _explained_apart(err))
     problems.extend(_cross_checks(raw))
     if problems or spec is None:
         raise RulesError(source, problems)
     return _compile(spec, tests, hashlib.sha256(data).hexdigest()[:12], data)
 
 
-def _compile(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: str,
-             data: bytes) -> Ruleset:
-    fit = tuple(FitRule(r.id, tests[("fit", i)], r.points) for i, r in enumerate(spec.fit))
+def _explained_apart(err: Any) -> bool:
+    """A schema error that a cross-check explains better: a fit rule's group:."""
+    loc = err["loc"]
+    return bool(err["type"] == "extra_forbidden" and loc[-1] == "group") and (
+        loc[:1] == ("fit",) or loc[:1] == ("accounts",))
+
+
+def _section(raw: dict[str, Any], path: tuple[str, ...]) -> list[Any]:
+    """The list of rules at ``path`` (("fit",), ("accounts", "engagement"), ...), or []."""
+    node: Any = raw
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return _as_list(node)
+
+
+def _rules_of(fit_specs: list[FitRuleSpec], engagement_specs: list[EngagementRuleSpec],
+              tests: dict[tuple[str, int], Predicate], where: str = ""
+              ) -> tuple[tuple[FitRule, ...], tuple[EngagementRule, ...]]:
+    fit = tuple(FitRule(r.id, tests[(f"{where}fit", i)], r.points)
+                for i, r in enumerate(fit_specs))
     engagement = tuple(
         EngagementRule(
-            id=r.id, events=frozenset(r.event), test=tests.get(("engagement", i)),
+            id=r.id, events=frozenset(r.event), test=tests.get((f"{where}engagement", i)),
             points=r.points, after=r.after,
             limit_points=r.limit.points if r.limit else None,
             limit_per_ms=r.limit.per if r.limit else None, group=r.group)
-        for i, r in enumerate(spec.engagement))
-    groups = tuple(
-        Group(g.id, tuple(r.id for r in engagement if r.group == g.id),
-              g.hot.threshold if g.hot else None, g.hot.rearm_below if g.hot else None)
-        for g in spec.groups)
+        for i, r in enumerate(engagement_specs))
+    return fit, engagement
+
+
+def _by_type(engagement: tuple[EngagementRule, ...]) -> dict[str, tuple[EngagementRule, ...]]:
     by_type: dict[str, list[EngagementRule]] = {}
     for rule in engagement:
         for event_type in sorted(rule.events):
             by_type.setdefault(event_type, []).append(rule)
+    return {t: tuple(rules) for t, rules in by_type.items()}
+
+
+def _accounts(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: str
+              ) -> Accounts | None:
+    """The ``accounts:`` section's own ruleset: no stages, no groups; the file's
+    half-life, dedupe window and version."""
+    section = spec.accounts
+    if section is None:
+        return None
+    fit, engagement = _rules_of(section.fit, section.engagement, tests, "accounts.")
+    rules = Ruleset(
+        name=spec.name, version=version, half_life_ms=spec.half_life,
+        score_min=section.score.min, score_max=section.score.max,
+        threshold=section.hot.threshold, rearm_below=section.hot.rearm_below,
+        mql_events=frozenset(), dedupe_window_ms=spec.dedupe_window, fit=fit,
+        engagement=engagement, by_type=_by_type(engagement),
+        window_ms={r.id: r.limit_per_ms for r in engagement if r.limit_per_ms is not None},
+        prune_step_ms=max(spec.dedupe_window // 8, 1), stage_after={},
+        subject="account", profile_type=ACCOUNT_UPDATE)
+    return Accounts(section.key, section.lead_weight, rules)
+
+
+def _compile(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: str,
+             data: bytes) -> Ruleset:
+    fit, engagement = _rules_of(spec.fit, spec.engagement, tests)
+    groups = tuple(
+        Group(g.id, tuple(r.id for r in engagement if r.group == g.id),
+              g.hot.threshold if g.hot else None, g.hot.rearm_below if g.hot else None)
+        for g in spec.groups)
     return Ruleset(
         name=spec.name, version=version, half_life_ms=spec.half_life,
         score_min=spec.score.min, score_max=spec.score.max,
         threshold=spec.hot.threshold, rearm_below=spec.hot.rearm_below,
         mql_events=frozenset(spec.mql_events), dedupe_window_ms=spec.dedupe_window,
         fit=fit, engagement=engagement,
-        by_type={t: tuple(rules) for t, rules in by_type.items()},
+        by_type=_by_type(engagement),
         window_ms={r.id: r.limit_per_ms for r in engagement if r.limit_per_ms is not None},
         prune_step_ms=max(spec.dedupe_window // 8, 1),
         stage_after={**{t: "mql" for t in spec.mql_events}, CONVERTED: "customer"},
-        groups=groups, text=data)
+        groups=groups, text=data, accounts=_accounts(spec, tests, version))
 
 
 # ---------------------------------------------------------------- problems
@@ -407,8 +492,10 @@ def _location(loc: tuple[Any, ...]) -> str:
 
 def _cross_checks(raw: dict[str, Any]) -> list[str]:
     problems: list[str] = []
-    _first_ids([(f"{section}[{i}].id", rule) for section in ("fit", "engagement")
-                for i, rule in enumerate(_as_list(raw.get(section)))],
+    # One namespace for every rule, the accounts' too: an account's reasons name the
+    # rules of its members' awards beside its own.
+    _first_ids([(f"{'.'.join(path)}[{i}].id", rule) for path in _RULE_SECTIONS
+                for i, rule in enumerate(_section(raw, path))],
                "duplicate rule id {id} (first used at {first}); ids must be unique", problems)
     score = raw.get("score") or {}
     if isinstance(score, dict):
@@ -421,6 +508,33 @@ def _cross_checks(raw: dict[str, Any]) -> list[str]:
                 problems += _hot_checks(group.get("hot"), f"groups[{i}].hot", "group", low,
                                         high)
     problems += _group_checks(raw)
+    problems += _account_checks(raw.get("accounts"))
+    return problems
+
+
+def _account_checks(accounts: object) -> list[str]:
+    """The ``accounts:`` section's thresholds against its own score range; its weight;
+    no groups in it (an account has no score groups)."""
+    if not isinstance(accounts, dict):
+        return []
+    problems: list[str] = []
+    score = accounts.get("score") or {}
+    if isinstance(score, dict):
+        low, high = _num(score.get("min", 0)), _num(score.get("max", 100))
+        if low is not None and high is not None and low >= high:
+            problems.append(f"accounts.score.min: {low:g} must be below accounts.score.max "
+                            f"({high:g})")
+        problems += [p.replace("score.", "accounts.score.") for p in
+                     _hot_checks(accounts.get("hot"), "accounts.hot", "account", low, high)]
+    weight = _num(accounts.get("lead_weight", 1.0))
+    if weight is not None and weight < 0:
+        problems.append(f"accounts.lead_weight: {weight:g} is negative; it is the share of "
+                        "each member award the account receives (1.0: all of it, 0: none)")
+    for section in ("fit", "engagement"):
+        for i, rule in enumerate(_as_list(accounts.get(section))):
+            if isinstance(rule, dict) and "group" in rule:
+                problems.append(f"accounts.{section}[{i}].group: an account has no score "
+                                "groups (drop group:)")
     return problems
 
 

@@ -27,14 +27,16 @@ from scoring.engine import (
     group_engagement_at,
     group_score_at,
     in_group,
+    members_at,
     reasons,
     score_at,
 )
 from scoring.events import parse_ts
 from scoring.rules import Group, Ruleset
 
-__all__ = ["BANDS", "BAND_WIDTH", "ByProbability", "Explain", "Ranked", "Selection", "as_of",
-           "band", "best", "describe", "explained", "lead_now", "ranked", "summary"]
+__all__ = ["BANDS", "BAND_WIDTH", "ByProbability", "Explain", "Ranked", "Selection",
+           "account_now", "account_summary", "as_of", "band", "best", "describe", "explained",
+           "lead_now", "ranked", "summary"]
 
 BANDS = 10  # SPEC 9: ten score bands of BAND_WIDTH points
 BAND_WIDTH = 10
@@ -75,6 +77,29 @@ def summary(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
                        "hot": group.id in state.groups_hot}
             for group in rules.groups}
     return shown
+
+
+def account_summary(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
+    """One account's numbers at ``at`` (``rules``: the accounts' own), as ``leadscore
+    score --accounts`` prints them (SPEC 11)."""
+    return {
+        "account_id": state.lead_id,
+        "score": round(score_at(state, at, rules), 2),
+        "fit": round(state.fit, 2),
+        "engagement": round(engagement_at(state, at, rules), 2),
+        "hot": state.hot,
+    }
+
+
+def account_now(state: LeadState, rules: Ruleset, now_ms: int) -> dict[str, Any]:
+    """An account as the API and ``leadscore account`` show it now (cooled first if due;
+    changes ``state``, a copy read for showing): its numbers, every member's current
+    contribution, largest first (the buying committee), its reasons by rule, profile."""
+    state = as_of(state, now_ms, rules)
+    return {**account_summary(state, rules, now_ms),
+            "members": members_at(state, rules, now_ms, limit=len(state.members)),
+            "reasons": reasons(state, rules, now_ms), "profile": state.profile,
+            "rules_version": rules.version}
 
 
 def describe(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:

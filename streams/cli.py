@@ -17,9 +17,9 @@ from redis.exceptions import RedisError
 from scoring.errors import EventError, LeadscoreError, SettingsError
 from scoring.events import parse_ts
 from scoring.model import load_model, model_path
-from scoring.offline import replay
+from scoring.offline import Replay, replay
 from scoring.rules import Ruleset, format_duration, load_rules, parse_duration
-from scoring.views import summary
+from scoring.views import account_summary, summary
 from streams.runtime import now_ms
 from streams.settings import load_settings
 
@@ -96,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
     clock_options(score)
     score.add_argument("--notifications", action="store_true",
                        help="print the notifications instead of the leads")
+    score.add_argument("--accounts", action="store_true",
+                       help="print the accounts (rules with an accounts: section) instead of "
+                            "the leads; with --notifications, the accounts' notifications")
     score.add_argument("--table", action="store_true",
                        help="print a readable table of leads, hottest first")
     score.add_argument("--model", type=Path, metavar="FILE",
@@ -309,6 +312,8 @@ def _score(args: argparse.Namespace) -> int:
         print(f"leadscore: {result.after_at} events after --at were not applied",
               file=sys.stderr)
     at = result.at if result.at is not None else 0
+    if args.accounts:
+        return _score_accounts(args, rules, result, at)
     leads = [summary(result.states[lead_id], rules, at) for lead_id in sorted(result.states)]
     if model is not None:  # the probability at the instant the score is shown at
         for lead in leads:
@@ -320,6 +325,23 @@ def _score(args: argparse.Namespace) -> int:
         _print_table(leads)
     else:
         out.writelines(orjson.dumps(lead) + b"\n" for lead in leads)
+    out.flush()
+    return 1 if result.bad_lines else 0
+
+
+def _score_accounts(args: argparse.Namespace, rules: Ruleset, result: Replay, at: int) -> int:
+    """``leadscore score --accounts``: one line per account, by account_id (SPEC 11)."""
+    accounts = rules.accounts
+    if accounts is None:
+        raise LeadscoreError(f"{args.rules or 'the rules'}: no accounts: section, so there "
+                             "are no accounts to score (README, \"Accounts\")")
+    out = sys.stdout.buffer
+    if args.notifications:
+        out.writelines(orjson.dumps(n) + b"\n" for n in result.account_notifications)
+    else:
+        out.writelines(orjson.dumps(account_summary(result.accounts[account_id],
+                                                    accounts.rules, at)) + b"\n"
+                       for account_id in sorted(result.accounts))
     out.flush()
     return 1 if result.bad_lines else 0
 

@@ -112,7 +112,7 @@ fit:
 def test_a_key_named_on_is_an_unknown_key_not_a_boolean() -> None:
     assert problems(GOOD_HEADER + "on: page_view\n") == [
         "on: unknown key (known keys: name, half_life, score, hot, mql_events, "
-        "dedupe_window, groups, fit, engagement)"]
+        "dedupe_window, groups, fit, engagement, accounts)"]
 
 
 def test_bad_duration_names_the_location_and_the_fix() -> None:
@@ -367,7 +367,7 @@ def test_nesting_deeper_than_64_levels_is_refused() -> None:
     # The top mapping is level 1: 63 lists inside it reach level 64.
     assert problems(GOOD_HEADER + "x: " + "[" * 63 + "]" * 63 + "\n") == [
         "x: unknown key (known keys: name, half_life, score, hot, mql_events, "
-        "dedupe_window, groups, fit, engagement)"]
+        "dedupe_window, groups, fit, engagement, accounts)"]
     deep = "line 4, column 67: nested more than 64 levels deep; a rules file may nest at most 64"
     assert problems(GOOD_HEADER + "x: " + "[" * 64 + "]" * 64 + "\n") == [deep]
     assert problems(GOOD_HEADER + "x: " + "[" * 100_000 + "]" * 100_000 + "\n") == [deep]

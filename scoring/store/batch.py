@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scoring import history
+from scoring.accounts import rolled_up
 from scoring.engine import Explain, LeadState, Notification, apply
 from scoring.errors import EventError
 from scoring.events import Event
@@ -42,6 +43,11 @@ class Outcome:
     # Events the engine refused (their index in the batch, why): applied as no-ops, so
     # that their offsets count as applied, and the caller dead-letters them.
     rejected: list[tuple[int, EventError]] = field(default_factory=list)
+    # With accounts (SPEC 11): each applied event's member award for its lead's account
+    # (its index in the batch, the award), in order; and, from Redis, the outbox entries
+    # that carry them to the account side (``award_entries``, with their leads).
+    forwards: list[tuple[int, Event]] = field(default_factory=list)
+    award_entries: list[tuple[bytes, str]] = field(default_factory=list)
 
     def award(self, rule_id: str, times: float, points: float) -> None:
         tally = self.awards.get(rule_id)
@@ -59,6 +65,8 @@ class Outcome:
         self.duplicates += other.duplicates
         self.replayed += other.replayed
         self.rejected += other.rejected
+        self.forwards += other.forwards
+        self.award_entries += other.award_entries
         for rule_id, (times, points) in other.awards.items():
             self.award(rule_id, times, points)
 
@@ -116,6 +124,8 @@ def apply_batch(leads: Mapping[str, Lead],
     notes, awards, rejected = outcome.notifications, outcome.awards, outcome.rejected
     applied_count = duplicates = replayed = 0
     group_of = rules.group_of if track_fed else None
+    rolls_up = rules.accounts is not None
+    forwards = outcome.forwards
     for index, event, position in events:
         lead = leads[event.lead_id]
         state = lead.state
@@ -138,6 +148,10 @@ def apply_batch(leads: Mapping[str, Lead],
         applied_count += 1
         if applied.notifications:
             notes += applied.notifications
+        if rolls_up and applied.awards:
+            award = rolled_up(state, event, applied, rules)
+            if award is not None:
+                forwards.append((index, award))
         if keep_history:
             found = history.entries(state, event, applied, stage, fit, rules)
             if found:

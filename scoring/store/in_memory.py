@@ -15,7 +15,15 @@ from typing import Any
 import orjson
 
 from scoring import history
-from scoring.engine import LeadState, Notification, cool, in_group, score_at, stamp
+from scoring.engine import (
+    LeadState,
+    Notification,
+    cool,
+    in_group,
+    score_at,
+    stamp,
+    subject_of,
+)
 from scoring.events import Event
 from scoring.rules import Ruleset
 from scoring.store.batch import Lead, Outcome, apply_batch, numbered
@@ -91,7 +99,7 @@ class MemoryStore:
                 if self.history_size > 0:
                     lead.history += map(history.cooling, notes)
         # A lead's coolings stay together, in the order SPEC 4 gives them.
-        cooled.sort(key=lambda notes: (notes[0]["event_ts"], notes[0]["lead_id"]))
+        cooled.sort(key=lambda notes: (notes[0]["event_ts"], subject_of(notes[0])))
         return [note for notes in cooled for note in notes]
 
     async def sweep(self, now_ms: int) -> list[bytes]:
@@ -175,4 +183,5 @@ def _copy(state: LeadState) -> LeadState:
     return LeadState(state.lead_id, state.t_ref, state.engagement, state.fit,
                      dict(state.contributions), dict(state.profile), state.stage, state.hot,
                      dict(state.counts), {r: dict(w) for r, w in state.windows.items()},
-                     dict(state.seen), state.notified, list(state.groups_hot))
+                     dict(state.seen), state.notified, list(state.groups_hot),
+                     dict(state.members))

@@ -7,7 +7,8 @@ readable:
 
     [1, version, lead_id, T, E, F, contributions, profile, stage index, hot (0/1),
      counts, windows {rule: {window: used}}, notified, offsets {partition: offset},
-     updated_at(, the score groups hot for the lead, when there are any: SPEC 10)]
+     updated_at(, the score groups hot for the lead, when there are any: SPEC 10)
+     (, an account's members' shares {lead_id: share}, when there are any: SPEC 11)]
 
 The leading 1 is the format. The version counts the lead's writes: the store's
 COMMIT script reads it from the front (``[1,<version>,``) to refuse a write based on
@@ -40,7 +41,8 @@ def encode(state: LeadState, offsets: dict[str, int], updated_at: int, version: 
     """The record of ``state`` (its ``seen`` left out). A number that is not finite is
     refused: orjson would write it as null, and the state could not be read back."""
     # One sum covers them all: NaN or an infinity anywhere makes it non-finite.
-    if not math.isfinite(state.engagement + state.fit + sum(state.contributions.values())):
+    if not math.isfinite(state.engagement + state.fit + sum(state.contributions.values())
+                         + (sum(state.members.values()) if state.members else 0.0)):
         raise StoreError(f"lead {state.lead_id!r}: its engagement, fit or a rule's "
                          "contribution is not a finite number; not stored")
     windows = {rule: {str(w): used for w, used in ws.items()}
@@ -49,8 +51,10 @@ def encode(state: LeadState, offsets: dict[str, int], updated_at: int, version: 
         FORMAT, version, state.lead_id, state.t_ref, state.engagement, state.fit,
         state.contributions, state.profile, _STAGE_INDEX[state.stage], int(state.hot),
         state.counts, windows, state.notified, offsets, updated_at]
-    if state.groups_hot:
+    if state.groups_hot or state.members:
         fields.append(state.groups_hot)
+    if state.members:
+        fields.append(state.members)
     return orjson.dumps(fields)
 
 
@@ -65,10 +69,11 @@ def decode(raw: bytes | str, seen: dict[str, int]) -> Record:
     (_, version, lead_id, t_ref, engagement, fit, contributions, profile, stage, hot, counts,
      windows, notified, offsets, updated_at) = doc[:15]
     groups_hot = doc[15] if len(doc) > 15 else []
+    members = doc[16] if len(doc) > 16 else {}
     if windows:
         windows = {rule: {int(w): used for w, used in ws.items()}
                    for rule, ws in windows.items()}
     return Record(LeadState(lead_id, t_ref, engagement, fit, contributions, profile,
                             STAGES[stage], bool(hot), counts, windows, seen, notified,
-                            groups_hot),
+                            groups_hot, members),
                   offsets, updated_at, version)

@@ -1,0 +1,119 @@
+"""Accounts (SPEC 11): how a lead's awards become its company's, and how they travel.
+
+An account is scored by the same engine as a lead (``scoring.engine.apply`` on a
+``LeadState`` whose id is the account's, under the ``accounts:`` section's own
+``Ruleset``): the decay algebra, the hysteresis and the cooling time are the lead's.
+Two kinds of event reach an account:
+
+- its own, from the events topic (``account_id`` instead of ``lead_id``):
+  ``account_update`` merges into its profile, the others meet its engagement rules;
+- a *member award*: every engagement award a lead event makes (after ``limit`` and
+  ``after``, at the event's own time) becomes one event of type ``member_award`` for
+  the account the lead's profile names after the event, worth ``lead_weight`` times the
+  points, attributed to the lead (``rolled_up``).
+
+Events are partitioned by lead, so the worker carries both to the account side through
+an internal topic keyed by account id (``message`` and ``from_message``; docs/accounts.md).
+An award's id is derived from the lead and its event's id, so a re-sent award is a
+duplicate of the first, recognised as any repeated event id is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from scoring.engine import Applied, LeadState
+from scoring.errors import EventError
+from scoring.events import MAX_ID_LENGTH, MEMBER_AWARD, Event, check_depth, parse_ts
+from scoring.rules import Accounts, Ruleset
+
+__all__ = ["account_of", "award_id", "from_message", "message", "rolled_up"]
+
+
+def account_of(profile: dict[str, Any], key: str) -> str | None:
+    """The account a lead's profile names under ``key``: a non-empty string of at most
+    200 characters, or a whole number (a CRM's numeric id, as its decimal digits);
+    anything else names none."""
+    value = profile.get(key)
+    if type(value) is str:
+        return value if 0 < len(value) <= MAX_ID_LENGTH else None
+    if type(value) is int:
+        return str(value)
+    return None
+
+
+def award_id(lead_id: str, event_id: str) -> str:
+    """The id of the award a lead's event makes to its account: unique per account, and
+    the same each time it is made again (a replay, a re-send), so that it is a repeat."""
+    return f"{len(lead_id)}:{lead_id}:{event_id}"
+
+
+def rolled_up(state: LeadState, event: Event, applied: Applied, rules: Ruleset
+              ) -> Event | None:
+    """The member award of one applied lead event (``rules.accounts`` set), or None when
+    the event awarded no engagement points or the lead names no account."""
+    accounts = rules.accounts
+    assert accounts is not None
+    engagement = rules.engagement_ids
+    awards = [[rule_id, accounts.lead_weight * points] for rule_id, points in applied.awards
+              if rule_id in engagement]  # (a fit rule turning on or off is not an award)
+    if not awards:
+        return None
+    account_id = account_of(state.profile, accounts.key)
+    if account_id is None:
+        return None
+    return Event(award_id(state.lead_id, event.event_id), account_id, MEMBER_AWARD, event.ts,
+                 {"lead": state.lead_id, "awards": awards}, True)
+
+
+def message(event: Event, generation: str) -> bytes:
+    """An account event or member award as the internal topic carries it, tagged with the
+    generation (rules version) whose lead side sent it: each generation's account side
+    applies its own only (docs/generations.md)."""
+    return orjson.dumps({"g": generation, "event_id": event.event_id,
+                         "account_id": event.lead_id, "type": event.type, "ts": event.ts,
+                         "properties": event.properties})
+
+
+def from_message(raw: bytes) -> tuple[str, Event]:
+    """(generation, event) of an internal topic's message; ``EventError`` if it is not
+    one (only a foreign producer can write such a message)."""
+    try:
+        doc = orjson.loads(raw)
+        generation, event_id, account_id = doc["g"], doc["event_id"], doc["account_id"]
+        kind, ts, properties = doc["type"], doc["ts"], doc["properties"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        raise EventError(f"not a message of Leadscore's account topic ({exc})",
+                         "not_an_account_message") from None
+    if not all(type(v) is str and v for v in (generation, event_id, account_id, kind)) \
+            or type(properties) is not dict:
+        raise EventError("not a message of Leadscore's account topic (a field of the wrong "
+                         "type)", "not_an_account_message")
+    if kind == MEMBER_AWARD:
+        _check_award(properties)
+    else:
+        check_depth(properties)
+    return generation, Event(event_id, account_id, kind, parse_ts(ts), properties, True)
+
+
+def _check_award(properties: dict[str, Any]) -> None:
+    lead, awards = properties.get("lead"), properties.get("awards")
+    if type(lead) is not str or type(awards) is not list or not all(
+            type(a) is list and len(a) == 2 and type(a[0]) is str
+            and type(a[1]) in (int, float) and -1e300 < a[1] < 1e300 for a in awards):
+        raise EventError("a member award whose lead or awards are malformed",
+                         "not_an_account_message")
+
+
+def account_rules(rules: Ruleset) -> Accounts:
+    """The ``accounts:`` section, or ``ValueError`` saying the rules have none."""
+    if rules.accounts is None:
+        raise ValueError(f"rules {rules.version} ({rules.name!r}) have no accounts: section")
+    return rules.accounts
+
+
+# Why an account event is refused under rules without an accounts: section.
+NO_ACCOUNTS = ("event about an account (account_id), but the rules have no accounts: "
+               "section; add one (README, \"Accounts\") or send it with lead_id")
