@@ -14,8 +14,9 @@ Two kinds of event reach an account:
 
 Events are partitioned by lead, so the worker carries both to the account side through
 an internal topic keyed by account id (``message`` and ``from_message``; docs/accounts.md).
-An award's id is derived from the lead and its event's id, so a re-sent award is a
-duplicate of the first, recognised as any repeated event id is.
+Each lead numbers the awards it makes to each account (in its state, committed with the
+award in one step), so the account recognises a re-sent or replayed award exactly, by
+its number, however much event time has passed (``scoring.engine``).
 """
 
 from __future__ import annotations
@@ -64,43 +65,63 @@ def rolled_up(state: LeadState, event: Event, applied: Applied, rules: Ruleset
     account_id = account_of(state.profile, accounts.key)
     if account_id is None:
         return None
+    # Numbered per (lead, account), in the lead's state, committed with it: the account
+    # recognises a re-sent award by its number, exactly (scoring.engine, _award_applied).
+    number = state.awarded[account_id] = state.awarded.get(account_id, 0) + 1
     return Event(award_id(state.lead_id, event.event_id), account_id, MEMBER_AWARD, event.ts,
-                 {"lead": state.lead_id, "awards": awards}, True)
+                 {"lead": state.lead_id, "n": number, "awards": awards}, True)
 
 
-def message(event: Event, generation: str) -> bytes:
+def message(event: Event, generation: str, source: tuple[int, int] | None = None) -> bytes:
     """An account event or member award as the internal topic carries it, tagged with the
     generation (rules version) whose lead side sent it: each generation's account side
-    applies its own only (docs/generations.md)."""
-    return orjson.dumps({"g": generation, "event_id": event.event_id,
-                         "account_id": event.lead_id, "type": event.type, "ts": event.ts,
-                         "properties": event.properties})
+    applies its own only (docs/generations.md). An account event also carries its
+    ``source``, its (partition, offset) in the events topic."""
+    doc = {"g": generation, "event_id": event.event_id, "account_id": event.lead_id,
+           "type": event.type, "ts": event.ts, "properties": event.properties}
+    if source is not None:
+        doc["src"] = source
+    return orjson.dumps(doc)
 
 
-def from_message(raw: bytes) -> tuple[str, Event]:
-    """(generation, event) of an internal topic's message; ``EventError`` if it is not
-    one (only a foreign producer can write such a message)."""
+def from_message(raw: bytes) -> tuple[str, Event, tuple[int, int] | None]:
+    """(generation, event, source) of an internal topic's message; ``EventError`` if it
+    is not one (only a foreign producer can write such a message)."""
     try:
         doc = orjson.loads(raw)
         generation, event_id, account_id = doc["g"], doc["event_id"], doc["account_id"]
         kind, ts, properties = doc["type"], doc["ts"], doc["properties"]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        source = doc.get("src")
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise EventError(f"not a message of Leadscore's account topic ({exc})",
                          "not_an_account_message") from None
     if not all(type(v) is str and v for v in (generation, event_id, account_id, kind)) \
-            or type(properties) is not dict:
+            or type(properties) is not dict or not (source is None or (
+                type(source) is list and len(source) == 2
+                and all(type(n) is int and n >= 0 for n in source))):
         raise EventError("not a message of Leadscore's account topic (a field of the wrong "
                          "type)", "not_an_account_message")
     if kind == MEMBER_AWARD:
         _check_award(properties)
     else:
         check_depth(properties)
-    return generation, Event(event_id, account_id, kind, parse_ts(ts), properties, True)
+    return (generation, Event(event_id, account_id, kind, parse_ts(ts), properties, True),
+            None if source is None else (source[0], source[1]))
+
+
+def position(source: tuple[int, int] | None, partition: int, offset: int) -> tuple[int, int]:
+    """Where the account store counts a message as applied, to recognise a replay: an
+    account event at its events-topic position, as partition ``-1 - p`` (its replays,
+    forwarded again after a crash or rebalance of the lead side, carry the same one; an
+    account's events come from one events partition, keyed by account id), a member
+    award at its own position in the account topic (its re-sends have their numbers)."""
+    return (partition, offset) if source is None else (-1 - source[0], source[1])
 
 
 def _check_award(properties: dict[str, Any]) -> None:
-    lead, awards = properties.get("lead"), properties.get("awards")
-    if type(lead) is not str or type(awards) is not list or not all(
+    lead, number, awards = properties.get("lead"), properties.get("n"), properties.get("awards")
+    if type(lead) is not str or type(number) is not int or number < 1 \
+            or type(awards) is not list or not all(
             type(a) is list and len(a) == 2 and type(a[0]) is str
             and type(a[1]) in (int, float) and -1e300 < a[1] < 1e300 for a in awards):
         raise EventError("a member award whose lead or awards are malformed",

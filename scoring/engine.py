@@ -72,6 +72,11 @@ class LeadState:
     # An account's (SPEC 11): each member lead's share of E, as of T, decayed like the
     # rules' shares; a lead's state has none.
     members: dict[str, float] = field(default_factory=dict)
+    # A lead's: the member awards it has made to each account, numbering them from 1 per
+    # account. An account's: per member, the awards applied, [n, m, ...]: every award
+    # numbered up to n, and those above n that came early (see ``_award_applied``).
+    awarded: dict[str, int] = field(default_factory=dict)
+    awards_seen: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +88,8 @@ class LeadState:
             "seen": self.seen, "notified": self.notified,
             **({"groups_hot": self.groups_hot} if self.groups_hot else {}),
             **({"members": self.members} if self.members else {}),
+            **({"awarded": self.awarded} if self.awarded else {}),
+            **({"awards_seen": self.awards_seen} if self.awards_seen else {}),
         }
 
 
@@ -112,10 +119,19 @@ def apply(state: LeadState, event: Event, rules: Ruleset,
     that can fail is computed first, then applied in steps that cannot fail.
     """
     t, t_ref = event.ts, state.t_ref
-    first_seen = state.seen.get(event.event_id)
     latest = t if t_ref is None or t > t_ref else t_ref
-    if first_seen is not None and first_seen >= latest - rules.dedupe_window_ms:
-        return Applied([], [], True)  # a duplicate changes nothing and emits nothing
+    if event.type == MEMBER_AWARD and rules.subject == "account":
+        # A member award is recognised by its number, exactly, whatever the dedupe
+        # window: it may be re-sent after any stretch of event time (scoring.accounts).
+        member, number = event.properties["lead"], event.properties["n"]
+        if _award_applied(state.awards_seen.get(member), number):
+            return Applied([], [], True)
+        first_seen = None
+    else:
+        member = None
+        first_seen = state.seen.get(event.event_id)
+        if first_seen is not None and first_seen >= latest - rules.dedupe_window_ms:
+            return Applied([], [], True)  # a duplicate changes nothing and emits nothing
     in_order = t_ref is None or t >= t_ref
     # What one point is worth after moving from T to t (in order) or from t to T (late).
     f = 1.0 if t_ref is None else factor(abs(t - t_ref), rules.half_life_ms)
@@ -165,9 +181,12 @@ def apply(state: LeadState, event: Event, rules: Ruleset,
     # An id is remembered at T as of its application, not at its own (maybe late) time:
     # a replay of a late event is then a duplicate for as long as any other replay.
     # Recorded times never decrease, so the dict stays in time order for pruning.
-    if first_seen is not None:
-        del state.seen[event.event_id]
-    state.seen[event.event_id] = latest
+    if member is not None:
+        _record_award(state, member, number)
+    else:
+        if first_seen is not None:
+            del state.seen[event.event_id]
+        state.seen[event.event_id] = latest
     # Prune when T crosses a mark every eighth of dedupe_window: scanning on every event
     # would be quadratic for a busy lead. The dedupe and `limit` checks compare times
     # with the horizon themselves, so pruning only frees memory, never changes a result.
@@ -434,6 +453,27 @@ def _member_awards(state: LeadState, event: Event, weight: float,
         state.engagement += points
         contributions[rule_id] = contributions.get(rule_id, 0.0) + points
     state.members[lead_id] = state.members.get(lead_id, 0.0) + total
+
+
+def _award_applied(seen: list[int] | None, number: int) -> bool:
+    """Whether award ``number`` of a member is among those applied: ``seen`` is [n, early
+    ones above n, ascending] (a member's awards arrive in order but for a re-send)."""
+    return seen is not None and (number <= seen[0] or number in seen[1:])
+
+
+def _record_award(state: LeadState, member: str, number: int) -> None:
+    """Count award ``number`` of ``member`` as applied; the early ones that now follow
+    n without a gap fold into it, so the list stays [n] in the steady state."""
+    seen = state.awards_seen.get(member)
+    if seen is None:
+        seen = state.awards_seen[member] = [0]
+    if number == seen[0] + 1:
+        seen[0] = number
+        while len(seen) > 1 and seen[1] == seen[0] + 1:
+            seen[0] = seen.pop(1)
+    else:
+        seen.append(number)
+        seen[1:] = sorted(seen[1:])
 
 
 def _refuse_if_not_finite(state: LeadState, event: Event, rules: Ruleset, in_order: bool,

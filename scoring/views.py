@@ -62,7 +62,10 @@ def band(score: float) -> int:
 
 
 def summary(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
-    """One lead's numbers at ``at``, as ``leadscore score`` prints them."""
+    """One lead's numbers at ``at``, as ``leadscore score`` prints them (an account's,
+    under the accounts' rules: ``account_summary``)."""
+    if rules.subject == "account":
+        return account_summary(state, rules, at)
     shown = {
         "lead_id": state.lead_id,
         "score": round(score_at(state, at, rules), 2),
@@ -96,16 +99,18 @@ def account_now(state: LeadState, rules: Ruleset, now_ms: int) -> dict[str, Any]
     changes ``state``, a copy read for showing): its numbers, every member's current
     contribution, largest first (the buying committee), its reasons by rule, profile."""
     state = as_of(state, now_ms, rules)
-    return {**account_summary(state, rules, now_ms),
-            "members": members_at(state, rules, now_ms, limit=len(state.members)),
-            "reasons": reasons(state, rules, now_ms), "profile": state.profile,
-            "rules_version": rules.version}
+    return {**describe(state, rules, now_ms),
+            "members": members_at(state, rules, now_ms, limit=len(state.members))}
 
 
 def describe(state: LeadState, rules: Ruleset, at: float) -> dict[str, Any]:
-    """One lead with the why: the summary, its reasons, profile and rules version."""
-    return {**summary(state, rules, at), "reasons": reasons(state, rules, at),
-            "profile": state.profile, "rules_version": rules.version}
+    """One lead with the why: the summary, its reasons, profile and rules version; an
+    account's also with its five largest members' contributions (``leads``)."""
+    shown = {**summary(state, rules, at), "reasons": reasons(state, rules, at),
+             "profile": state.profile, "rules_version": rules.version}
+    if rules.subject == "account":
+        shown["leads"] = members_at(state, rules, at)
+    return shown
 
 
 def lead_now(state: LeadState, rules: Ruleset, now_ms: int, explain: Explain | None = None

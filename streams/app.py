@@ -52,7 +52,14 @@ def create_app(runtime: Runtime, served: ServedModel | None = None) -> faust.App
     delivery = Delivery(settings, store, health)
     consumer = EventsConsumer(settings, store, delivery, health)
     rebuild = Rebuild(settings, store, delivery, health)
-    metrics.watch(consumer.lags, health.stalls)
+    # With accounts (SPEC 11): the account side, its own loop over the account topic into
+    # the generation's account store, its own delivery (account.hot, account.cooled).
+    accounts = runtime.accounts
+    account_delivery = None if accounts is None else Delivery(settings, accounts, health)
+    account_consumer = None if accounts is None or account_delivery is None else \
+        EventsConsumer(settings, accounts, account_delivery, health, accounts=True)
+    metrics.watch(consumer.lags if account_consumer is None else
+                  lambda: consumer.lags() + account_consumer.lags(), health.stalls)
     app = _App(
         f"{settings.group_id}-worker",
         broker=settings.broker,
@@ -72,13 +79,24 @@ def create_app(runtime: Runtime, served: ServedModel | None = None) -> faust.App
         await consumer.run()
 
     jobs.schedule(app, settings, store, delivery, health, rebuild)
+    if account_consumer is not None and accounts is not None and account_delivery is not None:
+        @app.task
+        async def score_accounts() -> None:
+            await account_consumer.run()
+
+        jobs.schedule_accounts(app, settings, accounts, account_delivery, health)
     feed = Feed(runtime.redis, store.channel)
     def problems() -> list[str]:
-        return consumer.problems() + rebuild.problems()
+        found = consumer.problems() + rebuild.problems()
+        if account_consumer is not None:
+            found += [f"accounts: {problem}" for problem in account_consumer.problems()
+                      if problem not in found]
+        return found
 
     web.install(app, web.Api(settings, runtime.rules, runtime.redis, store, problems,
-                             functools.partial(erasure.forget, store, delivery.tombstone),
-                             feed, served))
+                             functools.partial(erasure.forget, store, delivery.tombstone,
+                                               accounts),
+                             feed, served, accounts))
     if served is not None:
         @app.timer(interval=settings.model_reload)
         async def model_reload() -> None:

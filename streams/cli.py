@@ -285,6 +285,12 @@ def _rules_check(args: argparse.Namespace) -> int:
         alerts = "no alerts" if group.threshold is None else \
             f"hot at {group.threshold:g}, re-armed below {group.rearm_below:g}"
         print(f"  score group {group.id}: {len(group.rules)} engagement rules, {alerts}")
+    if rules.accounts is not None:
+        account = rules.accounts
+        print(f"  accounts by profile field {account.key} (lead_weight {account.lead_weight:g}): "
+              f"{len(account.rules.fit)} fit and {len(account.rules.engagement)} engagement "
+              f"rules, hot at {account.rules.threshold:g}, re-armed below "
+              f"{account.rules.rearm_below:g}")
     return 0
 
 

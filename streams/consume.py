@@ -20,6 +20,14 @@ sends those), until a cutover makes it active; one that another generation repla
 sends nothing for the events below ``store.replay_until`` (their notifications went
 out before the loss), then goes on live.
 
+With accounts (SPEC 11) a worker runs two of these loops: the leads' over the events
+topic, which forwards account events and records each lead event's member award in
+the outbox, both for the account topic (``Delivery``); and the accounts' (``accounts``),
+over the account topic in its own consumer group, into the generation's account store,
+applying only its own generation's messages. The account store recognises a replay by
+offset (an account's messages all come from one partition, keyed by account id) and a
+re-sent award or account event by its id, so each counts once.
+
 A batch that fails is retried whole only for an outage (Redis or the broker out of
 reach, which is waited out). Any other failure is a message's own: the batch is
 split in halves, and halves again, each committed on its own in order, until the
@@ -52,8 +60,9 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from scoring.accounts import NO_ACCOUNTS, from_message, position
 from scoring.errors import DataLost, EventError, HandingOver, Superseded
-from scoring.events import Event, parse_event
+from scoring.events import MEMBER_AWARD, Event, parse_event
 from scoring.store import Outcome, PartlyApplied, RedisStore
 from streams import metrics
 from streams.delivery import Delivery
@@ -87,14 +96,22 @@ def is_outage(exc: BaseException) -> bool:
 
 
 class EventsConsumer:
-    """Reads the events topic into the store, batch by batch; one per worker process."""
+    """Reads the events topic into the store, batch by batch; one per worker process, and
+    (``accounts``) one more that reads the account topic into the account store."""
 
     def __init__(self, settings: Settings, store: RedisStore, delivery: Delivery,
-                 health: Health) -> None:
+                 health: Health, accounts: bool = False) -> None:
         self.settings = settings
         self.store = store
         self.delivery = delivery
         self.health = health
+        self.accounts = accounts
+        self.topic = settings.topic_account_awards if accounts else settings.topic_events
+        self.group = (settings.account_group if accounts else settings.generation_group)(
+            store.generation)
+        # The leads' loop with an accounts: section forwards account events; without one
+        # it dead-letters them.
+        self.rolls_up = not accounts and store.rules.accounts is not None
         self.consumer: AIOKafkaConsumer | None = None
         self.assigned: set[TopicPartition] = set()
         self.positions: dict[TopicPartition, int] = {}  # next offset to apply, per partition
@@ -135,7 +152,7 @@ class EventsConsumer:
         settings = self.settings
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers(settings.broker),
-            group_id=settings.generation_group(self.store.generation),
+            group_id=self.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(settings.broker_session_timeout * 1000),
             heartbeat_interval_ms=int(settings.broker_heartbeat_interval * 1000),
@@ -144,7 +161,7 @@ class EventsConsumer:
             # one this long; short waits keep the hot path to milliseconds at the cost
             # of a few idle fetches per second.
             fetch_max_wait_ms=10, **settings.kafka_options())
-        self.consumer.subscribe([settings.topic_events], listener=_Rebalance(self))
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
         await self.consumer.start()
 
     async def stop(self) -> None:
@@ -245,20 +262,37 @@ class EventsConsumer:
         positions: list[tuple[int, int]] = []
         sources: list[ConsumerRecord[Any, Any]] = []
         dead: Dead = []
+        forwards: list[tuple[Event, tuple[int, int]]] = []  # account events, and where from
         max_bytes = self.settings.max_event_bytes
+        accounts, rolls_up, generation = self.accounts, self.rolls_up, self.store.generation
         for records in batch.values():
             for record in records:
                 try:
                     if record.value is None:
                         raise EventError("message has no value", "no_value")
-                    events.append(parse_event(record.value, max_bytes, latest_ms=latest))
-                    positions.append((record.partition, record.offset))
+                    if accounts:
+                        sender, event, source = from_message(record.value)
+                        if sender != generation:
+                            continue  # another generation's, for its own account side
+                        positions.append(position(source, record.partition, record.offset))
+                    else:
+                        event = parse_event(record.value, max_bytes, latest_ms=latest)
+                        if event.account:
+                            if not rolls_up:
+                                raise EventError(NO_ACCOUNTS, "no_accounts")
+                            forwards.append((event, (record.partition, record.offset)))
+                            continue
+                        positions.append((record.partition, record.offset))
+                    events.append(event)
                     sources.append(record)
                 except EventError as exc:
                     dead.append((record, exc))
         count = sum(len(records) for records in batch.values())
-        metrics.EVENTS_CONSUMED.inc(count)
-        metrics.BATCH_SIZE.observe(count)
+        if accounts:
+            metrics.ACCOUNT_CONSUMED.inc(count)
+        else:
+            metrics.EVENTS_CONSUMED.inc(count)
+            metrics.BATCH_SIZE.observe(count)
         live = self.store.active
         if events:
             owed = len(self._owed)  # (what a failed try of this batch committed is owed too)
@@ -271,23 +305,32 @@ class EventsConsumer:
             # replays as what is left.
             outcome.replayed = (len(events) - outcome.applied - outcome.duplicates
                                 - (len(self._owed) - owed))
-            metrics.APPLY_LATENCY.observe(time.perf_counter() - started)
-            metrics.BATCHES.inc()
-            metrics.EVENTS_APPLIED.inc(outcome.applied)
-            if outcome.duplicates:
-                metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
-            if outcome.replayed:
-                metrics.EVENTS_REPLAYED.inc(outcome.replayed)
-            for rule_id, (times, points) in outcome.awards.items():
-                metrics.RULE_AWARDS.labels(rule_id).inc(times)
-                metrics.RULE_POINTS.labels(rule_id).inc(points)
+            if accounts:
+                metrics.ACCOUNT_APPLIED.inc(outcome.applied)
+            else:
+                metrics.APPLY_LATENCY.observe(time.perf_counter() - started)
+                metrics.BATCHES.inc()
+                metrics.EVENTS_APPLIED.inc(outcome.applied)
+                if outcome.duplicates:
+                    metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
+                if outcome.replayed:
+                    metrics.EVENTS_REPLAYED.inc(outcome.replayed)
+                for rule_id, (times, points) in outcome.awards.items():
+                    metrics.RULE_AWARDS.labels(rule_id).inc(times)
+                    metrics.RULE_POINTS.labels(rule_id).inc(points)
             if outcome.entries:
                 await self.delivery.deliver_behind(outcome.entries, outcome.notifications)
+            if outcome.award_entries:
+                await self.delivery.deliver_behind(outcome.award_entries,
+                                                   [_award_note(e) for _, e in outcome.forwards])
+        if forwards:
+            await self.delivery.forward(forwards)
         if self._owed:
             dead += self._owed
         if not live:  # the active generation dead-letters them
             dead, self._owed = [], []
-            metrics.REBUILD_EVENTS.inc(count)
+            if not accounts:
+                metrics.REBUILD_EVENTS.inc(count)
         elif self.store.replay_until:  # dead-lettered before the loss
             until = self.store.replay_until
             dead = [(r, e) for r, e in dead if r.offset >= until.get(r.partition, -1)]
@@ -351,10 +394,11 @@ class EventsConsumer:
                 committed = exc.outcome
                 cause = exc.cause  # type: ignore[assignment]  # an Exception in practice
             self._owe(committed, sources)
-            if isinstance(cause, Superseded) and committed.entries:
+            if isinstance(cause, Superseded) and (committed.entries
+                                                  or committed.award_entries):
                 # Committed while the generation was still active in those shards: sent
                 # now, since this worker stops and no one else sends from its outbox.
-                await self.delivery.deliver(committed.entries)
+                await self.delivery.deliver(committed.entries + committed.award_entries)
             if is_outage(cause) or isinstance(cause, DataLost | Superseded):
                 raise cause from None
             if len(events) == 1:
@@ -375,6 +419,11 @@ class EventsConsumer:
         ``sources``); kept until the dead-letter topic has acknowledged it."""
         self._owed += [(sources[index], error) for index, error in outcome.rejected]
         outcome.rejected = []
+
+
+def _award_note(award: Event) -> dict[str, Any]:
+    """What the delivery needs of a member award's outbox entry (as it would decode it)."""
+    return {"type": MEMBER_AWARD, "account_id": award.lead_id, "properties": award.properties}
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

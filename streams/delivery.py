@@ -8,6 +8,12 @@
   and published on Redis for the dashboards of every worker (``RedisStore.delivered``).
 - Dead letters (``streams.deadletters``), each message once.
 - Tombstones of erased leads (``streams.erasure``).
+- With accounts (SPEC 11), to the account topic (keyed by account id): the member
+  awards recorded in the outbox beside the notifications, and the account events the
+  events topic carries (``forward``).
+
+A worker has one ``Delivery`` per store: its leads', and its accounts' (whose outbox
+holds account.hot and account.cooled).
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from scoring.engine import Notification
-from scoring.events import parse_ts
+from scoring.accounts import message
+from scoring.engine import Notification, subject_of
+from scoring.events import MEMBER_AWARD, Event, parse_ts
 from scoring.store import RedisStore
 from streams import metrics
 from streams.deadletters import DeadLetters
@@ -86,6 +93,19 @@ class Delivery:
             await self.deliver(pending)
         metrics.OUTBOX_PENDING.set(await self.store.outbox_size())
 
+    async def forward(self, events: list[tuple[Event, tuple[int, int]]]) -> None:
+        """Send account events (each with its events-topic position) to the account topic
+        and wait for the broker's acknowledgements (before the events topic's offsets are
+        committed): a crash before then sends them again, and the account side knows the
+        repeats by their position (``scoring.accounts.position``)."""
+        assert self.producer is not None, "Delivery.start first"
+        topic, generation = self.settings.topic_account_awards, self.store.generation
+        sends = [await self.producer.send(topic, value=message(event, generation, source),
+                                          key=event.lead_id.encode())
+                 for event, source in events]
+        await asyncio.gather(*sends)
+        metrics.ACCOUNT_FORWARDS.labels("event").inc(len(events))
+
     async def tombstone(self, lead_id: str) -> None:
         """Tell downstream systems to forget an erased lead (``streams.erasure``)."""
         assert self.producer is not None, "Delivery.start first"
@@ -96,10 +116,12 @@ class Delivery:
         """Hand entries to the producer, in order; the futures of their acknowledgements,
         and the notifications (decoded from the entries unless given)."""
         assert self.producer is not None, "Delivery.start first"
-        topic = self.settings.topic_hot
+        topic, awards = self.settings.topic_hot, self.settings.topic_account_awards
         if notes is None:
             notes = [orjson.loads(entry) for entry in entries]
-        sends = [await self.producer.send(topic, value=entry, key=note["lead_id"].encode())
+        sends = [await self.producer.send(topic, value=entry, key=subject_of(note).encode())
+                 if note["type"] != MEMBER_AWARD else
+                 await self.producer.send(awards, value=entry, key=note["account_id"].encode())
                  for entry, note in zip(entries, notes, strict=True)]
         return sends, notes
 
@@ -107,9 +129,23 @@ class Delivery:
                             entries: list[bytes]) -> None:
         await asyncio.gather(*sends)
         sent = now_ms()
-        for note in notes:
+        told: list[bytes] = []
+        owners: list[str] = []
+        awarded: list[bytes] = []
+        members: list[str] = []
+        for entry, note in zip(entries, notes, strict=True):
+            if note["type"] == MEMBER_AWARD:
+                awarded.append(entry)
+                members.append(note["properties"]["lead"])  # (in its lead's shard)
+                continue
+            told.append(entry)
+            owners.append(subject_of(note))
             metrics.NOTIFICATIONS.labels(note["type"], note.get("group") or "").inc()
-            if note["event_id"] is not None:  # caused by an event: its end-to-end latency
+            if note.get("event_id") is not None:  # caused by an event: its end-to-end latency
                 metrics.END_TO_END_LATENCY.observe(max(sent - parse_ts(note["event_ts"]), 0)
                                                    / 1000)
-        await self.store.delivered(entries, [note["lead_id"] for note in notes])
+        if told:
+            await self.store.delivered(told, owners)
+        if awarded:
+            metrics.ACCOUNT_FORWARDS.labels("award").inc(len(awarded))
+            await self.store.delivered(awarded, members, publish=False)

@@ -64,9 +64,15 @@ URL_WEIGHTS = [20, 25, 8, 6, 6, 2, 15, 5, 5]
 
 
 class Traffic:
-    """A reproducible source of events for ``leads`` leads with Zipf-like activity."""
+    """A reproducible source of events for ``leads`` leads with Zipf-like activity.
 
-    def __init__(self, leads: int, seed: int = 1, prefix: str = "lead") -> None:
+    With ``accounts`` (SPEC 11), each lead works for one of that many companies (named in
+    its profile's ``account_id``), and a share ``intent`` of the events are intent-data
+    signals about a company (``intent_surge``, with ``account_id``); without, the stream
+    is exactly what it always was."""
+
+    def __init__(self, leads: int, seed: int = 1, prefix: str = "lead", accounts: int = 0,
+                 intent: float = 0.02) -> None:
         self.rng = random.Random(seed)
         self.lead_ids = [f"{prefix}-{i}" for i in range(leads)]
         names = list(PERSONAS)
@@ -77,10 +83,19 @@ class Traffic:
                                                   for rank in range(leads)))
         self.profiled: set[str] = set()
         self.counter = 0
+        self.account_ids = [f"{prefix}-co-{i}" for i in range(accounts)]
+        self.account = {lead: self.rng.choice(self.account_ids) for lead in self.lead_ids} \
+            if accounts else {}
+        self.intent = intent
 
     def event(self, ts: int, lead_id: str | None = None) -> dict[str, Any]:
         """One event at ``ts``; the lead's first event is its profile."""
         rng = self.rng
+        if self.account and lead_id is None and rng.random() < self.intent:
+            self.counter += 1
+            return {"event_id": f"e-{self.counter}", "account_id": rng.choice(self.account_ids),
+                    "type": "intent_surge", "ts": ts,
+                    "properties": {"topic": rng.choice(["lead scoring", "sales alerts"])}}
         lead = lead_id or rng.choices(self.lead_ids, cum_weights=self.activity)[0]
         persona = PERSONAS[self.persona[lead]]
         self.counter += 1
@@ -89,6 +104,8 @@ class Traffic:
             self.profiled.add(lead)
             event["type"] = "profile_update"
             event["properties"] = dict(rng.choice(persona["profile"]))
+            if self.account:
+                event["properties"]["account_id"] = self.account[lead]
             return event
         kinds = persona["events"]
         kind = rng.choices(list(kinds), list(kinds.values()))[0]

@@ -82,6 +82,7 @@ def run_dev(settings: Settings, demo: bool,
         settings = settings.model_copy(update=update)
         asyncio.run(create_topics(broker.bootstrap, {
             settings.topic_events: settings.partitions, settings.topic_hot: settings.partitions,
+            settings.topic_account_awards: settings.partitions,  # (as the events topic)
             settings.topic_dlq: 1, **({settings.topic_undeliverable: 1} if destinations else {})}))
 
         def before(app: faust.App, settled: Settings, model: str | None) -> None:

@@ -20,15 +20,21 @@ __all__ = ["Tombstone", "forget", "forget_once", "send_tombstone"]
 Tombstone = Callable[[str], Awaitable[None]]  # tells downstream systems to forget a lead
 
 
-async def forget(store: RedisStore, tombstone: Tombstone, lead_id: str) -> bool:
+async def forget(store: RedisStore, tombstone: Tombstone, accounts: RedisStore | None,
+                 lead_id: str) -> bool:
     """Erase every key of a lead (state, ids, history, its places in the lead and
-    cooling indexes, its notifications not yet sent), then tombstone it. False if the
-    lead is unknown: nothing to erase, nothing sent. Every generation kept forgets it
-    (a rollback must not bring it back)."""
+    cooling indexes, its notifications and member awards not yet sent), and with
+    ``accounts`` (SPEC 11) its name from every account's member list, then tombstone it.
+    False if the lead is unknown: nothing to erase, nothing sent. Every generation kept
+    forgets it (a rollback must not bring it back)."""
     known = await store.forget(lead_id)
+    if known and accounts is not None:
+        await accounts.forget_member(lead_id)
     for generation in await registry(store.redis, store.keys.prefix):
         if generation.version != store.generation:
             known = await store.sibling(generation.version).forget(lead_id) or known
+            if accounts is not None:
+                await accounts.sibling(generation.version).forget_member(lead_id)
     if known:
         await tombstone(lead_id)
     return known
@@ -48,4 +54,4 @@ async def forget_once(runtime: Runtime, lead_id: str) -> bool:
         async with producing(runtime.settings) as producer:
             await send_tombstone(producer, topic, lead_id)
 
-    return await forget(runtime.store, tombstone, lead_id)
+    return await forget(runtime.store, tombstone, runtime.accounts, lead_id)

@@ -20,7 +20,7 @@ from streams.health import Health
 from streams.runtime import now_ms
 from streams.settings import Settings
 
-__all__ = ["schedule", "sweep_cooling"]
+__all__ = ["schedule", "schedule_accounts", "sweep_cooling"]
 
 
 async def sweep_cooling(store: RedisStore, delivery: Delivery, health: Health) -> None:
@@ -53,3 +53,18 @@ def schedule(app: faust.App, settings: Settings, store: RedisStore, delivery: De
     @app.timer(interval=settings.outbox_interval)
     async def outbox_resend() -> None:
         await health.safely("outbox re-send", delivery.resend_pending)
+
+
+def schedule_accounts(app: faust.App, settings: Settings, accounts: RedisStore,
+                      delivery: Delivery, health: Health) -> None:
+    """The account side's jobs (SPEC 11): its cooling sweep (account.cooled on time) and
+    the re-send of its outbox, on the leads' intervals."""
+
+    @app.timer(interval=settings.sweep_interval)
+    async def account_cooling_sweep() -> None:
+        await health.safely("account cooling sweep",
+                            lambda: sweep_cooling(accounts, delivery, health))
+
+    @app.timer(interval=settings.outbox_interval)
+    async def account_outbox_resend() -> None:
+        await health.safely("account outbox re-send", delivery.resend_pending)

@@ -42,6 +42,14 @@ EVENTS_REPLAYED = Counter("leadscore_events_replayed_total",
 EVENTS_DEAD = Counter("leadscore_events_dead_lettered_total",
                       "Messages sent to the dead-letter topic, by reason", ["reason"],
                       registry=REGISTRY)
+ACCOUNT_FORWARDS = Counter("leadscore_account_forwards_total", "Messages sent to the account "
+                           "topic (SPEC 11): member awards and account events", ["kind"],
+                           registry=REGISTRY)
+ACCOUNT_CONSUMED = Counter("leadscore_account_messages_consumed_total", "Messages read from "
+                           "the account topic by the account side", registry=REGISTRY)
+ACCOUNT_APPLIED = Counter("leadscore_account_messages_applied_total", "Member awards and "
+                          "account events applied to accounts (repeats and other "
+                          "generations' messages not counted)", registry=REGISTRY)
 BATCHES = Counter("leadscore_batches_total", "Batches applied to Redis", registry=REGISTRY)
 # By type and by score group (SPEC 10): group "" is the lead's own score (and any
 # notification without a group: accounts', or one written before groups). A label

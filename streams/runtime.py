@@ -63,16 +63,17 @@ async def producing(settings: Settings, **options: Any) -> AsyncIterator[AIOKafk
         await started.stop()
 
 
-async def committed_offsets(settings: Settings, group: str) -> dict[int, int]:
+async def committed_offsets(settings: Settings, group: str, topic: str | None = None
+                            ) -> dict[int, int]:
     """Partition -> the offset consumer group ``group`` has committed on the events topic
-    (none: it has not consumed). Asked by the store when a generation's data is missing:
-    a first start, or lost data?"""
+    (or ``topic``; none: it has not consumed). Asked by the store when a generation's data
+    is missing: a first start, or lost data?"""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers(settings.broker),
                                 group_id=group, enable_auto_commit=False,
                                 **settings.kafka_options())
     await consumer.start()
     try:
-        topic = settings.topic_events
+        topic = topic or settings.topic_events
         partitions = consumer.partitions_for_topic(topic)
         if partitions is None:
             await consumer.topics()  # metadata, once
@@ -95,6 +96,8 @@ class Runtime:
     rules: Ruleset
     redis: Any  # redis.asyncio.Redis or RedisCluster
     store: RedisStore
+    # The generation's accounts (SPEC 11), when the rules have an accounts: section.
+    accounts: RedisStore | None = None
 
 
 @contextlib.asynccontextmanager
@@ -115,7 +118,21 @@ async def connected(settings: Settings, rules: Ruleset | None = None, *, reader:
             committed=functools.partial(committed_offsets, settings, group),
             legacy=functools.partial(committed_offsets, settings, settings.group_id),
             **store_options)
-        yield Runtime(settings, rules, redis, store)
+        yield Runtime(settings, rules, redis, store, account_store(settings, rules, store))
+
+
+def account_store(settings: Settings, rules: Ruleset, leads: RedisStore) -> RedisStore | None:
+    """The store of the accounts of ``leads``'s generation (SPEC 11): the same Redis,
+    prefix and shards, the accounts' own rules and keyspace; None without accounts."""
+    if rules.accounts is None:
+        return None
+    return RedisStore(
+        leads.redis, rules.accounts.rules, leads.keys.prefix, leads.history_size,
+        leads.observe, len(leads.keys.shards),
+        committed=functools.partial(committed_offsets, settings,
+                                    settings.account_group(leads.generation),
+                                    settings.topic_account_awards),
+        generation=leads.generation, part="accounts")
 
 
 async def _active_rules(redis: Any, prefix: str) -> Ruleset | None:

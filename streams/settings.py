@@ -75,6 +75,10 @@ class Settings(_Secrets):
     topic_events: str = "lead-events"
     topic_hot: str = "lead-hot"
     topic_dlq: str = "lead-events-dlq"
+    topic_account_awards: str = Field("lead-account-awards", description="the internal "
+                                      "topic that carries member awards and account events "
+                                      "to the account side (SPEC 11); create it with the "
+                                      "events topic's partition count")
     web_port: int = Field(6066, ge=1, le=65535)
     web_host: str = "0.0.0.0"
     max_event_bytes: int = Field(MAX_EVENT_BYTES, ge=256,
@@ -179,6 +183,10 @@ class Settings(_Secrets):
         """The consumer group of a generation: each rules version reads the events topic
         at its own pace (docs/generations.md)."""
         return f"{self.group_id}.{rules_version}"
+
+    def account_group(self, rules_version: str) -> str:
+        """The consumer group of a generation's account side, on the account topic."""
+        return f"{self.group_id}.{rules_version}.accounts"
 
     def rules_path(self) -> Path:
         """The rules file; the bundled one when a default path (DEFAULT_RULES, or

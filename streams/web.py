@@ -11,6 +11,10 @@
     GET /leads/{id}/history       its last changes, newest first
     GET /lead?id=, /lead/history?id=  the same two, the id in the query (for browsers)
     GET /bands?stage=             how many leads score in each band now (SPEC 9's bands)
+    GET /accounts?hot=&limit=     the highest account scores now, from the account index
+    GET /accounts/{id}            one account now: members' contributions, reasons; 404
+    GET /accounts/{id}/history    its last changes; /account?id=, /account/history?id=
+                                  the same two with the id in the query (SPEC 11)
     GET /healthz /readyz /metrics
 
 Each endpoint is a function of the ``Api`` (what the answers come from) and the
@@ -56,14 +60,15 @@ from scoring.engine import STAGES, plain
 from scoring.events import MAX_ID_LENGTH, format_ts
 from scoring.rules import Group, Ruleset
 from scoring.store import RedisStore
-from scoring.views import Explain, Selection, lead_now
+from scoring.views import Explain, Selection, account_now, lead_now
 from streams import metrics
 from streams.feed import Feed
 from streams.runtime import now_ms
 from streams.served import ServedModel
 from streams.settings import Settings
 
-__all__ = ["ROUTES", "Api", "RateLimiter", "bands", "dashboard", "erase", "healthz",
+__all__ = ["ROUTES", "Api", "RateLimiter", "account_path", "account_query", "accounts",
+           "bands", "dashboard", "erase", "healthz",
            "history_of", "install", "lead_path", "lead_query", "leads", "prometheus", "readyz",
            "show", "stream"]
 
@@ -107,6 +112,7 @@ class Api:
     forget: Callable[[str], Awaitable[bool]]  # erase a lead and tombstone it; False if unknown
     feed: Feed  # the live notifications, for /stream
     served: ServedModel | None = None  # the conversion model (SPEC 12), if configured
+    accounts: RedisStore | None = None  # the accounts (SPEC 11), with an accounts: section
     limiter: RateLimiter = field(init=False)
     page: bytes = field(init=False)
 
@@ -312,6 +318,90 @@ async def history_of(api: Api, request: Request, lead_id: str) -> Response:
                   "history": entries})
 
 
+def _no_accounts(api: Api) -> Response | None:
+    if api.accounts is None:
+        return _error(404, "no accounts: the rules have no accounts: section (README, "
+                           "\"Accounts\")")
+    return None
+
+
+async def accounts(api: Api, request: Request) -> Response:
+    """GET /accounts: the highest account scores now, exactly, from the account index
+    (the lead list's, over the accounts' store); ``hot=true`` the hot ones."""
+    if (no := _refused(api, request, "read") or _no_accounts(api)) is not None:
+        return no
+    assert api.accounts is not None
+    try:
+        limit, hot = _limit(request, 20), _hot(request)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    now = now_ms()
+
+    def keep(view: dict[str, Any]) -> bool:
+        return hot is None or view["hot"] == hot
+
+    found = await api.accounts.top(now, limit, "hot" if hot else "all", keep,
+                                   ahead_ms=_ahead_ms(api))
+    rules = api.accounts.rules
+    return _json({"at": format_ts(now), "threshold": plain(rules.threshold),
+                  "rearm_below": plain(rules.rearm_below), "accounts": found})
+
+
+async def show_account(api: Api, request: Request, account_id: str) -> Response:
+    """GET /accounts/{id}: the account now, its buying committee and reasons."""
+    if (no := _refused(api, request, "read") or _no_accounts(api)
+            or _bad_id(account_id)) is not None:
+        return no
+    assert api.accounts is not None
+    loaded = await api.accounts.load(account_id)
+    if loaded is None:
+        return _error(404, f"no account {account_id!r}")
+    state, updated_at = loaded
+    now = now_ms()
+    return _json({**account_now(state, api.accounts.rules, now),
+                  "updated_at": format_ts(updated_at), "at": format_ts(now)})
+
+
+async def account_history(api: Api, request: Request, account_id: str) -> Response:
+    """GET /accounts/{id}/history: the account's last changes, newest first."""
+    if (no := _refused(api, request, "read") or _no_accounts(api)
+            or _bad_id(account_id)) is not None:
+        return no
+    assert api.accounts is not None
+    try:
+        limit = _limit(request, api.accounts.history_size or 1)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    entries = await api.accounts.history(account_id, limit)
+    if not entries and not await api.accounts.exists(account_id):
+        return _error(404, f"no account {account_id!r}")
+    return _json({"account_id": account_id, "history": entries})
+
+
+async def account_path(api: Api, request: Request) -> Response:
+    """Every path under /accounts/, split as ``lead_path`` splits those under /leads/."""
+    try:
+        found = _lead_path(request)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    handler = {"": show_account, "history": account_history}.get(found[1]) if found else None
+    if found is None or handler is None:
+        return _error(404, f"no such endpoint: {request.method} {request.rel_url.raw_path} "
+                           "(an account id is one path segment, percent-encoded)")
+    return await handler(api, request, found[0])
+
+
+async def account_query(api: Api, request: Request) -> Response:
+    """GET /account?id= and /account/history?id= (as ``lead_query``)."""
+    try:
+        account_id = _query_id(request)
+    except BadRequest as exc:
+        return _error(400, str(exc))
+    handler = account_history if request.rel_url.raw_path.endswith("/history") \
+        else show_account
+    return await handler(api, request, account_id)
+
+
 LeadHandler = Callable[[Api, Request, str], Awaitable[Response]]
 _UNDER_LEAD: dict[str, dict[str, LeadHandler]] = {  # method -> what follows the id -> handler
     "get": {"": show, "history": history_of},
@@ -387,6 +477,10 @@ ROUTES: dict[str, dict[str, Handler]] = {
     "/lead/history": {"get": lead_query},
     "/bands": {"get": bands},
     "/stream": {"get": stream},
+    "/accounts": {"get": accounts},
+    "/accounts/{path:(?s:.*)}": {"get": account_path},
+    "/account": {"get": account_query},
+    "/account/history": {"get": account_query},
 }
 
 

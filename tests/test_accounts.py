@@ -149,8 +149,14 @@ def test_a_file_without_accounts_scores_as_before() -> None:
     plain = parse_rules(RULES_TEXT.split("accounts:")[0].encode(), "plain.yaml")
     leads_only = [line for line in WORKED if b'"account_id"' not in line]
     with_accounts, without = replay(leads_only, RULES), replay(leads_only, plain)
-    assert {k: s.to_dict() for k, s in with_accounts.states.items()} == \
+    def lead_part(state: Any) -> dict[str, Any]:  # (its award numbers are the accounts')
+        shown = state.to_dict()
+        shown.pop("awarded", None)
+        return shown  # type: ignore[no-any-return]
+
+    assert {k: lead_part(s) for k, s in with_accounts.states.items()} == \
         {k: s.to_dict() for k, s in without.states.items()}
+    assert with_accounts.states["a1"].awarded == {"acme": 1, "beta": 1}
     assert without.accounts == {} and without.account_notifications == []
 
 
@@ -194,11 +200,33 @@ def test_internal_messages_round_trip_and_refuse_foreign_ones() -> None:
     assert result.accounts["acme"].members == {"a1": 40.0}
     from scoring.events import Event
 
-    award = Event("2:a1:e1", "acme", "member_award", T0, {"lead": "a1",
+    award = Event("2:a1:e1", "acme", "member_award", T0, {"lead": "a1", "n": 1,
                                                           "awards": [["pricing", 40.0]]}, True)
-    assert from_message(message(award, "v1")) == ("v1", award)
+    assert from_message(message(award, "v1")) == ("v1", award, None)
+    intent = Event("i1", "acme", "intent_surge", T0, {}, True)
+    assert from_message(message(intent, "v1", (3, 41))) == ("v1", intent, (3, 41))
     with pytest.raises(EventError, match="account topic"):
         from_message(b'{"event_id": "x"}')
+
+
+def test_a_resent_award_counts_once_however_late_and_early_ones_fold_in() -> None:
+    from scoring.engine import LeadState, apply
+    from scoring.events import Event
+
+    assert ACCOUNTS is not None
+    state = LeadState("acme")
+
+    def award(n: int, ts: int) -> Event:
+        return Event(f"2:a{n}:e", "acme", "member_award", ts,
+                     {"lead": "a1", "n": n, "awards": [["pricing", 10.0]]}, True)
+
+    assert not apply(state, award(2, T0), ACCOUNTS).duplicate  # (1 is still on its way)
+    assert state.awards_seen == {"a1": [0, 2]}
+    assert not apply(state, award(1, T0), ACCOUNTS).duplicate
+    assert state.awards_seen == {"a1": [2]} and state.engagement == 20.0
+    # A re-send a year of event time later is still recognised; the dedupe window is 7d.
+    assert apply(state, award(2, T0 + 365 * DAY), ACCOUNTS).duplicate
+    assert state.engagement == 20.0 and state.seen == {}
 
 
 # ------------------------------------------------------------------ the closed form

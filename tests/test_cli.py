@@ -42,7 +42,9 @@ def test_rules_check_accepts_a_good_file(capsys: pytest.CaptureFixture[str]) -> 
     assert out.endswith("8 fit and 17 engagement rules, half-life 30d, hot at 70, "
                         "re-armed below 50\n"
                         "  score group scoring: 3 engagement rules, hot at 25, re-armed below 15\n"
-                        "  score group alerts: 3 engagement rules, hot at 25, re-armed below 15\n")
+                        "  score group alerts: 3 engagement rules, hot at 25, re-armed below 15\n"
+                        "  accounts by profile field account_id (lead_weight 1): 2 fit and 1 "
+                        "engagement rules, hot at 80, re-armed below 60\n")
 
 
 def test_rules_check_shows_the_half_life_as_a_rules_file_writes_it(

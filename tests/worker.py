@@ -39,12 +39,14 @@ class Deployment:
         self.bootstrap, self.redis_url, self.tmp = bootstrap, redis_url, tmp
         self.partitions = partitions
         self.events, self.hot, self.dlq = f"t{n}-events", f"t{n}-hot", f"t{n}-dlq"
+        self.awards = f"t{n}-awards"
         self.prefix = f"t{n}"
         self.env = {
             **os.environ,
             "LEADSCORE_BROKER": f"kafka://{bootstrap}", "LEADSCORE_REDIS_URL": redis_url,
             "LEADSCORE_RULES": str(rules_path), "LEADSCORE_TOPIC_EVENTS": self.events,
             "LEADSCORE_TOPIC_HOT": self.hot, "LEADSCORE_TOPIC_DLQ": self.dlq,
+            "LEADSCORE_TOPIC_ACCOUNT_AWARDS": self.awards,
             "LEADSCORE_KEY_PREFIX": self.prefix, "LEADSCORE_GROUP_ID": f"t{n}-group",
             "LEADSCORE_BROKER_SESSION_TIMEOUT": "3", "LEADSCORE_WEB_HOST": "127.0.0.1",
             "LEADSCORE_SWEEP_INTERVAL": "3600", "LEADSCORE_OUTBOX_INTERVAL": "1",
@@ -59,7 +61,8 @@ class Deployment:
 
     async def create_topics(self) -> None:
         await create_topics(self.bootstrap, {self.events: self.partitions,
-                                             self.hot: self.partitions, self.dlq: 1},
+                                             self.hot: self.partitions, self.dlq: 1,
+                                             self.awards: self.partitions},
                             security=self.kafka_options())
 
     def worker(self) -> Worker:
@@ -187,4 +190,5 @@ async def wait_for(condition: Callable[[], bool | Awaitable[bool]], timeout: flo
 
 
 def keyed(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
-    return [(e["lead_id"].encode(), orjson.dumps(e)) for e in events]
+    return [((e["lead_id"] if "lead_id" in e else e["account_id"]).encode(), orjson.dumps(e))
+            for e in events]

@@ -45,9 +45,9 @@ class Outcome:
     rejected: list[tuple[int, EventError]] = field(default_factory=list)
     # With accounts (SPEC 11): each applied event's member award for its lead's account
     # (its index in the batch, the award), in order; and, from Redis, the outbox entries
-    # that carry them to the account side (``award_entries``, with their leads).
+    # that carry them to the account side (``award_entries``, in the same order).
     forwards: list[tuple[int, Event]] = field(default_factory=list)
-    award_entries: list[tuple[bytes, str]] = field(default_factory=list)
+    award_entries: list[bytes] = field(default_factory=list)
 
     def award(self, rule_id: str, times: float, points: float) -> None:
         tally = self.awards.get(rule_id)

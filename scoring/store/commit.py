@@ -9,6 +9,7 @@ builds exactly the layout COMMIT's comment describes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -304,11 +305,15 @@ def _flat(progress: dict[int, int]) -> list[int]:
 
 
 def commit_arguments(shard: Shard, leads: dict[str, Stored], notes: list[Notification],
-                     now_ms: int, rules: Ruleset, history_size: int, mode: Mode
+                     now_ms: int, rules: Ruleset, history_size: int, mode: Mode,
+                     awards: Sequence[bytes] = ()
                      ) -> tuple[list[bytes], list[Any]]:
     """The outbox entries of ``notes``, and the arguments of the COMMIT call that
     writes the shard's leads (their layout is above, beside the script). A lead that is
-    new and had every event refused is not written: as offline, it was never seen."""
+    new and had every event refused is not written: as offline, it was never seen.
+    ``awards``: member awards for the account side (SPEC 11), recorded in the outbox
+    beside the notifications (an outbox, so that they leave exactly when the state that
+    made them is committed)."""
     leads = {lead_id: stored for lead_id, stored in leads.items()
              if stored.version >= 0 or stored.state.t_ref is not None}
     window, step = rules.dedupe_window_ms, rules.prune_step_ms
@@ -358,7 +363,7 @@ def commit_arguments(shard: Shard, leads: dict[str, Stored], notes: list[Notific
         head["flip"] = [fence, _flat(old_progress)]
         keys.append(old_key)
     return entries, [len(keys), *keys, orjson.dumps(head), *records,
-                     *(entry for some in histories for entry in some), *entries]
+                     *(entry for some in histories for entry in some), *entries, *awards]
 
 
 def fence_value(deadline_ms: int, old: str, new: str, kind: str = "fence") -> str:

@@ -184,4 +184,5 @@ def _copy(state: LeadState) -> LeadState:
                      dict(state.contributions), dict(state.profile), state.stage, state.hot,
                      dict(state.counts), {r: dict(w) for r, w in state.windows.items()},
                      dict(state.seen), state.notified, list(state.groups_hot),
-                     dict(state.members))
+                     dict(state.members), dict(state.awarded),
+                     {lead: list(seen) for lead, seen in state.awards_seen.items()})

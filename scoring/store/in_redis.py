@@ -38,9 +38,10 @@ import orjson
 from redis.exceptions import WatchError
 
 from scoring import history
-from scoring.engine import LeadState, cool
+from scoring.accounts import message
+from scoring.engine import LeadState, cool, subject_of
 from scoring.errors import DataLost, HandingOver, StoreError, Superseded
-from scoring.events import Event
+from scoring.events import MEMBER_AWARD, Event
 from scoring.rules import Ruleset
 from scoring.store import record
 from scoring.store.batch import Batch, Outcome, PartlyApplied, apply_batch, numbered
@@ -98,10 +99,12 @@ class RedisStore:
     def __init__(self, redis: Any, rules: Ruleset, prefix: str = PREFIX,
                  history_size: int = history.SIZE, observe: Observe = _ignore, shards: int = 1,
                  committed: Committed = _none, generation: str | None = None,
-                 legacy: Committed = _none) -> None:
+                 legacy: Committed = _none, part: str = "") -> None:
         self.redis = redis  # redis.asyncio.Redis or RedisCluster
         self.rules = rules
-        self.keys = Layout(prefix, shards, generation or rules.version)
+        # (part "accounts": the generation's accounts, SPEC 11, scored by ``rules``, the
+        # accounts' own)
+        self.keys = Layout(prefix, shards, generation or rules.version, part)
         self.history_size = history_size
         self.observe = observe
         self.committed = committed
@@ -222,7 +225,8 @@ class RedisStore:
         """The store of another generation of the same deployment, for erasure (its
         rules are this store's: what erasure needs of them is the same)."""
         return RedisStore(self.redis, self.rules, self.keys.prefix, self.history_size,
-                          self.observe, len(self.keys.shards), generation=generation)
+                          self.observe, len(self.keys.shards), generation=generation,
+                          part=self.keys.part)
 
     @property
     def opened(self) -> bool:
@@ -429,7 +433,7 @@ class RedisStore:
                     await pipe.watch(key, shard.outbox)
                     raw = await self.redis.get(key)
                     pending = [entry for entry in await self.redis.zrange(shard.outbox, 0, -1)
-                               if orjson.loads(entry)["lead_id"] == lead_id]
+                               if _owner(orjson.loads(entry)) == lead_id]
                     pipe.multi()
                     pipe.delete(key, shard.ids(lead_id), shard.history(lead_id))
                     pipe.zrem(shard.cooling, lead_id)
@@ -447,6 +451,43 @@ class RedisStore:
                 except WatchError:
                     continue  # the lead changed meanwhile: forget what it is now
         raise StoreError(f"could not forget {lead_id!r}: it kept changing")
+
+    async def forget_member(self, lead_id: str) -> int:
+        """An account store's part of erasing a lead (SPEC 11): remove the lead from the
+        member list of every account it contributed to. The accounts' scores keep the
+        points it brought (they are the company's, no longer attributed to anyone).
+        A SCAN of the accounts' states: erasure is rare, accounts are few beside leads.
+        Returns how many accounts named it."""
+        changed = 0
+        async for state in self.states():
+            if lead_id in state.members or lead_id in state.awards_seen:
+                changed += await self._drop_member(state.lead_id, lead_id)
+        return changed
+
+    async def _drop_member(self, account_id: str, lead_id: str) -> int:
+        key = self.keys.of(account_id).state(account_id)
+        for _ in range(MAX_RETRIES):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    raw = await self.redis.get(key)
+                    if raw is None:
+                        return 0
+                    found = record.decode(raw, {})
+                    state = found.state
+                    # (its award numbers too: a lead that comes back numbers from 1 again)
+                    numbered = state.awards_seen.pop(lead_id, None) is not None
+                    if state.members.pop(lead_id, None) is None and not numbered:
+                        return 0
+                    pipe.multi()
+                    pipe.set(key, record.encode(found.state, found.offsets, found.updated_at,
+                                                found.version + 1))
+                    await pipe.execute()
+                    return 1
+                except WatchError:
+                    continue
+        raise StoreError(f"could not forget {lead_id!r} in account {account_id!r}: it kept "
+                         "changing")
 
     async def dead_lettered(self, messages: Sequence[str]) -> list[bool]:
         """Which of these messages (``"<topic>:<partition>:<offset>"``) were dead-lettered
@@ -473,7 +514,7 @@ class RedisStore:
         published already. ``lead_ids``: the lead of each entry when the caller has it,
         else it is read from the entry."""
         entries = list(entries)
-        leads = [orjson.loads(entry)["lead_id"] for entry in entries] if lead_ids is None \
+        leads = [_owner(orjson.loads(entry)) for entry in entries] if lead_ids is None \
             else lead_ids
         by_shard: dict[Shard, list[bytes]] = {}
         for entry, lead_id in zip(entries, leads, strict=True):
@@ -511,9 +552,13 @@ class RedisStore:
                 outcome.notifications = []  # rebuilding: nothing to send
             mode = Mode(self.generation, live, self.markers[shard.number], progress or {},
                         flip, fence)
+            # Member awards (SPEC 11) go out whatever the mode: the generation's own
+            # account side needs them, rebuilding or not.
+            outcome.award_entries = [message(award, self.generation)
+                                     for _, award in outcome.forwards]
             outcome.entries, commit = commit_arguments(
                 shard, stored, outcome.notifications, now_ms, self.rules, self.history_size,
-                mode)
+                mode, outcome.award_entries)
             started = time.perf_counter()
             stale = await self.redis.eval(COMMIT, *commit)
             self.observe("write", time.perf_counter() - started)
@@ -570,6 +615,14 @@ class RedisStore:
                 for lead_id, raw in zip(leads, replies[0], strict=True)}
 
 
+def _owner(entry: dict[str, Any]) -> str:
+    """Whose shard holds an outbox entry: a notification's lead or account, a member
+    award's lead."""
+    if entry["type"] == MEMBER_AWARD:
+        return str(entry["properties"]["lead"])
+    return subject_of(entry)
+
+
 def _glob_escaped(text: str) -> str:
     """``text`` matched literally in a SCAN pattern (a key prefix may hold ``*``, ``?``,
     ``[``)."""
@@ -580,7 +633,7 @@ def _progress(part: Batch) -> dict[int, int]:
     """Partition -> the offset after the last of the part's events from it."""
     out: dict[int, int] = {}
     for _, _, position in part:
-        if position is not None:
+        if position is not None and position[0] >= 0:  # (< 0: scoring.accounts.position)
             out[position[0]] = position[1] + 1  # (in order per partition: the last wins)
     return out
 

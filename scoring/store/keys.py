@@ -39,6 +39,10 @@ writes, which generation is active there.
                                     another worker wrote a new marker
     <gen>:replay_until              HASH partition -> offset: a generation rebuilding after
                                     Redis lost it sends nothing for events below these
+    <gen>:accounts:{n}:...          the same keys for the generation's accounts (SPEC 11;
+                                    an account's state as a lead's, by account id), in
+                                    the same slots: the account side's commits check the
+                                    same active keys
     <prefix>:{n}:active             the rules_version active in shard n, or
                                     "fence:<deadline ms>:<old>:<new>" during a cutover
     <prefix>:active                 the rules_version active everywhere (for readers)
@@ -129,14 +133,17 @@ def active_key(prefix: str) -> str:
 
 
 class Layout:
-    """The shards of one generation (``generation``, a rules_version) of a key prefix."""
+    """The shards of one generation (``generation``, a rules_version) of a key prefix: of
+    its leads, or (``part`` "accounts") of its accounts."""
 
-    def __init__(self, prefix: str, shards: int, generation: str) -> None:
+    def __init__(self, prefix: str, shards: int, generation: str, part: str = "") -> None:
         if shards < 1:
             raise ValueError("shards must be at least 1")
         self.prefix = prefix
         self.generation = generation
-        self.root = f"{prefix}:{generation}"  # every key of the generation starts so
+        self.part = part
+        # Every key of the generation's part starts so.
+        self.root = f"{prefix}:{generation}:{part}" if part else f"{prefix}:{generation}"
         self.shards = [Shard(n, f"{self.root}:{{{n}}}", prefix) for n in range(shards)]
         self.layout_key = layout_key(prefix)
         self.generations = generations_key(prefix)
@@ -148,7 +155,7 @@ class Layout:
 
     def of_generation(self, generation: str) -> Layout:
         """The same shards, in another generation's keyspace."""
-        return Layout(self.prefix, len(self.shards), generation)
+        return Layout(self.prefix, len(self.shards), generation, self.part)
 
     def of(self, lead_id: str) -> Shard:
         """The shard of a lead: stable across processes and restarts."""

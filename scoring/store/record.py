@@ -8,7 +8,9 @@ readable:
     [1, version, lead_id, T, E, F, contributions, profile, stage index, hot (0/1),
      counts, windows {rule: {window: used}}, notified, offsets {partition: offset},
      updated_at(, the score groups hot for the lead, when there are any: SPEC 10)
-     (, an account's members' shares {lead_id: share}, when there are any: SPEC 11)]
+     (, an account's members' shares {lead_id: share}, a lead's awards made per account
+      {account_id: n}, an account's awards applied per member {lead_id: [n, ...]}: each
+      with those after it, when there are any: SPEC 11)]
 
 The leading 1 is the format. The version counts the lead's writes: the store's
 COMMIT script reads it from the front (``[1,<version>,``) to refuse a write based on
@@ -51,10 +53,12 @@ def encode(state: LeadState, offsets: dict[str, int], updated_at: int, version: 
         FORMAT, version, state.lead_id, state.t_ref, state.engagement, state.fit,
         state.contributions, state.profile, _STAGE_INDEX[state.stage], int(state.hot),
         state.counts, windows, state.notified, offsets, updated_at]
-    if state.groups_hot or state.members:
-        fields.append(state.groups_hot)
-    if state.members:
-        fields.append(state.members)
+    # Optional trailing fields: each written, with those before it, when it or one after
+    # it is not empty; an old reader's state (groups only) stays as it was.
+    tail = [state.groups_hot, state.members, state.awarded, state.awards_seen]
+    while tail and not tail[-1]:
+        tail.pop()
+    fields += tail
     return orjson.dumps(fields)
 
 
@@ -70,10 +74,12 @@ def decode(raw: bytes | str, seen: dict[str, int]) -> Record:
      windows, notified, offsets, updated_at) = doc[:15]
     groups_hot = doc[15] if len(doc) > 15 else []
     members = doc[16] if len(doc) > 16 else {}
+    awarded = doc[17] if len(doc) > 17 else {}
+    awards_seen = doc[18] if len(doc) > 18 else {}
     if windows:
         windows = {rule: {int(w): used for w, used in ws.items()}
                    for rule, ws in windows.items()}
     return Record(LeadState(lead_id, t_ref, engagement, fit, contributions, profile,
                             STAGES[stage], bool(hot), counts, windows, seen, notified,
-                            groups_hot, members),
+                            groups_hot, members, awarded, awards_seen),
                   offsets, updated_at, version)
