@@ -138,6 +138,11 @@ def _parser() -> argparse.ArgumentParser:
     lead.add_argument("lead_id")
     lead.set_defaults(run=_lead)
 
+    account = commands.add_parser("account", help="show one account's score, members' "
+                                  "contributions and reasons (SPEC 11)")
+    account.add_argument("account_id")
+    account.set_defaults(run=_account)
+
     forget = commands.add_parser("forget", help="erase a lead (GDPR) and tombstone it on the "
                                  "notifications topic")
     forget.add_argument("lead_id")
@@ -237,6 +242,14 @@ def _lead(args: argparse.Namespace) -> int:
     from streams.client import show_lead
 
     return asyncio.run(show_lead(load_settings(), args.lead_id))
+
+
+def _account(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.client import show_account
+
+    return asyncio.run(show_account(load_settings(), args.account_id))
 
 
 def _forget(args: argparse.Namespace) -> int:

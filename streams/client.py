@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from scoring.errors import LeadscoreError
 from scoring.events import format_ts
-from scoring.views import lead_now
+from scoring.views import account_now, lead_now
 from streams.erasure import forget_once
 from streams.runtime import connected, now_ms, producing
 from streams.served import ServedModel
@@ -48,11 +48,14 @@ async def produce_file(settings: Settings, path: Path) -> int:
 
 
 def _lead_key(line: bytes) -> bytes | None:
+    """The message key: the lead_id, or for an event about an account its account_id
+    (SPEC 11), so that each one's events stay in order on one partition."""
     try:
-        lead_id = orjson.loads(line).get("lead_id")
+        doc = orjson.loads(line)
+        subject = doc.get("lead_id", doc.get("account_id"))
     except (orjson.JSONDecodeError, AttributeError):
         return None
-    return lead_id.encode() if isinstance(lead_id, str) else None
+    return subject.encode() if isinstance(subject, str) else None
 
 
 async def show_lead(settings: Settings, lead_id: str) -> int:
@@ -66,6 +69,24 @@ async def show_lead(settings: Settings, lead_id: str) -> int:
     state, updated_at = loaded
     # Cooled first if due, as the API shows it; the probability at the same instant.
     view = lead_now(state, runtime.rules, now_ms(), None if served is None else served.explain)
+    print(orjson.dumps({**view, "updated_at": format_ts(updated_at)},
+                       option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+async def show_account(settings: Settings, account_id: str) -> int:
+    """The account now, as ``GET /accounts/{id}`` shows it (SPEC 11): its score, every
+    member's contribution, its reasons, its profile."""
+    async with connected(settings, reader=True) as runtime:
+        if runtime.accounts is None:
+            raise LeadscoreError("the active rules have no accounts: section, so there are "
+                                 "no accounts (README, \"Accounts\")")
+        loaded = await runtime.accounts.load(account_id)
+        rules = runtime.accounts.rules
+    if loaded is None:
+        raise LeadscoreError(f"no account {account_id!r} in Redis")
+    state, updated_at = loaded
+    view = account_now(state, rules, now_ms())
     print(orjson.dumps({**view, "updated_at": format_ts(updated_at)},
                        option=orjson.OPT_INDENT_2).decode())
     return 0
