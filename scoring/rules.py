@@ -413,10 +413,11 @@ def _by_type(engagement: tuple[EngagementRule, ...]) -> dict[str, tuple[Engageme
     return {t: tuple(rules) for t, rules in by_type.items()}
 
 
-def _accounts(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: str
-              ) -> Accounts | None:
+def _accounts(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: str,
+              data: bytes) -> Accounts | None:
     """The ``accounts:`` section's own ruleset: no stages, no groups; the file's
-    half-life, dedupe window and version."""
+    half-life, dedupe window, version and bytes (which register the generation, whichever
+    of its stores opens first)."""
     section = spec.accounts
     if section is None:
         return None
@@ -429,7 +430,7 @@ def _accounts(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version:
         engagement=engagement, by_type=_by_type(engagement),
         window_ms={r.id: r.limit_per_ms for r in engagement if r.limit_per_ms is not None},
         prune_step_ms=max(spec.dedupe_window // 8, 1), stage_after={},
-        subject="account", profile_type=ACCOUNT_UPDATE)
+        subject="account", profile_type=ACCOUNT_UPDATE, text=data)
     return Accounts(section.key, section.lead_weight, rules)
 
 
@@ -450,7 +451,7 @@ def _compile(spec: RulesSpec, tests: dict[tuple[str, int], Predicate], version: 
         window_ms={r.id: r.limit_per_ms for r in engagement if r.limit_per_ms is not None},
         prune_step_ms=max(spec.dedupe_window // 8, 1),
         stage_after={**{t: "mql" for t in spec.mql_events}, CONVERTED: "customer"},
-        groups=groups, text=data, accounts=_accounts(spec, tests, version))
+        groups=groups, text=data, accounts=_accounts(spec, tests, version, data))
 
 
 # ---------------------------------------------------------------- problems

@@ -51,10 +51,10 @@ def create_app(runtime: Runtime, served: ServedModel | None = None) -> faust.App
     health = Health(settings.stall_seconds)
     delivery = Delivery(settings, store, health)
     consumer = EventsConsumer(settings, store, delivery, health)
-    rebuild = Rebuild(settings, store, delivery, health)
     # With accounts (SPEC 11): the account side, its own loop over the account topic into
     # the generation's account store, its own delivery (account.hot, account.cooled).
     accounts = runtime.accounts
+    rebuild = Rebuild(settings, store, delivery, health, accounts)
     account_delivery = None if accounts is None else Delivery(settings, accounts, health)
     account_consumer = None if accounts is None or account_delivery is None else \
         EventsConsumer(settings, accounts, account_delivery, health, accounts=True)

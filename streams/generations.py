@@ -47,8 +47,9 @@ class Rebuild:
     """One per worker: its generation's progress, cutover and clean-up."""
 
     def __init__(self, settings: Settings, store: RedisStore, delivery: Delivery,
-                 health: Health) -> None:
+                 health: Health, accounts: RedisStore | None = None) -> None:
         self.settings, self.store, self.delivery, self.health = settings, store, delivery, health
+        self.accounts = accounts  # the generation's accounts (SPEC 11), if any
         self.status: str | None = None  # "rebuilding: ..." while not active
         self._sample: tuple[float, int] | None = None  # (monotonic s, events applied)
         self.rate = 0.0
@@ -130,7 +131,7 @@ class Rebuild:
                 "cutover", lambda: self._cut_over(active, old.ruleset())))
 
     async def _cut_over(self, active: str, old_rules: Ruleset) -> None:
-        done = await Cutover(self.store, active, old_rules, now_ms).run(
+        done = await Cutover(self.store, active, old_rules, now_ms, self.accounts).run(
             lambda: asyncio.sleep(CHECK_SECONDS))
         if done is None:
             return

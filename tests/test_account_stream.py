@@ -132,3 +132,69 @@ async def test_sigkilled_workers_lose_no_award_and_count_none_twice(
         worker = deployment.worker().start()
     await producing
     await assert_accounts_equal_offline(deployment, events)
+
+
+async def test_a_rules_change_rescores_accounts_at_the_cutover_and_keeps_their_ids(
+        bootstrap: str, redis_url: str, tmp_path: Path) -> None:
+    """Rules A, then B with a lower account bar (SPEC 8 for accounts): after the cutover
+    every account is B's offline state, the accounts whose hot flag differs at X get one
+    rescore notification, numbered after A's. One events partition, so that each
+    account sees its awards in file order and the offline hot flags are the stream's."""
+    rules_a = tmp_path / "rules-a.yaml"
+    rules_a.write_text(DEFAULT_RULES.read_text())
+    rules_b = tmp_path / "rules-b.yaml"
+    rules_b.write_text(rules_a.read_text().replace(
+        "hot: {threshold: 80, rearm_below: 60}   # account.hot",
+        "hot: {threshold: 95, rearm_below: 90}   # account.hot"))
+    deployment = Deployment(bootstrap, redis_url, rules_a, tmp_path, partitions=1,
+                            rebuild_batch_size="200")
+    try:
+        await deployment.create_topics()
+        events = traffic(800, seed=13)
+        lines = [orjson.dumps(e) for e in events]
+        old = deployment.worker().start()
+        await old.wait_ready()
+        await produce_slowly(deployment, events, chunks=4)
+        a_rules, b_rules = load_rules(rules_a), load_rules(rules_b)
+        a_accounts = replay(lines, a_rules).accounts
+
+        async def accounts_of(rules: Any) -> dict[str, LeadState]:
+            async with connected(deployment.settings(), rules) as runtime:
+                assert runtime.accounts is not None
+                found = {a: await runtime.accounts.load(a) for a in a_accounts}
+            return {a: f[0] for a, f in found.items() if f is not None}
+
+        async def a_done() -> bool:
+            return {a: numbers(s) for a, s in (await accounts_of(a_rules)).items()} == \
+                {a: numbers(s) for a, s in a_accounts.items()}
+        await wait_for(a_done, 120, "A's accounts never reached the offline ones")
+        new = deployment.worker()
+        new.env["LEADSCORE_RULES"] = str(rules_b)
+        new.start()
+        await new.wait_ready(timeout=120)  # ready: B is active
+        async with connected(deployment.settings(), b_rules) as runtime:
+            from scoring.store.generations import registry
+            at = next(g.activated_at for g in await registry(runtime.redis, deployment.prefix)
+                      if g.version == b_rules.version)
+        assert at is not None
+        want_a = replay(lines, a_rules, at=at).accounts
+        want_b = replay(lines, b_rules, at=at).accounts
+        owed = {a for a in want_b if want_b[a].hot != want_a[a].hot}
+        assert owed, "rules B must change some account's hot flag"
+
+        def rescores(records: list[Any]) -> list[dict[str, Any]]:
+            return [n for n in map(lambda r: orjson.loads(r.value), records)
+                    if n.get("cause") == "rescore" and "account_id" in n]
+        records = await deployment.read_all(
+            deployment.hot, lambda rs: {n["account_id"] for n in rescores(rs)} >= owed)
+        got = rescores(records)
+        assert sorted(n["account_id"] for n in got) == sorted(owed)  # once each, only those
+        for note in got:
+            account = note["account_id"]
+            assert note["type"] == ("account.hot" if want_b[account].hot else "account.cooled")
+            # Numbered after every notification A sent for the account.
+            assert note["notification_id"] == f"{account}:{want_a[account].notified + 1}"
+        assert {a: numbers(s) for a, s in (await accounts_of(b_rules)).items()} == \
+            {a: numbers(s) for a, s in want_b.items()}
+    finally:
+        deployment.stop_all()

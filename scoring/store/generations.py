@@ -18,6 +18,12 @@ to NEW, run by one worker of NEW at a time (the ``cutover`` lock):
    store's ``explain``) each rescore carries the lead's ``p_convert`` at X; OLD's
    owed coolings do not (they are of OLD's rules, which NEW's model does not fit).
 
+With accounts (SPEC 11), NEW's account store (``accounts``) takes part: at step 4 every
+account's counter is carried over too, and after each shard's flip its accounts whose
+hot flag at X differs get their ``account.hot`` / ``account.cooled`` with cause
+``rescore``, recorded in the account outbox (sent by the account side's re-send). The
+cutover waits for NEW's leads only; see docs/accounts.md for what that leaves open.
+
 A worker killed at any step leaves every shard either OLD's (its fence expires and
 OLD goes on; nothing was sent by NEW) or NEW's (flipped with its notifications in the
 outbox, re-sent from there): the next attempt skips the flipped shards and redoes the
@@ -35,7 +41,7 @@ from typing import Any
 import orjson
 
 from scoring import history
-from scoring.engine import LeadState, Notification, cool, rescore
+from scoring.engine import LeadState, Notification, cool, hot_at, rescore
 from scoring.errors import HandingOver
 from scoring.rules import Ruleset, parse_rules
 from scoring.store import record
@@ -193,8 +199,9 @@ class Cutover:
     """One attempt at making ``store``'s generation active in place of ``old``."""
 
     def __init__(self, store: RedisStore, old: str, old_rules: Ruleset,
-                 now: Callable[[], int]) -> None:
+                 now: Callable[[], int], accounts: RedisStore | None = None) -> None:
         self.store, self.old, self.old_rules, self.now = store, old, old_rules, now
+        self.accounts = accounts  # NEW's account store (SPEC 11), if its rules have accounts
         self.old_keys: Layout = store.keys.of_generation(old)
         self.token = uuid.uuid4().hex
         self.fence = ""  # the fence this attempt set, as last renewed
@@ -231,8 +238,11 @@ class Cutover:
                 await self._renew("closed")  # NEW's own commits wait now too
                 at = self.now()
                 await self._carry_counters()
+                if self.accounts is not None:
+                    await self._carry_counters(self.accounts)
                 entries: list[bytes] = []
-                for shard in list(self.todo):
+                flipped = list(self.todo)
+                for shard in flipped:
                     await self._renew("closed")
                     entries += await self._flip(shard, at)
                     self.todo.remove(shard)
@@ -244,6 +254,9 @@ class Cutover:
             pipe.hset(keys.generations, mapping={f"{store.generation}:activated_at": at,
                                                  f"{self.old}:deactivated_at": at})
             await pipe.execute()
+            if self.accounts is not None:
+                for shard in flipped:
+                    await self._rescore_accounts(self.accounts, shard.number, at)
             return at, entries
         finally:
             await redis.eval(RELEASE, 1, keys.cutover_lock, self.token)
@@ -264,36 +277,65 @@ class Cutover:
         for shard in self.todo:
             await self.store.redis.eval(SWAP, 1, shard.active, self.fence, self.old)
 
-    async def _carry_counters(self) -> None:
-        """NEW's notification counter of every lead becomes at least OLD's. One SCAN of
-        OLD's states (a pattern does not narrow a SCAN to one slot), in commits of
-        CHUNK leads per shard, renewing the fences as it goes."""
-        todo = {shard.number: shard for shard in self.todo}
-        pattern = f"{self.old_keys.root}:{{*}}:state:*"
+    async def _carry_counters(self, store: RedisStore | None = None) -> None:
+        """NEW's notification counter of every lead (or, ``store`` NEW's accounts, every
+        account) becomes at least OLD's. One SCAN of OLD's states (a pattern does not
+        narrow a SCAN to one slot), in commits of CHUNK leads per shard, renewing the
+        fences as it goes."""
+        store = store or self.store
+        old_keys = store.keys.of_generation(self.old)
+        todo = {shard.number: store.keys.shards[shard.number] for shard in self.todo}
+        pattern = f"{old_keys.root}:{{*}}:state:*"
         found: dict[int, list[str]] = {}
-        async for key in self.store.redis.scan_iter(match=pattern, count=1000):
-            tag, _, lead = as_text(key)[len(self.old_keys.root) + 2:].partition("}:state:")
-            if int(tag) in todo:
+        async for key in store.redis.scan_iter(match=pattern, count=1000):
+            tag, _, lead = as_text(key)[len(old_keys.root) + 2:].partition("}:state:")
+            if tag.isdigit() and int(tag) in todo:
                 found.setdefault(int(tag), []).append(lead)
         for number, leads in found.items():
             shard = todo[number]
             for start in range(0, len(leads), CHUNK):
                 await self._renew("closed")
-                old = await self._old(shard, leads[start:start + CHUNK])
+                old = await _states(store, old_keys.shards[number], leads[start:start + CHUNK])
                 counters = {lead: state.notified for lead, state in old.items()
                             if state.notified}
                 if counters:
-                    await self.store._transact(
+                    await store._transact(
                         shard, {lead: [] for lead in counters}, _raise_counters(counters),
                         self.now(), silent=True, fence=self.fence)
 
+    async def _rescore_accounts(self, accounts: RedisStore, number: int, at: int) -> None:
+        """After shard ``number`` flipped: each account of it whose hot flag at ``at``
+        differs between OLD's accounts and NEW's gets its rescore notification, in NEW's
+        account outbox (the generation is live there now)."""
+        shard = accounts.keys.shards[number]
+        old_shard = accounts.keys.of_generation(self.old).shards[number]
+        old_accounts = self.old_rules.accounts
+        candidates = await self._hot(shard, accounts.rules)
+        if old_accounts is not None:
+            candidates |= await self._hot(old_shard, old_accounts.rules)
+        if not candidates:
+            return
+        old = await _states(accounts, old_shard, sorted(candidates))
+        owed = {account: (hot_at(state, at, old_accounts.rules), state.notified)
+                for account, state in old.items()} if old_accounts is not None else {}
+        rules = accounts.rules
+
+        def change(found: dict[str, Stored]) -> Outcome:
+            outcome = Outcome()
+            for account_id, stored in found.items():
+                if stored.state.t_ref is None:
+                    continue  # (none in NEW: nothing to say under NEW's rules)
+                hot, notified = owed.get(account_id, (False, 0))
+                notes = rescore(stored.state, hot, notified, at, rules)
+                outcome.notifications += notes
+                stored.history += map(history.rescored, notes)
+            return outcome
+
+        await accounts._transact(shard, {a: [] for a in sorted(candidates)}, change, self.now())
+
     async def _old(self, shard: Shard, leads: list[str]) -> dict[str, LeadState]:
         """OLD's states of these leads (those it has)."""
-        old_shard = self.old_keys.shards[shard.number]
-        raws = await self.store.redis.execute_command(
-            "MGET", *[old_shard.state(lead) for lead in leads]) if leads else []
-        return {lead: record.decode(raw, {}).state
-                for lead, raw in zip(leads, raws, strict=True) if raw is not None}
+        return await _states(self.store, self.old_keys.shards[shard.number], leads)
 
     async def _flip(self, shard: Shard, at: int) -> list[bytes]:
         """Make NEW active in the shard, with the notifications it owes: for a lead OLD
@@ -341,6 +383,14 @@ class Cutover:
         for key in keys:
             found.update(as_text(m) for m in await redis.zrange(key, 0, -1))
         return found
+
+
+async def _states(store: RedisStore, shard: Shard, ids: list[str]) -> dict[str, LeadState]:
+    """The states of these leads (or accounts) in ``shard``, those it has."""
+    raws = await store.redis.execute_command(
+        "MGET", *[shard.state(one) for one in ids]) if ids else []
+    return {one: record.decode(raw, {}).state
+            for one, raw in zip(ids, raws, strict=True) if raw is not None}
 
 
 def _raise_counters(counters: dict[str, int]) -> Callable[[dict[str, Stored]], Outcome]:
