@@ -194,7 +194,12 @@ async def test_a_rules_change_rescores_accounts_at_the_cutover_and_keeps_their_i
             assert note["type"] == ("account.hot" if want_b[account].hot else "account.cooled")
             # Numbered after every notification A sent for the account.
             assert note["notification_id"] == f"{account}:{want_a[account].notified + 1}"
-        assert {a: numbers(s) for a, s in (await accounts_of(b_rules)).items()} == \
+        now_b = await accounts_of(b_rules)
+        assert {a: numbers(s) for a, s in now_b.items()} == \
             {a: numbers(s) for a, s in want_b.items()}
+        # Every account's counter carried over, rescored or not: its next id is new.
+        assert {a: s.notified for a, s in now_b.items()} == {
+            a: max(want_a[a].notified, want_b[a].notified) + (a in owed) for a in want_b}
+        assert any(want_a[a].notified > want_b[a].notified for a in want_b if a not in owed)
     finally:
         deployment.stop_all()
