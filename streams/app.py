@@ -55,6 +55,7 @@ def create_app(runtime: Runtime, served: ServedModel | None = None) -> faust.App
     # the generation's account store, its own delivery (account.hot, account.cooled).
     accounts = runtime.accounts
     rebuild = Rebuild(settings, store, delivery, health, accounts)
+    delivery.accounts = accounts
     account_delivery = None if accounts is None else Delivery(settings, accounts, health)
     account_consumer = None if accounts is None or account_delivery is None else \
         EventsConsumer(settings, accounts, account_delivery, health, accounts=True)

@@ -347,6 +347,9 @@ class EventsConsumer:
         self.positions.update(applied)
         if self.store.replay_until:
             await self.store.replayed_to({tp.partition: o for tp, o in self.positions.items()})
+        if accounts:  # (for the cutover: the account side has applied this far)
+            await self.store.account_topic_progress(
+                consumed={tp.partition: o for tp, o in applied.items()})
         if time.monotonic() - self._committed_at >= COMMIT_SECONDS:
             await self.commit()
 

@@ -49,6 +49,9 @@ class Delivery:
         self.producer: AIOKafkaProducer | None = None
         self.dead_letters: DeadLetters | None = None
         self._in_flight: set[asyncio.Future[None]] = set()  # deliveries awaiting acks
+        # The account store whose lead side this is (SPEC 11): told how far the account
+        # topic was sent, for the cutover (``RedisStore.account_topic_progress``).
+        self.accounts: RedisStore | None = None
 
     async def start(self) -> None:
         self.producer = producer(
@@ -103,8 +106,16 @@ class Delivery:
         sends = [await self.producer.send(topic, value=message(event, generation, source),
                                           key=event.lead_id.encode())
                  for event, source in events]
-        await asyncio.gather(*sends)
+        await self._produced(await asyncio.gather(*sends))
         metrics.ACCOUNT_FORWARDS.labels("event").inc(len(events))
+
+    async def _produced(self, acks: list[Any]) -> None:
+        """Record how far the account topic was sent (its acknowledgements' offsets)."""
+        if self.accounts is not None and acks:
+            furthest: dict[int, int] = {}
+            for ack in acks:
+                furthest[ack.partition] = max(furthest.get(ack.partition, 0), ack.offset + 1)
+            await self.accounts.account_topic_progress(produced=furthest)
 
     async def tombstone(self, lead_id: str) -> None:
         """Tell downstream systems to forget an erased lead (``streams.erasure``)."""
@@ -127,7 +138,7 @@ class Delivery:
 
     async def _acknowledged(self, sends: list[asyncio.Future[Any]], notes: list[Notification],
                             entries: list[bytes]) -> None:
-        await asyncio.gather(*sends)
+        acks = await asyncio.gather(*sends)
         sent = now_ms()
         told: list[bytes] = []
         owners: list[str] = []
@@ -148,4 +159,6 @@ class Delivery:
             await self.store.delivered(told, owners)
         if awarded:
             metrics.ACCOUNT_FORWARDS.labels("award").inc(len(awarded))
+            await self._produced([ack for ack, note in zip(acks, notes, strict=True)
+                                  if note["type"] == MEMBER_AWARD])
             await self.store.delivered(awarded, members, publish=False)

@@ -22,7 +22,8 @@ With accounts (SPEC 11), NEW's account store (``accounts``) takes part: at step 
 account's counter is carried over too, and after each shard's flip its accounts whose
 hot flag at X differs get their ``account.hot`` / ``account.cooled`` with cause
 ``rescore``, recorded in the account outbox (sent by the account side's re-send). The
-cutover waits for NEW's leads only; see docs/accounts.md for what that leaves open.
+cutover also waits (step 2) until NEW's account side has applied every member award
+and account event NEW's lead side has sent (``accounts_caught_up``).
 
 A worker killed at any step leaves every shard either OLD's (its fence expires and
 OLD goes on; nothing was sent by NEW) or NEW's (flipped with its notifications in the
@@ -41,7 +42,7 @@ from typing import Any
 import orjson
 
 from scoring import history
-from scoring.engine import LeadState, Notification, cool, hot_at, rescore
+from scoring.engine import LeadState, Notification, cool, rescore
 from scoring.errors import HandingOver
 from scoring.rules import Ruleset, parse_rules
 from scoring.store import record
@@ -226,7 +227,8 @@ class Cutover:
                 await self._unfence()  # a third generation is active somewhere
                 return None
             give_up = self.now() + CATCH_UP_MS
-            while not (await lag(store, self.old)).caught_up:
+            while not ((await lag(store, self.old)).caught_up
+                       and await self._accounts_caught_up()):
                 if self.now() > give_up:
                     await self._unfence()
                     return None
@@ -260,6 +262,14 @@ class Cutover:
             return at, entries
         finally:
             await redis.eval(RELEASE, 1, keys.cutover_lock, self.token)
+
+    async def _accounts_caught_up(self) -> bool:
+        """With accounts: NEW's account side has applied every member award and account
+        event NEW's lead side has recorded (its outbox empty: all sent) and sent."""
+        accounts = self.accounts
+        if accounts is None:
+            return True
+        return await self.store.outbox_size() == 0 and await accounts.accounts_caught_up()
 
     async def _renew(self, kind: str) -> None:
         """Push the fence's deadline and the lock's expiry on (this worker is alive),
@@ -315,17 +325,23 @@ class Cutover:
             candidates |= await self._hot(old_shard, old_accounts.rules)
         if not candidates:
             return
-        old = await _states(accounts, old_shard, sorted(candidates))
-        owed = {account: (hot_at(state, at, old_accounts.rules), state.notified)
-                for account, state in old.items()} if old_accounts is not None else {}
+        owed: dict[str, tuple[bool, int, list[Notification]]] = {}
+        if old_accounts is not None:  # as for leads: OLD's cooling due by X, then NEW's say
+            for account, state in (await _states(accounts, old_shard,
+                                                 sorted(candidates))).items():
+                cooled = cool(state, at, old_accounts.rules)  # (OLD's, not written)
+                owed[account] = (state.hot, state.notified, cooled)
         rules = accounts.rules
 
         def change(found: dict[str, Stored]) -> Outcome:
             outcome = Outcome()
             for account_id, stored in found.items():
+                hot, notified, cooled = owed.get(account_id, (False, 0, []))
+                if cooled:
+                    outcome.notifications += cooled
+                    stored.history += map(history.cooling, cooled)
                 if stored.state.t_ref is None:
                     continue  # (none in NEW: nothing to say under NEW's rules)
-                hot, notified = owed.get(account_id, (False, 0))
                 notes = rescore(stored.state, hot, notified, at, rules)
                 outcome.notifications += notes
                 stored.history += map(history.rescored, notes)

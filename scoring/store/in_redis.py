@@ -452,6 +452,26 @@ class RedisStore:
                     continue  # the lead changed meanwhile: forget what it is now
         raise StoreError(f"could not forget {lead_id!r}: it kept changing")
 
+    async def account_topic_progress(self, produced: dict[int, int] | None = None,
+                                     consumed: dict[int, int] | None = None) -> None:
+        """An account store's record of the account topic (SPEC 11), per partition: the
+        next offset after the last message its generation's lead side has sent there
+        (``produced``), and after the last one its account side has applied or passed
+        (``consumed``); each only ever grows. The cutover waits until they meet
+        (``accounts_caught_up``)."""
+        for key, found in ((self.keys.produced, produced), (self.keys.consumed, consumed)):
+            if found:
+                await self.redis.eval(_SET_MAX, 1, key,
+                                      *[part for p, o in found.items() for part in (p, o)])
+
+    async def accounts_caught_up(self) -> bool:
+        """Whether the account side has applied everything its generation's lead side has
+        sent to the account topic so far."""
+        produced, consumed = await _all([self.redis.hgetall(self.keys.produced),
+                                         self.redis.hgetall(self.keys.consumed)])
+        done = {int(p): int(o) for p, o in consumed.items()}
+        return all(done.get(int(p), -1) >= int(o) for p, o in produced.items())
+
     async def forget_member(self, lead_id: str) -> int:
         """An account store's part of erasing a lead (SPEC 11): remove the lead from the
         member list of every account it contributed to. The accounts' scores keep the
@@ -613,6 +633,17 @@ class RedisStore:
                               in zip(ids[lead_id], scores, strict=True) if score is not None}
         return {lead_id: Stored.decode(lead_id, raw, known[lead_id])
                 for lead_id, raw in zip(leads, replies[0], strict=True)}
+
+
+# HSET field value ... where value is greater than the field's: the highest offsets seen.
+_SET_MAX = """
+for i = 1, #ARGV, 2 do
+  if tonumber(ARGV[i + 1]) > (tonumber(redis.call('HGET', KEYS[1], ARGV[i])) or -1) then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
+return 0
+"""
 
 
 def _owner(entry: dict[str, Any]) -> str:

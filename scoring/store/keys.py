@@ -37,6 +37,8 @@ writes, which generation is active there.
                                     checks it is the one its store found, so a Redis
                                     emptied under a running worker is noticed, also once
                                     another worker wrote a new marker
+    <gen>:accounts:topic_produced   HASH partition of the account topic -> next offset after
+    <gen>:accounts:topic_consumed   what the lead side sent / the account side applied
     <gen>:replay_until              HASH partition -> offset: a generation rebuilding after
                                     Redis lost it sends nothing for events below these
     <gen>:accounts:{n}:...          the same keys for the generation's accounts (SPEC 11;
@@ -150,6 +152,9 @@ class Layout:
         self.active = active_key(prefix)
         self.cutover_lock = f"{prefix}:cutover"
         self.replay_until = f"{self.root}:replay_until"
+        # An account side's (SPEC 11): how far the account topic was sent and applied.
+        self.produced = f"{self.root}:topic_produced"
+        self.consumed = f"{self.root}:topic_consumed"
         self.channel = f"{prefix}:notifications"
         self.dead_letters = f"{prefix}:deadletters"
 
