@@ -80,3 +80,28 @@ async def test_the_worker_runs_unchanged_on_a_cluster(
         assert scores == sorted(scores, reverse=True) and scores[-1] > 0
     finally:
         deployment.stop_all()
+
+
+async def test_accounts_on_a_cluster_reach_the_offline_ones(
+        bootstrap: str, redis_cluster_url: str, tmp_path: Path) -> None:
+    """SPEC 11 on the cluster: the member awards' outbox, the account side's commits and
+    the account index each stay in one slot."""
+    from test_account_stream import assert_accounts_equal_offline
+    from test_account_stream import traffic as account_traffic
+
+    deployment = Deployment(bootstrap, redis_cluster_url, DEFAULT_RULES, tmp_path)
+    deployment.rules_path = DEFAULT_RULES  # type: ignore[attr-defined]
+    await deployment.create_topics()
+    try:
+        events = account_traffic(800, seed=43)
+        worker = deployment.worker().start()
+        await worker.wait_ready()
+        await deployment.produce(keyed(events))
+        await assert_accounts_equal_offline(deployment, events)
+        status, body = worker.get("/accounts?hot=true&limit=3")
+        listed = orjson.loads(body)["accounts"]
+        assert status == 200 and len(listed) == 3 and all(a["hot"] for a in listed)
+        scores = [a["score"] for a in listed]
+        assert scores == sorted(scores, reverse=True)
+    finally:
+        deployment.stop_all()
