@@ -5,7 +5,9 @@ Events), and its history must name the rules that fired. Then each tool of a sal
 floor, with leads of known scores: search by id, the stage filter, the cooling feed
 beside "turning hot now", and the leads per score band, all following the data live.
 With score groups (SPEC 10): the table by a group's score, group notifications tagged
-in the feed, and a lead's group scores in its drawer.
+in the feed, and a lead's group scores in its drawer. With accounts (SPEC 11): the hot
+accounts and their buying committees, following account.hot and account.cooled live,
+while the lead feeds ignore them; no accounts panel for rules without accounts.
 
 The README's screenshots come from the demo (``make screenshots``, tests/screenshots.py);
 ``LEADSCORE_UPDATE_SCREENSHOTS=1`` copies this test's own pictures into docs/ instead.
@@ -19,6 +21,7 @@ import math
 import os
 import shutil
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,9 @@ from scoring import history
 from scoring.engine import LeadState, apply
 from scoring.events import event_from_dict
 from scoring.model import Model, feature_names
-from scoring.rules import load_rules
+from scoring.offline import Replay, replay
+from scoring.rules import Ruleset, load_rules
+from scoring.views import account_now
 from streams.runtime import now_ms
 
 pytestmark = pytest.mark.integration
@@ -100,12 +105,18 @@ async def screenshot(page: Page, tmp_path: Path, name: str) -> None:
         shutil.copy(path, ROOT / "docs" / name)
 
 
-async def live_page(browser: Browser, worker: Worker) -> tuple[Page, list[str]]:
+async def live_page(browser: Browser, worker: Worker, paused: bool = False
+                    ) -> tuple[Page, list[str]]:
     """The dashboard open and live (its stream connected), and the page's JavaScript
-    errors as they come."""
+    errors as they come. ``paused``: the page's clock stands still from the start (its
+    timers fire only as the test runs the clock: ``page.clock.run_for``)."""
     page = await browser.new_page(viewport={"width": 1440, "height": 900})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    if paused:
+        start = datetime.now(UTC)
+        await page.clock.install(time=start)
+        await page.clock.pause_at(start + timedelta(seconds=5))
     await page.goto(f"http://127.0.0.1:{worker.port}/")
     await expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15_000)
     return page, errors
@@ -348,6 +359,10 @@ async def test_score_groups_rank_the_table_tag_the_feed_and_show_in_the_drawer(
     await expect(rows.locator(".scorecell b")).to_have_text(["90", "45", "35", "30"],
                                                             timeout=15_000)
     await expect(rows.locator(".lead")).to_have_text(["dan", "ann", "ben", "cat"])
+    # These rules have no accounts: section: /accounts is a 404, and no accounts panel.
+    assert worker.get("/accounts?hot=true")[0] == 404
+    await expect(page.locator("#accounts-panel")).to_have_attribute("data-state", "absent")
+    await expect(page.locator("#accounts-panel")).to_be_hidden()
 
     # The selector: the lead score, then each group in the rules file's order.
     selector = page.locator("#group-filter")
@@ -453,3 +468,168 @@ async def test_the_drawer_shows_the_conversion_probability_of_a_served_model(
         await expect(shown.locator(".chip")).to_have_text(
             [f"{f['feature']}{'+' if f['effect'] >= 0 else ''}{f['effect']:g}" for f in factors])
         assert errors == []
+
+
+# --- accounts (SPEC 11) ---------------------------------------------------------------------
+
+# Leads hot at 70, accounts at 80: a company's leads together can light it up while none of
+# them is hot. A half-life of 30 days: a minute's decay moves no number shown off its points.
+ACCOUNT_RULES = """\
+name: dashboard-accounts
+half_life: 30d
+hot: {threshold: 70, rearm_below: 50}
+engagement:
+  - {id: pricing-page, event: page_view, points: 15}
+  - {id: unsubscribe, event: email_unsubscribed, points: -40}
+accounts:
+  key: account_id
+  hot: {threshold: 80, rearm_below: 60}
+  engagement:
+    - {id: intent-surge, event: intent_surge, points: 15}
+"""
+
+
+@pytest.fixture
+async def served_with_accounts(bootstrap: str, redis_url: str, tmp_path: Path
+                               ) -> AsyncIterator[tuple[Deployment, Worker, Ruleset]]:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(ACCOUNT_RULES)
+    async with deployed(bootstrap, redis_url, rules, tmp_path) as (deployment, worker):
+        yield deployment, worker, load_rules(rules)
+
+
+def member(lead: str, account: str, ts: int) -> dict[str, Any]:
+    """The lead's profile names its company."""
+    return {"event_id": f"{lead}-p", "lead_id": lead, "type": "profile_update", "ts": ts,
+            "properties": {"account_id": account}}
+
+
+def surge(account: str, n: int, ts: int) -> dict[str, Any]:
+    """An event about the company itself (keyed by account_id, as ``keyed`` does)."""
+    return {"event_id": f"{account}-s{n}", "account_id": account, "type": "intent_surge",
+            "ts": ts, "properties": {}}
+
+
+def expected_accounts(events: list[dict[str, Any]], rules: Ruleset
+                      ) -> tuple[list[dict[str, Any]], Replay]:
+    """The hot accounts after ``events`` as the panel lists them, highest score first
+    (offline, now), and the replay (its notifications)."""
+    at = now_ms()
+    replayed = replay([json.dumps(e).encode() for e in events], rules, at=at)
+    assert not replayed.bad_lines and rules.accounts is not None
+    views = [account_now(state, rules.accounts.rules, at)
+             for state in replayed.accounts.values()]
+    return sorted((v for v in views if v["hot"]), key=lambda v: -v["score"]), replayed
+
+
+def points(p: float) -> str:
+    """A member's points as the page shows them (signed, as chips are)."""
+    return ("-" if p < 0 else "+") + shown(abs(p))
+
+
+async def expect_hot_accounts(page: Page, hot: list[dict[str, Any]]) -> None:
+    """The panel lists exactly ``hot``: each account's score, fit and engagement, and its
+    committee, the members' lead ids and points in the API's order."""
+    items = page.locator("#accounts .account-item")
+    await expect(items.locator(".account")).to_have_text([v["account_id"] for v in hot],
+                                                         timeout=15_000)
+    await expect(items.locator(".score .value")).to_have_text([shown(v["score"]) for v in hot])
+    await expect(items.locator(".parts")).to_have_text(
+        [f"fit {shown(v['fit'])} + engagement {shown(v['engagement'])}" for v in hot])
+    for i, view in enumerate(hot):
+        committee = items.nth(i).locator(".member")
+        await expect(committee.locator(".lead-id")).to_have_text(
+            [m["lead_id"] for m in view["leads"]])
+        await expect(committee.locator(".pts")).to_have_text(
+            [points(m["points"]) for m in view["leads"]])
+    await expect(page.locator("#accounts-empty")).to_be_visible(visible=not hot)
+
+
+async def handled(page: Page, notification_ids: list[str]) -> bool:
+    """Whether the page has handled these account notifications (its own record of the
+    notifications it has seen, as onAccountNotification keeps it)."""
+    return bool(await page.evaluate(
+        "(ids) => ids.every((id) => state.seen.has('account ' + id))", notification_ids))
+
+
+def listed(worker: Worker) -> list[tuple[str, str]]:
+    return [(a["account_id"], shown(a["score"]))
+            for a in get_json(worker, "/accounts?hot=true")["accounts"]]
+
+
+async def refreshed_by(page: Page, worker: Worker, replayed: Replay,
+                       hot: list[dict[str, Any]]) -> None:
+    """The page's clock is paused, so its periodic refresh (every 5 s) never runs: the
+    panel can only follow the account notifications. Once the page has handled them all
+    and the API lists ``hot``, run the clock past the refresh they scheduled (300 ms);
+    then the panel must show ``hot``, exactly."""
+    ids = [note["notification_id"] for note in replayed.account_notifications]
+    await wait_for(lambda: handled(page, ids), 15, f"the page never handled {ids}")
+    expected = [(v["account_id"], shown(v["score"])) for v in hot]
+    await wait_for(lambda: listed(worker) == expected, 15,
+                   f"/accounts?hot=true lists {listed(worker)}, not {expected}")
+    await page.clock.run_for(400)
+    await expect_hot_accounts(page, hot)
+
+
+async def test_hot_accounts_show_their_buying_committee_live(
+        browser: Browser, served_with_accounts: tuple[Deployment, Worker, Ruleset]) -> None:
+    """acme: ann and ben two pricing pages each (30, 30), cat one (15), an intent surge
+    (15): 90, hot at 80 while no lead is (all under 70). globex: gus four pages (60) and a
+    surge: 75, not hot; two more surges: 105, shown 100, hot. Then ann unsubscribes (-40):
+    acme falls to 50, under its re-arm line of 60 (account.cooled), and leaves the panel.
+    The page's clock is paused: each change must come from an account notification."""
+    deployment, worker, rules = served_with_accounts
+    page, errors = await live_page(browser, worker, paused=True)
+    await expect(page.locator("#accounts-panel")).to_have_attribute("data-state", "shown",
+                                                                    timeout=15_000)
+    await expect(page.locator("#accounts-meta")).to_contain_text("hot ≥ 80")
+    await expect(page.locator("#accounts-empty")).to_contain_text("No hot accounts right now")
+
+    t = now_ms() - 60_000
+    events = [member("ann", "acme", t), member("ben", "acme", t), member("cat", "acme", t),
+              member("gus", "globex", t),
+              *(visit("ann", i, "/pricing", t + i * 1000) for i in (1, 2)),
+              *(visit("ben", i, "/pricing", t + i * 1000) for i in (1, 2)),
+              visit("cat", 1, "/pricing", t + 1000), surge("acme", 1, t + 3000),
+              *(visit("gus", i, "/pricing", t + i * 1000) for i in (1, 2, 3, 4)),
+              surge("globex", 1, t + 5000)]
+    await deployment.produce(keyed(events))
+    hot, replayed = expected_accounts(events, rules)
+    assert replayed.notifications == []  # no lead is hot
+    assert [(v["account_id"], v["score"], v["leads"]) for v in hot] == [
+        ("acme", 90.0, [{"lead_id": "ann", "points": 30.0}, {"lead_id": "ben", "points": 30.0},
+                        {"lead_id": "cat", "points": 15.0}])]
+    await refreshed_by(page, worker, replayed, hot)
+    assert get_json(worker, "/leads?hot=true")["leads"] == []
+
+    # A member opens that lead's drawer.
+    await page.locator('#accounts .member[data-lead-id="ben"]').click()
+    await expect(page.locator("#lead-detail")).to_be_visible()
+    await expect(page.locator("#detail-title")).to_have_text("ben")
+    await expect(page.locator("#detail-score span")).to_have_text("30")
+    await page.keyboard.press("Escape")
+    await expect(page.locator("#lead-detail")).to_be_hidden()
+
+    # globex joins, above acme (account.hot); then acme cools (account.cooled) and leaves.
+    events += [surge("globex", 2, t + 6000), surge("globex", 3, t + 7000)]
+    await deployment.produce(keyed(events[-2:]))
+    hot, replayed = expected_accounts(events, rules)
+    assert [(v["account_id"], v["score"], v["engagement"]) for v in hot] == [
+        ("globex", 100.0, 105.0), ("acme", 90.0, 90.0)]
+    await refreshed_by(page, worker, replayed, hot)
+    events.append(act("ann", 3, "email_unsubscribed", t + 8000))
+    await deployment.produce(keyed(events[-1:]))
+    hot, replayed = expected_accounts(events, rules)
+    assert [v["account_id"] for v in hot] == ["globex"]
+    assert [(n["type"], n["account_id"]) for n in replayed.account_notifications] == [
+        ("account.hot", "acme"), ("account.hot", "globex"), ("account.cooled", "acme")]
+    assert replayed.notifications == []
+    await refreshed_by(page, worker, replayed, hot)
+
+    # The lead panels ignored every account notification the page handled.
+    await expect(page.locator("#feed .feed-item")).to_have_count(0)
+    await expect(page.locator("#cooling-feed .feed-item")).to_have_count(0)
+    await expect(page.locator("#hot-count")).to_have_text("0")
+    await expect(page.locator("#cooled-count")).to_have_text("0")
+    assert errors == []
