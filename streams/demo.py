@@ -12,6 +12,9 @@ first minutes under config/demo-rules.yaml: many anonymous visitors, warm leads,
 few hot ones that cool by decay, unsubscribes, conversions, profile updates that
 change fit, scores across the whole range, and leads hot for one of the two product
 lines (the default rules' score groups: a line's product page and its pricing page).
+Besides the funnel, a few companies (``COMPANIES``: accounts, SPEC 11) tell their own
+story once, in the first two minutes: several leads each, the company's profile and
+intent-data signals; one turns hot with none of its leads hot, then cools by decay.
 ``demo_history`` fast-forwards it on a simulated clock: the history that
 config/demo-model.json, the demo's conversion model, is trained on (bench.demo_model).
 """
@@ -24,8 +27,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DECK", "FUNNEL", "LOOKALIKES", "NEW_LEAD_EVERY", "TICK_SECONDS", "LiveDemo", "Persona",
-           "Traffic", "demo_history"]
+from scoring.events import ACCOUNT_UPDATE, PROFILE_UPDATE
+
+__all__ = ["COMPANIES", "DECK", "FUNNEL", "LOOKALIKES", "NEW_LEAD_EVERY", "TICK_SECONDS",
+           "Company", "LiveDemo", "Persona", "Traffic", "demo_history"]
 
 PERSONAS: dict[str, dict[str, Any]] = {
     "buyer": {
@@ -302,6 +307,67 @@ LOOKALIKES: dict[str, Persona] = {
 }
 
 
+# Companies (SPEC 11: accounts), told once beside the funnel, on a script of their own:
+# fixed seconds, no randomness, so that the funnel's deck and journeys are those of any
+# seed with or without them. A company's people are leads ``<account_id>-1``, ``-2``,
+# ...; each one's first event is its profile_update naming the company (account_id),
+# and the company's first is its account_update (its profile: the accounts' fit). Their
+# own profiles hold their job titles only (the company's size and industry are on the
+# account), and no one of them is hot, not even for a product line, but initech's
+# champion. The points in the comments are config/demo-rules.yaml's: a lead's award
+# goes to its company too (lead_weight 1); hot at 80, re-armed below 60.
+
+
+@dataclass(frozen=True, slots=True)
+class Company:
+    """An account and its story: ``profile`` is its account_update, ``members`` the
+    profiles of its leads (``<account_id>-1`` first), ``timeline`` its events in order as
+    (second of the demo, member: 1 for ``<account_id>-1``, 0 for the company itself,
+    type, properties)."""
+
+    account_id: str
+    profile: dict[str, Any]
+    members: tuple[dict[str, Any], ...]
+    timeline: tuple[tuple[float, int, str, dict[str, Any]], ...]
+
+
+COMPANIES: tuple[Company, ...] = (
+    # A buying committee: three people on the pricing page and the docs, none of them
+    # more than warm, and intent data: the company turns hot at 44 s on its second
+    # intent surge and cools by decay at about 3.5 minutes.
+    Company("acme", {"employees": 400, "industry": "saas"}, (  # account fit 25
+        {"job_title": "Marketing Manager"},  # fit 10: 46 at most
+        {"job_title": "Engineer"},  # fit 0: 12 at most
+        {"job_title": "VP Finance"}), (  # fit 20: 36 at most
+        (20, 1, "page_view", {"url": "/pricing"}),  # +16
+        (26, 2, "page_view", {"url": "/docs/scoring/getting-started"}),  # +6 (scoring 5)
+        (32, 0, "intent_surge", {"topic": "lead scoring"}),  # +15
+        (36, 3, "page_view", {"url": "/pricing"}),  # +16: the company 76
+        (44, 0, "intent_surge", {"topic": "lead scoring"}),  # +15: 89, hot
+        (48, 1, "webinar_attended", {}),  # +20
+        (52, 2, "page_view", {"url": "/docs/scoring/api"}),  # +6 (scoring 10)
+    )),
+    # A large company outside the sweet spot, researching: warm, never hot.
+    Company("globex", {"employees": 5000, "industry": "retail"}, (  # account fit 0
+        {"job_title": "Analyst"},  # fit 0: 11
+        {"job_title": "IT Manager"}), (  # fit 10: 10 + 22 (alerts 20)
+        (50, 1, "page_view", {"url": "/blog/lead-scoring-101"}),  # +1
+        (54, 1, "email_click", {}),  # +10
+        (58, 0, "intent_surge", {"topic": "sales alerts"}),  # +15
+        (62, 2, "page_view", {"url": "/products/alerts"}),  # +16 (alerts 15)
+        (68, 2, "page_view", {"url": "/docs/alerts/getting-started"}),  # +6 (alerts 20)
+    )),
+    # A champion: hot (sql) on a consultation request, and the company with them.
+    Company("initech", {"employees": 150, "industry": "fintech"}, (  # account fit 25
+        {"job_title": "Director of IT"},  # fit 20: 20 + 66, hot
+        {"job_title": "Engineer"}), (  # fit 0: 6
+        (75, 1, "page_view", {"url": "/pricing"}),  # +16
+        (78, 1, "consultation_requested", {}),  # +50: 86, hot; the company 91, hot
+        (82, 2, "page_view", {"url": "/docs/scoring/getting-started"}),  # +6 (scoring 5)
+    )),
+)
+
+
 @dataclass(slots=True)
 class _Plan:
     steps: list[Step]  # still to come
@@ -316,14 +382,17 @@ class LiveDemo:
     ``FUNNEL`` (every ``DECK`` leads hold each persona ``per_deck`` times); each lead
     sends its profile at once, then one of its persona's journeys, a step every few
     ticks. Reproducible: the same seed gives the same events tick for tick, whatever
-    the clock.
+    the clock. Beside the funnel, ``companies`` play their timelines once, from the
+    first tick (their events after the funnel's in a tick; they draw nothing from the
+    seed's generator, so the funnel is the same without them).
     """
 
     # The default seed deals a first deck that opens the story at once: two bingers, a
     # customer and an enriched lead turn hot in the first ten seconds; a binger cools
     # by decay in the second minute (any seed deals the same funnel, in another order).
     def __init__(self, seed: int = 14, new_lead_every: int = NEW_LEAD_EVERY,
-                 funnel: dict[str, Persona] = FUNNEL) -> None:
+                 funnel: dict[str, Persona] = FUNNEL,
+                 companies: tuple[Company, ...] = COMPANIES) -> None:
         self.rng = random.Random(seed)
         self.funnel = funnel  # the personas a deck deals (demo_history's may hold more)
         self.every = new_lead_every
@@ -332,9 +401,28 @@ class LiveDemo:
         self.deck: list[str] = []
         self.personas: dict[str, str] = {}  # every lead so far -> its persona
         self.active: dict[str, _Plan] = {}  # leads with steps to come
+        self.accounts: dict[str, str] = {}  # every company's lead so far -> its account
+        # The companies' events to come, by tick: (id field, id, type, properties).
+        self.script: dict[int, list[tuple[str, str, str, dict[str, Any]]]] = {}
+        for company in companies:
+            account = company.account_id
+            introduced: set[int] = set()  # the company (0) and its members, profiled
+            for second, member, kind, properties in company.timeline:
+                due = self.script.setdefault(round(second / TICK_SECONDS), [])
+                if not introduced:
+                    due.append(("account_id", account, ACCOUNT_UPDATE, company.profile))
+                    introduced.add(0)
+                if member not in introduced:
+                    introduced.add(member)
+                    due.append(("lead_id", f"{account}-{member}", PROFILE_UPDATE,
+                                {**company.members[member - 1], "account_id": account}))
+                due.append(("lead_id", f"{account}-{member}", kind, properties) if member
+                           else ("account_id", account, kind, properties))
+        self.sent: dict[str, int] = {}  # a company's lead or account -> events sent
 
     def tick(self, now_ms: int) -> list[dict[str, Any]]:
-        """The events of this tick, all at ``now_ms``; a lead's in its own order."""
+        """The events of this tick, all at ``now_ms``, the funnel's then the companies';
+        a lead's in its own order."""
         events: list[dict[str, Any]] = []
         if self.ticks % self.every == 0:
             events += self._new_lead(now_ms)
@@ -346,6 +434,14 @@ class LiveDemo:
                     del self.active[lead]
                     break
                 plan.due = self.ticks + self._gap(plan.steps[0])
+        for field_name, subject, kind, properties in self.script.pop(self.ticks, ()):
+            n = self.sent[subject] = self.sent.get(subject, 0) + 1
+            if kind == PROFILE_UPDATE:
+                self.accounts[subject] = properties["account_id"]
+            # A lead's event ids as the funnel's; an account's <account_id>-a1, -a2, ...
+            event_id = f"{subject}-{n}" if field_name == "lead_id" else f"{subject}-a{n}"
+            events.append({"event_id": event_id, field_name: subject, "type": kind,
+                           "ts": now_ms, "properties": dict(properties)})
         self.ticks += 1
         return events
 
@@ -388,7 +484,8 @@ def demo_history(leads: int, seed: int = 14, start_ms: int = 0,
 
     With the default funnel they are exactly the events the live demo sends those
     leads, tick for tick: the leads dealt after them are dealt as live (they draw from
-    the same generator) and their events left out. bench.demo_model trains
+    the same generator) and their events left out, as are the companies' (COMPANIES:
+    their leads and their accounts' events). bench.demo_model trains
     config/demo-model.json on ``funnel=FUNNEL | LOOKALIKES``."""
     demo = LiveDemo(seed, funnel=funnel)
     tick_ms = round(TICK_SECONDS * 1000)
@@ -396,6 +493,6 @@ def demo_history(leads: int, seed: int = 14, start_ms: int = 0,
     events: list[dict[str, Any]] = []
     tick = 0
     while demo.leads < leads or not ours.isdisjoint(demo.active):
-        events += [e for e in demo.tick(start_ms + tick * tick_ms) if e["lead_id"] in ours]
+        events += [e for e in demo.tick(start_ms + tick * tick_ms) if e.get("lead_id") in ours]
         tick += 1
     return events

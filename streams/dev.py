@@ -9,10 +9,11 @@ second of its crossing time; the sweep reads only the leads due). Ctrl-C stops t
 worker, then the children (they also die with us).
 
 With ``--demo`` it also feeds live synthetic traffic (streams.demo.LiveDemo: a funnel
-of personas, a new lead a second) and prints notifications as they arrive, and it
-scores with config/demo-rules.yaml, the default rules with a half-life of 2 minutes,
-so that the demo's leads turn hot, cool and fade within its first minutes. Rules the
-user names (LEADSCORE_RULES, in the environment or the secrets directory) win.
+of personas, a new lead a second, and a few companies) and prints notifications as they
+arrive (a lead's or an account's), and it scores with config/demo-rules.yaml, the
+default rules with a half-life of 2 minutes, so that the demo's leads and companies
+turn hot, cool and fade within its first minutes. Rules the user names
+(LEADSCORE_RULES, in the environment or the secrets directory) win.
 
 Unless LEADSCORE_MODEL names a model, ``--demo`` serves config/demo-model.json
 (bench.demo_model trains it on the demo's funnel) for p_convert, but only while the
@@ -228,8 +229,9 @@ def _add_demo(app: faust.App, settings: Settings, bootstrap: str) -> None:
         try:
             while True:
                 for event in traffic.tick(now_ms()):
+                    # Keyed by lead, or by account for an event about one (SPEC 11).
                     await producer.send(settings.topic_events, orjson.dumps(event),
-                                        key=event["lead_id"].encode())
+                                        key=(event.get("lead_id") or event["account_id"]).encode())
                 await asyncio.sleep(TICK_SECONDS)  # pacing synthetic traffic, not synchronisation
         finally:
             await producer.stop()
@@ -273,9 +275,14 @@ def _record_line(key: bytes | None, value: bytes | None) -> str:
 
 def _describe(note: dict[str, Any]) -> str:
     why = ", ".join(f"{r['rule']} {r['points']:+g}" for r in note["reasons"][:3])
-    colour, word = ("red", "HOT   ") if note["type"] == "lead.hot" else ("blue", "cooled")
+    colour, word = ("red", "HOT   ") if note["type"] in ("lead.hot", "account.hot") \
+        else ("blue", "cooled")
     cause = note.get("cause", "event")
     because = "" if cause == "event" else f"  [italic]({cause})[/]"
+    if "account_id" in note:  # an account's (SPEC 11): its leads where a lead has a stage
+        leads = ", ".join(f"{m['lead_id']} {m['points']:+g}" for m in note["leads"][:3])
+        return (f"[bold {colour}]{word}[/] {note['account_id']:<10} score "
+                f"{note['score']:>6.2f} (account)  {why}; leads {leads}{because}")
     # A score group's notification (SPEC 10) names its group where the lead's own names
     # the stage: a group's score never moves the stage.
     of = f"group {note['group']}" if note.get("group") else note["stage"]

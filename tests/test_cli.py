@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -155,8 +156,9 @@ def test_the_installed_command_scores_the_bundled_sample() -> None:
     assert done.returncode == 0, done.stderr
     leads = lines(done.stdout.decode())
     assert [lead["lead_id"] for lead in leads] == sorted(lead["lead_id"] for lead in leads)
-    assert len(leads) == len({orjson.loads(line)["lead_id"] for line in
-                              (ROOT / "config" / "sample-events.jsonl").read_bytes().splitlines()})
+    assert len(leads) == len({orjson.loads(line).get("lead_id") for line in
+                              (ROOT / "config" / "sample-events.jsonl").read_bytes().splitlines()}
+                             - {None})  # (an event about an account has account_id instead)
     # The sample exercises the default rules' score groups: leads hot for each line.
     hot_for = {group for line in done.stdout.splitlines()
                for group, scored in orjson.loads(line)["groups"].items() if scored["hot"]}
@@ -178,6 +180,56 @@ def test_the_installed_command_scores_the_bundled_sample() -> None:
     for lead in leads:
         assert rows[lead["lead_id"]][-2:] == [f"{lead['groups'][g]['score']:.2f}"
                                              for g in ("scoring", "alerts")]
+
+
+def test_the_bundled_sample_has_companies_and_one_turns_hot_with_no_hot_lead() -> None:
+    """The sample's companies (SPEC 11, the default rules' accounts: section), as
+    ``leadscore score --accounts`` prints them: northwind's three people on the pricing
+    page and the docs in a week, and two intent surges, make it hot while none of them
+    is; contoso (5,000 employees in retail: no fit) stays warm; fabrikam, a hot lead's
+    company with no profile, too. Each score is the closed form: fit plus every award
+    (times lead_weight 1) decayed 2^(-dt/H) from its own time to --at (the last event)."""
+    sample = ROOT / "config" / "sample-events.jsonl"
+    leadscore = str(Path(sys.executable).parent / "leadscore")
+    done = subprocess.run([leadscore, "score", "--accounts", str(sample)],
+                          capture_output=True, cwd=ROOT, check=True)
+    events = {doc["event_id"]: doc for doc in map(orjson.loads, sample.read_bytes().splitlines())}
+    at = max(doc["ts"] for doc in events.values())
+    half_life = 30 * 86_400_000
+    # The awards by event id, from the default rules: a page view is site-visit 1 plus
+    # its page's rule (pricing-page 15, scoring-docs 5, alerts-product-page 15,
+    # alerts-docs 5), an email click 10, a consultation request 50, an intent surge 15.
+    awards = {"northwind": {"e-399": 16, "e-404": 6, "e-405": 15, "e-408": 16, "e-415": 15,
+                            "e-416": 6},
+              "contoso": {"e-402": 1, "e-406": 10, "e-412": 16},
+              "fabrikam": {"e-410": 50, "e-414": 6}}
+    fit = {"northwind": 25.0, "contoso": 0.0, "fabrikam": 0.0}  # 300 employees, software
+
+    def engagement(account: str) -> float:
+        return math.fsum(points * 2.0 ** (-(at - events[event_id]["ts"]) / half_life)
+                         for event_id, points in awards[account].items())
+
+    assert lines(done.stdout.decode()) == [
+        {"account_id": account, "score": round(min(100.0, fit[account] + engagement(account)), 2),
+         "fit": fit[account], "engagement": round(engagement(account), 2),
+         "hot": account == "northwind"} for account in sorted(awards)]
+    # It turned hot on its second intent surge; none of its leads is hot, or ever was.
+    notes = subprocess.run([leadscore, "score", "--accounts", "--notifications", str(sample)],
+                           capture_output=True, cwd=ROOT, check=True)
+    assert [(n["type"], n["account_id"], n["event_ts"], [m["lead_id"] for m in n["leads"]])
+            for n in lines(notes.stdout.decode())] == [
+        ("account.hot", "northwind", "2026-10-13T08:00:00Z", ["lead-27", "lead-25", "lead-26"])]
+    leads = {lead["lead_id"]: lead for lead in lines(subprocess.run(
+        [leadscore, "score", str(sample)], capture_output=True, cwd=ROOT, check=True
+    ).stdout.decode())}
+    members = {doc["lead_id"] for doc in events.values()
+               if doc["type"] == "profile_update"
+               and doc["properties"].get("account_id") == "northwind"}
+    assert members == {"lead-25", "lead-26", "lead-27"}
+    assert not any(leads[lead]["hot"] for lead in members)
+    lead_notes = lines(subprocess.run([leadscore, "score", "--notifications", str(sample)],
+                                      capture_output=True, cwd=ROOT, check=True).stdout.decode())
+    assert not any(n["lead_id"] in members for n in lead_notes)
 
 
 def test_the_worker_refuses_a_bad_rules_file_at_start_with_every_problem(

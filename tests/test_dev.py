@@ -226,6 +226,27 @@ def test_dev_prints_a_tombstone_as_a_forgotten_lead_not_a_crash() -> None:
         "[bold red]HOT   [/] lead-9     score  72.50 (sql)")
 
 
+def test_dev_prints_an_account_notification_with_its_leads() -> None:
+    """The demo's companies (SPEC 11) send account.hot and account.cooled on the same
+    topic: dev prints them with the account in place of the lead and its leads' shares
+    in place of the stage (tests/test_demo.py plays acme's)."""
+    from streams.dev import _record_line
+
+    note = {"type": "account.hot", "notification_id": "acme:1", "account_id": "acme",
+            "score": 88.61, "fit": 25.0, "engagement": 63.61, "threshold": 80,
+            "cause": "event", "leads": [{"lead_id": "acme-3", "points": 15.28},
+                                        {"lead_id": "acme-1", "points": 13.93}],
+            "reasons": [{"rule": "intent-surge", "points": 28.99},
+                        {"rule": "pricing-page", "points": 27.38}]}
+    assert _record_line(b"acme", orjson.dumps(note)) == (
+        "[bold red]HOT   [/] acme       score  88.61 (account)  intent-surge +28.99, "
+        "pricing-page +27.38; leads acme-3 +15.28, acme-1 +13.93")
+    cooled = {**note, "type": "account.cooled", "cause": "decay", "score": 60.0}
+    assert _record_line(b"acme", orjson.dumps(cooled)).startswith(
+        "[bold blue]cooled[/] acme       score  60.00 (account)")
+    assert _record_line(b"acme", orjson.dumps(cooled)).endswith("  [italic](decay)[/]")
+
+
 def test_dev_serves_the_demo_model_only_for_the_rules_it_was_trained_for(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """dev --demo's model (streams.dev._demo_model, no servers): config/demo-model.json
