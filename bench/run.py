@@ -133,7 +133,8 @@ def servers_with(messages: list[tuple[bytes, bytes]]
     own, and no figure depends on what ran before it."""
     with EmbeddedBroker() as broker, EmbeddedRedis() as redis:
         console.print("  a fresh broker: producing the mix to a 4-partition topic ...")
-        asyncio.run(create_topics(broker.bootstrap, {"bench-events": 4}))
+        asyncio.run(create_topics(broker.bootstrap, {"bench-events": 4,
+                                                     "bench-events-accounts": 4}))
         asyncio.run(produce(broker.bootstrap, "bench-events", messages))
         yield broker, redis
 
@@ -166,6 +167,7 @@ def worker_env(broker: Broker, redis: RedisServer, topic: str, name: str,
             "LEADSCORE_BROKER": broker.url, "LEADSCORE_REDIS_URL": redis.url,
             "LEADSCORE_TOPIC_EVENTS": topic, "LEADSCORE_TOPIC_HOT": f"{topic}-hot",
             "LEADSCORE_TOPIC_DLQ": f"{topic}-dlq", "LEADSCORE_GROUP_ID": name,
+            "LEADSCORE_TOPIC_ACCOUNT_AWARDS": f"{topic}-accounts",
             "LEADSCORE_KEY_PREFIX": name, "LEADSCORE_WEB_PORT": str(port),
             "LEADSCORE_WEB_HOST": "127.0.0.1", "LEADSCORE_BROKER_SESSION_TIMEOUT": "3",
             "LEADSCORE_SWEEP_INTERVAL": "3600",

@@ -47,7 +47,8 @@ def default(field: str) -> Any:
 
 WEB_PORT: int = default("web_port")
 PARTITIONS: int = default("partitions")
-TOPICS = {default("topic_events"), default("topic_hot"), default("topic_dlq")}
+TOPICS = {default("topic_events"), default("topic_hot"), default("topic_dlq"),
+          default("topic_account_awards")}
 
 
 def setting_field(variable: str) -> str | None:
