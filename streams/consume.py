@@ -204,8 +204,8 @@ class EventsConsumer:
             assert self.consumer is not None
             settings = self.settings
             while True:
-                size = settings.batch_size if self.store.active else \
-                    settings.rebuild_batch_size
+                size = settings.batch_size if self.store.active and not self.accounts \
+                    else settings.rebuild_batch_size
                 if self.rewind:
                     await self._rewind()
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=size)
