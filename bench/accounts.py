@@ -38,7 +38,9 @@ from streams.demo import Traffic
 from streams.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-CONSUMED = "leadscore_account_messages_consumed_total"
+# Member awards and account events applied (a message carries a commit's awards for one
+# partition, so messages consumed would undercount them).
+APPLIED = "leadscore_account_messages_applied_total"
 
 
 def mix(leads: int, events: int, accounts: int) -> list[tuple[bytes, bytes]]:
@@ -76,7 +78,7 @@ def run_worker(messages: list[tuple[bytes, bytes]], prefix: int, name: str,
                 if before < events <= done:
                     lead_s = at - first
                 if accounts:
-                    now = metric(port, CONSUMED)
+                    now = metric(port, APPLIED)
                     if now != seen:
                         seen, seen_last = now, at
                         seen_first = seen_first or at

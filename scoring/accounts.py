@@ -30,7 +30,10 @@ from scoring.errors import EventError
 from scoring.events import MAX_ID_LENGTH, MEMBER_AWARD, Event, check_depth, parse_ts
 from scoring.rules import Accounts, Ruleset
 
-__all__ = ["account_of", "award_id", "from_message", "message", "rolled_up"]
+__all__ = ["AWARDS", "account_of", "award_id", "awards_message", "from_message", "message",
+           "rolled_up"]
+
+AWARDS = "member_awards"  # the type of a message of member awards (``awards_message``)
 
 
 def account_of(profile: dict[str, Any], key: str) -> str | None:
@@ -84,41 +87,63 @@ def message(event: Event, generation: str, source: tuple[int, int] | None = None
     return orjson.dumps(doc)
 
 
-def from_message(raw: bytes) -> tuple[str, Event, tuple[int, int] | None]:
-    """(generation, event, source) of an internal topic's message; ``EventError`` if it
-    is not one (only a foreign producer can write such a message)."""
+def awards_message(awards: list[Event], generation: str, partition: int | None) -> bytes:
+    """Member awards of one commit bound for one partition of the account topic, as one
+    message: a batch's awards travel as a few messages, not one each (each message costs
+    the producer, the broker and the outbox more than the award itself). ``o``: a lead of
+    the commit's shard, whose outbox holds the message."""
+    return orjson.dumps({"g": generation, "type": AWARDS, "p": partition,
+                         "o": awards[0].properties["lead"],
+                         "awards": [[a.event_id, a.lead_id, a.ts, a.properties]
+                                    for a in awards]})
+
+
+def from_message(raw: bytes) -> tuple[str, list[tuple[Event, tuple[int, int] | None]]]:
+    """(generation, [(event, source), ...]) of an internal topic's message: one account
+    event with its events-topic position, or a commit's member awards (no position: an
+    award is recognised by its number). ``EventError`` if it is not one (only a foreign
+    producer can write such a message)."""
     try:
         doc = orjson.loads(raw)
-        generation, event_id, account_id = doc["g"], doc["event_id"], doc["account_id"]
-        kind, ts, properties = doc["type"], doc["ts"], doc["properties"]
+        generation, kind = doc["g"], doc["type"]
+        if type(generation) is str and generation and kind == AWARDS:
+            return generation, [(_award(*award), None) for award in doc["awards"]]
+        event_id, account_id = doc["event_id"], doc["account_id"]
+        ts, properties = doc["ts"], doc["properties"]
         source = doc.get("src")
-    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
         raise EventError(f"not a message of Leadscore's account topic ({exc})",
                          "not_an_account_message") from None
     if not all(type(v) is str and v for v in (generation, event_id, account_id, kind)) \
-            or type(properties) is not dict or not (source is None or (
+            or kind == MEMBER_AWARD or type(properties) is not dict or not (source is None or (
                 type(source) is list and len(source) == 2
                 and all(type(n) is int and n >= 0 for n in source))):
         raise EventError("not a message of Leadscore's account topic (a field of the wrong "
                          "type)", "not_an_account_message")
-    if kind == MEMBER_AWARD:
-        _check_award(properties)
-    else:
-        check_depth(properties)
-    return (generation, Event(event_id, account_id, kind, parse_ts(ts), properties, True),
-            None if source is None else (source[0], source[1]))
+    check_depth(properties)
+    return generation, [(Event(event_id, account_id, kind, parse_ts(ts), properties, True),
+                         None if source is None else (source[0], source[1]))]
 
 
-def position(source: tuple[int, int] | None, partition: int, offset: int) -> tuple[int, int]:
+def _award(event_id: object, account_id: object, ts: object, properties: object) -> Event:
+    if not (type(event_id) is str and type(account_id) is str and account_id
+            and type(properties) is dict):
+        raise ValueError("a member award of the wrong shape")
+    _check_award(properties)
+    return Event(event_id, account_id, MEMBER_AWARD, parse_ts(ts), properties, True)
+
+
+def position(source: tuple[int, int] | None) -> tuple[int, int] | None:
     """Where the account store counts a message as applied, to recognise a replay: an
     account event at its events-topic position, as partition ``-1 - p`` (its replays,
-    forwarded again after a crash or rebalance of the lead side, carry the same one; an
-    account's events come from one events partition, keyed by account id), a member
-    award at its own position in the account topic (its re-sends have their numbers)."""
-    return (partition, offset) if source is None else (-1 - source[0], source[1])
+    forwarded again after a crash or rebalance of the lead side, or read again from the
+    account topic, carry the same one; an account's events come from one events
+    partition, keyed by account id); a member award nowhere (its number says it)."""
+    return None if source is None else (-1 - source[0], source[1])
 
 
 def _check_award(properties: dict[str, Any]) -> None:
+    """Raises ``EventError`` for an award whose lead, number or points are not ones."""
     lead, number, awards = properties.get("lead"), properties.get("n"), properties.get("awards")
     if type(lead) is not str or type(number) is not int or number < 1 \
             or type(awards) is not list or not all(

@@ -45,6 +45,7 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
@@ -62,7 +63,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from scoring.accounts import NO_ACCOUNTS, from_message, position
 from scoring.errors import DataLost, EventError, HandingOver, Superseded
-from scoring.events import MEMBER_AWARD, Event, parse_event
+from scoring.events import Event, parse_event
 from scoring.store import Outcome, PartlyApplied, RedisStore
 from streams import metrics
 from streams.delivery import Delivery
@@ -259,7 +260,7 @@ class EventsConsumer:
         now = now_ms()
         latest = now + int(self.settings.max_clock_skew * 1000)
         events: list[Event] = []
-        positions: list[tuple[int, int]] = []
+        positions: list[tuple[int, int] | None] = []
         sources: list[ConsumerRecord[Any, Any]] = []
         dead: Dead = []
         forwards: list[tuple[Event, tuple[int, int]]] = []  # account events, and where from
@@ -271,10 +272,14 @@ class EventsConsumer:
                     if record.value is None:
                         raise EventError("message has no value", "no_value")
                     if accounts:
-                        sender, event, source = from_message(record.value)
+                        sender, found = from_message(record.value)
                         if sender != generation:
                             continue  # another generation's, for its own account side
-                        positions.append(position(source, record.partition, record.offset))
+                        for event, source in found:
+                            events.append(event)
+                            positions.append(position(source))
+                            sources.append(record)
+                        continue
                     else:
                         event = parse_event(record.value, max_bytes, latest_ms=latest)
                         if event.account:
@@ -320,9 +325,9 @@ class EventsConsumer:
                     metrics.RULE_POINTS.labels(rule_id).inc(points)
             if outcome.entries:
                 await self.delivery.deliver_behind(outcome.entries, outcome.notifications)
-            if outcome.award_entries:
-                await self.delivery.deliver_behind(outcome.award_entries,
-                                                   [_award_note(e) for _, e in outcome.forwards])
+            if outcome.award_entries:  # (a few per batch: one per partition and shard)
+                await self.delivery.deliver_behind(
+                    outcome.award_entries, [orjson.loads(e) for e in outcome.award_entries])
         if forwards:
             await self.delivery.forward(forwards)
         if self._owed:
@@ -361,12 +366,13 @@ class EventsConsumer:
                 {tp: o for tp, o in offsets.items() if tp in self.consumer.assignment()})
         self._committed_at = time.monotonic()
 
-    async def _replay_then_live(self, events: list[Event], positions: list[tuple[int, int]],
+    async def _replay_then_live(self, events: list[Event], positions: list[tuple[int, int] | None],
                                 sources: list[ConsumerRecord[Any, Any]], now: int) -> Outcome:
         """After a loss: the events below ``replay_until`` applied silently, then the
         others (a lead's events are in one partition, in order: the split keeps it)."""
         until = self.store.replay_until
-        quiet = [i for i, (p, o) in enumerate(positions) if o < until.get(p, -1)]
+        quiet = [i for i, at in enumerate(positions)  # (None: a member award, numbered)
+                 if at is not None and at[1] < until.get(at[0], -1)]
         if not quiet:
             return await self._apply_isolated(events, positions, sources, now)
         loud = sorted(set(range(len(events))) - set(quiet))
@@ -379,7 +385,7 @@ class EventsConsumer:
                 [sources[i] for i in loud], now))
         return outcome
 
-    async def _apply_isolated(self, events: list[Event], positions: list[tuple[int, int]],
+    async def _apply_isolated(self, events: list[Event], positions: list[tuple[int, int] | None],
                               sources: list[ConsumerRecord[Any, Any]], now: int,
                               silent: bool = False) -> Outcome:
         """``store.apply``, with a failure that is not an outage narrowed down to the
@@ -422,11 +428,6 @@ class EventsConsumer:
         ``sources``); kept until the dead-letter topic has acknowledged it."""
         self._owed += [(sources[index], error) for index, error in outcome.rejected]
         outcome.rejected = []
-
-
-def _award_note(award: Event) -> dict[str, Any]:
-    """What the delivery needs of a member award's outbox entry (as it would decode it)."""
-    return {"type": MEMBER_AWARD, "account_id": award.lead_id, "properties": award.properties}
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

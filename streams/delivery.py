@@ -19,15 +19,16 @@ holds account.hot and account.cooled).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 
-from scoring.accounts import message
+from scoring.accounts import AWARDS, message
 from scoring.engine import Notification, subject_of
-from scoring.events import MEMBER_AWARD, Event, parse_ts
+from scoring.events import Event, parse_ts
 from scoring.store import RedisStore
 from streams import metrics
 from streams.deadletters import DeadLetters
@@ -60,6 +61,18 @@ class Delivery:
         await self.producer.start()
         self.dead_letters = DeadLetters(self.producer, self.store, self.settings.topic_dlq,
                                         self.settings.dlq_max_bytes)
+        if self.store.rules.accounts is not None:  # the lead side of accounts (SPEC 11)
+            self.store.award_route = await self._route()
+
+    async def _route(self) -> Callable[[str], int]:
+        """Account id -> its partition of the account topic, as the producer's own
+        partitioner keys it (where its account events go too), so that an account's
+        messages all reach one partition and a commit's awards can travel together."""
+        assert self.producer is not None
+        partitions = sorted(await self.producer.partitions_for(
+            self.settings.topic_account_awards))
+        return lambda account_id: int(DefaultPartitioner()(account_id.encode(), partitions,
+                                                           partitions))
 
     async def drain(self) -> None:
         """Let sent notifications be acknowledged, for a while (else they are re-sent)."""
@@ -131,8 +144,11 @@ class Delivery:
         if notes is None:
             notes = [orjson.loads(entry) for entry in entries]
         sends = [await self.producer.send(topic, value=entry, key=subject_of(note).encode())
-                 if note["type"] != MEMBER_AWARD else
-                 await self.producer.send(awards, value=entry, key=note["account_id"].encode())
+                 if note["type"] != AWARDS else
+                 await self.producer.send(awards, value=entry, partition=note["p"])
+                 if note["p"] is not None else
+                 await self.producer.send(awards, value=entry,
+                                          key=note["awards"][0][1].encode())
                  for entry, note in zip(entries, notes, strict=True)]
         return sends, notes
 
@@ -145,9 +161,9 @@ class Delivery:
         awarded: list[bytes] = []
         members: list[str] = []
         for entry, note in zip(entries, notes, strict=True):
-            if note["type"] == MEMBER_AWARD:
+            if note["type"] == AWARDS:
                 awarded.append(entry)
-                members.append(note["properties"]["lead"])  # (in its lead's shard)
+                members.append(note["o"])  # (a lead of the shard whose outbox holds it)
                 continue
             told.append(entry)
             owners.append(subject_of(note))
@@ -158,7 +174,8 @@ class Delivery:
         if told:
             await self.store.delivered(told, owners)
         if awarded:
-            metrics.ACCOUNT_FORWARDS.labels("award").inc(len(awarded))
+            metrics.ACCOUNT_FORWARDS.labels("award").inc(
+                sum(len(note["awards"]) for note in notes if note["type"] == AWARDS))
             await self._produced([ack for ack, note in zip(acks, notes, strict=True)
-                                  if note["type"] == MEMBER_AWARD])
+                                  if note["type"] == AWARDS])
             await self.store.delivered(awarded, members, publish=False)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from test_rules import GOOD_HEADER
 from test_rules import problems as refused
 
-from scoring.accounts import NO_ACCOUNTS, account_of, from_message, message
+from scoring.accounts import NO_ACCOUNTS, account_of, awards_message, from_message, message
 from scoring.errors import EventError
 from scoring.events import format_ts, parse_event
 from scoring.offline import replay
@@ -202,11 +202,17 @@ def test_internal_messages_round_trip_and_refuse_foreign_ones() -> None:
 
     award = Event("2:a1:e1", "acme", "member_award", T0, {"lead": "a1", "n": 1,
                                                           "awards": [["pricing", 40.0]]}, True)
-    assert from_message(message(award, "v1")) == ("v1", award, None)
+    other = Event("2:a2:e7", "initech", "member_award", T0 + 1, {"lead": "a2", "n": 4,
+                                                                "awards": [["demo", 5]]}, True)
+    grouped = awards_message([award, other], "v1", 2)
+    assert orjson.loads(grouped)["p"] == 2 and orjson.loads(grouped)["o"] == "a1"
+    assert from_message(grouped) == ("v1", [(award, None), (other, None)])
     intent = Event("i1", "acme", "intent_surge", T0, {}, True)
-    assert from_message(message(intent, "v1", (3, 41))) == ("v1", intent, (3, 41))
-    with pytest.raises(EventError, match="account topic"):
-        from_message(b'{"event_id": "x"}')
+    assert from_message(message(intent, "v1", (3, 41))) == ("v1", [(intent, (3, 41))])
+    for foreign in (b'{"event_id": "x"}', message(award, "v1"),  # (a lone award: not ours)
+                    b'{"g": "v1", "type": "member_awards", "awards": [["x", "a", 0, {}]]}'):
+        with pytest.raises(EventError):
+            from_message(foreign)
 
 
 def test_a_resent_award_counts_once_however_late_and_early_ones_fold_in() -> None:
@@ -295,3 +301,42 @@ def test_account_engagement_is_the_weighted_closed_form_in_any_order(
     assert again.engagement == pytest.approx(state.engagement, rel=1e-9, abs=1e-9)
     assert again.members == pytest.approx(state.members, rel=1e-9, abs=1e-9)
     assert again.contributions == pytest.approx(state.contributions, rel=1e-9, abs=1e-9)
+
+
+async def test_erasing_a_lead_removes_it_from_its_accounts_and_its_unsent_awards(
+        redis_url: str) -> None:
+    """SPEC 11 erasure: the lead leaves every account's member list (and its award
+    numbers); the account's numbers keep its points; its member awards not yet sent
+    leave the outbox, the other leads' awards that travelled with them stay."""
+    from redis.asyncio import Redis
+
+    from scoring.events import event_from_dict
+    from scoring.store import RedisStore
+    from streams.erasure import forget
+
+    assert RULES.accounts is not None
+    events = [event_from_dict(orjson.loads(line)) for line in WORKED[:3] + WORKED[4:8]
+              if b'"lead_id"' in line]
+    async with Redis.from_url(redis_url) as redis:
+        leads = RedisStore(redis, RULES, prefix="erase-accounts", shards=1)
+        accounts = RedisStore(redis, RULES.accounts.rules, prefix="erase-accounts", shards=1,
+                              generation=RULES.version, part="accounts")
+        outcome = await leads.apply(events, now_ms=T0)
+        assert [len(orjson.loads(m)["awards"]) for m in outcome.award_entries] == [3]
+        awards = [a for _, a in outcome.forwards]
+        await accounts.apply(awards, now_ms=T0)
+        before = (await accounts.load("acme"))
+        assert before is not None and set(before[0].members) == {"a1", "a2", "a3"}
+        told: list[str] = []
+
+        async def tombstone(lead_id: str) -> None:
+            told.append(lead_id)
+
+        assert await forget(leads, tombstone, accounts, "a2")
+        after = await accounts.load("acme")
+        assert after is not None
+        assert set(after[0].members) == {"a1", "a3"} and "a2" not in after[0].awards_seen
+        assert after[0].engagement == before[0].engagement  # (its points stay, unnamed)
+        pending = [orjson.loads(m) for m in await leads.pending()]
+        assert [[a[3]["lead"] for a in m["awards"]] for m in pending] == [["a1", "a3"]]
+        assert told == ["a2"]

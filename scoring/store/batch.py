@@ -98,7 +98,7 @@ class Lead:
     fed: set[str] | None = None
 
 
-def numbered(events: Sequence[Event], positions: Sequence[tuple[int, int]] | None
+def numbered(events: Sequence[Event], positions: Sequence[tuple[int, int] | None] | None
              ) -> Iterable[tuple[int, Event, tuple[int, int] | None]]:
     """The events with their index in the batch and their source position, if any."""
     if positions is None:

@@ -55,7 +55,7 @@ class MemoryStore:
         self.explain: Explain | None = None
 
     def apply_now(self, events: Sequence[Event], now_ms: int | None = None,
-                  positions: Sequence[tuple[int, int]] | None = None) -> Outcome:
+                  positions: Sequence[tuple[int, int] | None] | None = None) -> Outcome:
         """``apply`` without the event loop, and without stamping ``emitted_at`` unless
         ``now_ms`` is given: what ``leadscore score`` needs."""
         leads = self.leads
@@ -78,7 +78,7 @@ class MemoryStore:
         return outcome
 
     async def apply(self, events: Sequence[Event], now_ms: int,
-                    positions: Sequence[tuple[int, int]] | None = None) -> Outcome:
+                    positions: Sequence[tuple[int, int] | None] | None = None) -> Outcome:
         """As ``RedisStore.apply``: the outcome's ``entries`` are the notifications as
         JSON, stamped ``emitted_at`` = ``now_ms``."""
         return self.apply_now(events, now_ms, positions)

@@ -38,10 +38,10 @@ import orjson
 from redis.exceptions import WatchError
 
 from scoring import history
-from scoring.accounts import message
+from scoring.accounts import AWARDS, awards_message
 from scoring.engine import LeadState, cool, subject_of
 from scoring.errors import DataLost, HandingOver, StoreError, Superseded
-from scoring.events import MEMBER_AWARD, Event
+from scoring.events import Event
 from scoring.rules import Ruleset
 from scoring.store import record
 from scoring.store.batch import Batch, Outcome, PartlyApplied, apply_batch, numbered
@@ -59,6 +59,7 @@ from scoring.store.ranking import groups
 from scoring.views import ByProbability, Explain, explained
 
 MAX_RETRIES = 50
+AWARDS_PER_MESSAGE = 500  # member awards in one message: a few tens of KB
 # Dead-lettered messages are remembered so that a retry or a replay after a crash does
 # not dead-letter them again; they are replayed only until their offsets are committed
 # (within a fraction of a second, or one crash later), so a day and a bound suffice.
@@ -119,6 +120,10 @@ class RedisStore:
         # A rebuild helper's store (streams.rebuilders): it only ever rebuilds, and stops
         # (Superseded) where a worker's store would turn live.
         self.rebuild_only = False
+        # With accounts (SPEC 11): the partition of the account topic an account's messages
+        # go to (the producer's own partitioner, set by streams.delivery), so that a
+        # commit's member awards travel as one message per partition.
+        self.award_route: Callable[[str], int] | None = None
         # Annotates the notifications of live commits with the lead's conversion
         # probability (SPEC 12); None: none (and no work for it at all).
         self.explain: Explain | None = None
@@ -281,7 +286,7 @@ class RedisStore:
                 "scoring on would start every lead from nothing and reuse notification ids")
 
     async def apply(self, events: Sequence[Event], now_ms: int,
-                    positions: Sequence[tuple[int, int]] | None = None,
+                    positions: Sequence[tuple[int, int] | None] | None = None,
                     silent: bool = False) -> Outcome:
         """Apply a batch of events (in order per lead). The outcome's ``entries`` are the
         outbox entries recorded: the notifications as JSON, stamped ``emitted_at`` =
@@ -432,13 +437,15 @@ class RedisStore:
                 try:
                     await pipe.watch(key, shard.outbox)
                     raw = await self.redis.get(key)
-                    pending = [entry for entry in await self.redis.zrange(shard.outbox, 0, -1)
-                               if _owner(orjson.loads(entry)) == lead_id]
+                    pending, kept = _without(
+                        await self.redis.zrange(shard.outbox, 0, -1, withscores=True), lead_id)
                     pipe.multi()
                     pipe.delete(key, shard.ids(lead_id), shard.history(lead_id))
                     pipe.zrem(shard.cooling, lead_id)
                     if pending:
                         pipe.zrem(shard.outbox, *pending)
+                    if kept:  # (others' awards that travelled with the lead's)
+                        pipe.zadd(shard.outbox, kept)
                     if raw is not None:
                         state = record.decode(raw, {}).state
                         for group in groups(state.stage, state.hot):
@@ -574,8 +581,7 @@ class RedisStore:
                         flip, fence)
             # Member awards (SPEC 11) go out whatever the mode: the generation's own
             # account side needs them, rebuilding or not.
-            outcome.award_entries = [message(award, self.generation)
-                                     for _, award in outcome.forwards]
+            outcome.award_entries = self._award_messages(outcome.forwards)
             outcome.entries, commit = commit_arguments(
                 shard, stored, outcome.notifications, now_ms, self.rules, self.history_size,
                 mode, outcome.award_entries)
@@ -603,6 +609,23 @@ class RedisStore:
                 raise HandingOver(f"the cutover of shard {shard.number} found it changed")
         raise StoreError(f"gave up after {MAX_RETRIES} conflicting writes to the same "
                              "leads; is another process writing with this key prefix?")
+
+    def _award_messages(self, forwards: list[tuple[int, Event]]) -> list[bytes]:
+        """A commit's member awards as messages for the account topic: one per partition
+        they are bound for (``award_route``: account id -> partition, set by the edge
+        that knows the topic; without it, one per account), at most AWARDS_PER_MESSAGE
+        each."""
+        if not forwards:
+            return []
+        route = self.award_route
+        bound: dict[int | str, list[Event]] = {}
+        for _, award in forwards:
+            bound.setdefault(route(award.lead_id) if route else award.lead_id,
+                             []).append(award)
+        return [awards_message(awards[i:i + AWARDS_PER_MESSAGE], self.generation,
+                               where if isinstance(where, int) else None)
+                for where, awards in bound.items()
+                for i in range(0, len(awards), AWARDS_PER_MESSAGE)]
 
     async def superseded(self) -> str:
         """Why this generation no longer scores, for the log and /readyz."""
@@ -647,11 +670,32 @@ return 0
 
 
 def _owner(entry: dict[str, Any]) -> str:
-    """Whose shard holds an outbox entry: a notification's lead or account, a member
-    award's lead."""
-    if entry["type"] == MEMBER_AWARD:
-        return str(entry["properties"]["lead"])
+    """Whose shard holds an outbox entry: a notification's lead or account, a message of
+    member awards' first lead (all of them are of its shard)."""
+    if entry["type"] == AWARDS:
+        return str(entry["o"])
     return subject_of(entry)
+
+
+def _without(outbox: list[tuple[bytes, float]], lead_id: str
+             ) -> tuple[list[bytes], dict[bytes, float]]:
+    """The outbox entries to remove for an erased lead (its notifications, and every
+    message holding its member awards), and those messages again without its awards."""
+    remove: list[bytes] = []
+    kept: dict[bytes, float] = {}
+    for entry, score in outbox:
+        doc = orjson.loads(entry)
+        if doc["type"] != AWARDS:
+            if subject_of(doc) == lead_id:
+                remove.append(entry)
+            continue
+        others = [a for a in doc["awards"] if a[3]["lead"] != lead_id]
+        if len(others) < len(doc["awards"]):
+            remove.append(entry)
+            if others:
+                doc["awards"], doc["o"] = others, others[0][3]["lead"]
+                kept[orjson.dumps(doc)] = score
+    return remove, kept
 
 
 def _glob_escaped(text: str) -> str:
