@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,10 @@ from typing import Any
 import orjson
 import pytest
 from test_worker import DEFAULT_RULES, START, produce_slowly
-from worker import Deployment, wait_for
+from worker import LEADSCORE, Deployment, wait_for
 
 from scoring.engine import LeadState
+from scoring.events import parse_ts
 from scoring.offline import replay
 from scoring.rules import load_rules
 from streams.demo import Traffic
@@ -102,6 +104,23 @@ async def test_two_workers_on_four_partitions_reach_the_offline_accounts(
     await second.wait_ready()
     await produce_slowly(deployment, events)
     await assert_accounts_equal_offline(deployment, events)
+    # One account as the API, the command line and its history show it.
+    _, accounts = expected(deployment, events)
+    name, state = max(accounts.items(), key=lambda item: len(item[1].members))
+    status, body = first.get(f"/accounts/{name}")
+    shown = orjson.loads(body)
+    assert status == 200 and shown["account_id"] == name
+    f = 2.0 ** (-(parse_ts(shown["at"]) - state.t_ref) / (30 * 86_400_000))  # (H: 30d)
+    now = {lead: round(share * f, 2) for lead, share in state.members.items()}
+    want = sorted((lead for lead in now if now[lead] != 0), key=lambda m: (-abs(now[m]), m))
+    assert [m["lead_id"] for m in shown["members"]] == want
+    assert shown["leads"] == shown["members"][:5]
+    status, body = second.get(f"/accounts/{name}/history?limit=3")
+    assert status == 200 and len(orjson.loads(body)["history"]) == 3
+    assert first.get("/accounts/no-such-company")[0] == 404
+    printed = orjson.loads(subprocess.run([LEADSCORE, "account", name], env=deployment.env,
+                                          capture_output=True, text=True, check=True).stdout)
+    assert [m["lead_id"] for m in printed["members"]] == want
     # The notifications topic carries the accounts' own, keyed by account id.
     records = await deployment.read_all(deployment.hot, lambda rs: any(
         orjson.loads(r.value)["type"] == "account.hot" for r in rs))
