@@ -130,9 +130,11 @@ def test_a_signal_seen_only_after_converting_is_not_learned() -> None:
     exactly no weight and learns exactly what it learns without the rule."""
     events = [orjson.dumps(e) for e in planted.history(4000, seed=3, leak=True)]
     base = load_rules(RULES_FILE)
-    leaky = parse_rules(RULES_FILE.read_bytes() + (
-        f"\n  - id: onboarding\n    event: {planted.LEAK_EVENT}\n    points: 30\n").encode(),
-        "leaky.yaml")
+    text = RULES_FILE.read_text()
+    assert "\n# Accounts:" in text  # (the engagement list ends where the accounts begin)
+    leaky = parse_rules(text.replace("\n# Accounts:", (
+        f"  - id: onboarding\n    event: {planted.LEAK_EVENT}\n    points: 30\n"
+        "\n# Accounts:"), 1).encode(), "leaky.yaml")
     with_rule = train(build_examples(events, leaky, HORIZON), leaky, "90d", HORIZON)
     without = train(build_examples(events, base, HORIZON), base, "90d", HORIZON)
     assert weights(with_rule)["rule:onboarding"] == 0.0
