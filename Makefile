@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: install system run sample demo-model test lint types pytest screenshots fmt bench clean
+.PHONY: install system run sample demo-model test lint types pytest screenshots fmt bench bench-accounts clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -63,6 +63,9 @@ fmt: install
 
 bench: install  ## the whole benchmark (about 20 minutes); see docs/performance.md
 	$(BIN)/python -m bench.run
+
+bench-accounts: install  ## x_take with and without accounts, the account stage (about 15 minutes)
+	$(BIN)/python -m bench.accounts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info
