@@ -28,7 +28,7 @@ import orjson
 from scoring.engine import Applied, LeadState
 from scoring.errors import EventError
 from scoring.events import MAX_ID_LENGTH, MEMBER_AWARD, Event, check_depth, parse_ts
-from scoring.rules import Accounts, Ruleset
+from scoring.rules import Ruleset
 
 __all__ = ["AWARDS", "account_of", "award_id", "awards_message", "from_message", "message",
            "rolled_up"]
@@ -151,13 +151,6 @@ def _check_award(properties: dict[str, Any]) -> None:
             and type(a[1]) in (int, float) and -1e300 < a[1] < 1e300 for a in awards):
         raise EventError("a member award whose lead or awards are malformed",
                          "not_an_account_message")
-
-
-def account_rules(rules: Ruleset) -> Accounts:
-    """The ``accounts:`` section, or ``ValueError`` saying the rules have none."""
-    if rules.accounts is None:
-        raise ValueError(f"rules {rules.version} ({rules.name!r}) have no accounts: section")
-    return rules.accounts
 
 
 # Why an account event is refused under rules without an accounts: section.

@@ -376,17 +376,29 @@ def reasons(state: LeadState, rules: Ruleset, at: float, group: Group | None = N
             ) -> list[dict[str, Any]]:
     """The largest current contributions at ``at`` by absolute value, at most five: of
     every rule, or of ``group``'s rules only."""
-    f = factor(at - state.t_ref, rules.half_life_ms) if state.t_ref is not None and \
-        at > state.t_ref else 1.0
+    f = _worth_at(state, at, rules)
     if group is None:
         parts = [(rule_id, value * f) for rule_id, value in state.contributions.items()]
         parts += [(r.id, r.points) for r in rules.fit if r.test(state.profile)]
     else:
         parts = [(rule_id, state.contributions[rule_id] * f) for rule_id in group.rules
                  if rule_id in state.contributions]
-    parts = [(rule_id, round(points, 2)) for rule_id, points in parts if round(points, 2) != 0]
-    parts.sort(key=lambda p: (-abs(p[1]), p[0]))
-    return [{"rule": rule_id, "points": points} for rule_id, points in parts[:MAX_REASONS]]
+    return _largest(parts, "rule", MAX_REASONS)
+
+
+def _worth_at(state: LeadState, at: float, rules: Ruleset) -> float:
+    """What a point of the state's shares as of T is worth at ``at`` (1 before T)."""
+    t_ref = state.t_ref
+    return factor(at - t_ref, rules.half_life_ms) if t_ref is not None and at > t_ref else 1.0
+
+
+def _largest(parts: list[tuple[str, float]], name: str, limit: int) -> list[dict[str, Any]]:
+    """The ``limit`` largest parts by absolute value, rounded to 2 decimals (those that
+    round to 0 left out; ties by id), as ``{name: id, "points": points}``."""
+    rounded = [(part_id, round(points, 2)) for part_id, points in parts
+               if round(points, 2) != 0]
+    rounded.sort(key=lambda p: (-abs(p[1]), p[0]))
+    return [{name: part_id, "points": points} for part_id, points in rounded[:limit]]
 
 
 def stamp(notification: Notification, emitted_at: int) -> Notification:
@@ -440,7 +452,7 @@ def _award(state: LeadState, event: Event, rules: Ruleset, weight: float,
 
 def _member_awards(state: LeadState, event: Event, weight: float,
                    awards: list[Award] | None) -> None:
-    """A lead's awards to its account (``scoring.accounts.award_event``): points already
+    """A lead's awards to its account (``scoring.accounts.rolled_up``): points already
     weighted by ``lead_weight``, at the lead event's time, attributed to the lead."""
     lead_id = event.properties["lead"]
     contributions = state.contributions
@@ -629,12 +641,9 @@ def members_at(state: LeadState, rules: Ruleset, at: float, limit: int = MAX_REA
                ) -> list[dict[str, Any]]:
     """An account's members with the largest contributions at ``at`` by absolute value
     (its buying committee), at most ``limit``; ties by lead id."""
-    f = factor(at - state.t_ref, rules.half_life_ms) if state.t_ref is not None and \
-        at > state.t_ref else 1.0
-    parts = [(lead_id, round(value * f, 2)) for lead_id, value in state.members.items()]
-    parts = [(lead_id, points) for lead_id, points in parts if points != 0]
-    parts.sort(key=lambda p: (-abs(p[1]), p[0]))
-    return [{"lead_id": lead_id, "points": points} for lead_id, points in parts[:limit]]
+    f = _worth_at(state, at, rules)
+    return _largest([(lead_id, value * f) for lead_id, value in state.members.items()],
+                    "lead_id", limit)
 
 
 def _group_notification(state: LeadState, rules: Ruleset, group: Group, kind: str,

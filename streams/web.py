@@ -303,13 +303,9 @@ async def history_of(api: Api, request: Request, lead_id: str) -> Response:
     """GET /leads/{id}/history: the lead's last changes, newest first."""
     if (no := _refused(api, request, "read") or _bad_id(lead_id)) is not None:
         return no
-    try:
-        limit = _limit(request, api.store.history_size or 1)
-    except BadRequest as exc:
-        return _error(400, str(exc))
-    entries = await api.store.history(lead_id, limit)
-    if not entries and not await api.store.exists(lead_id):
-        return _error(404, f"no lead {lead_id!r}")
+    entries = await _history(api.store, request, lead_id, "lead")
+    if isinstance(entries, Response):
+        return entries
     rules = api.rules
     return _json({"lead_id": lead_id, "threshold": plain(rules.threshold),
                   "rearm_below": plain(rules.rearm_below),
@@ -368,38 +364,35 @@ async def account_history(api: Api, request: Request, account_id: str) -> Respon
             or _bad_id(account_id)) is not None:
         return no
     assert api.accounts is not None
+    entries = await _history(api.accounts, request, account_id, "account")
+    if isinstance(entries, Response):
+        return entries
+    return _json({"account_id": account_id, "history": entries})
+
+
+async def _history(store: RedisStore, request: Request, subject_id: str, what: str
+                   ) -> list[dict[str, Any]] | Response:
+    """The last changes of a lead or an account (``what``), ``?limit=`` of them (the
+    store's history size by default), or the answer saying why not (400, 404)."""
     try:
-        limit = _limit(request, api.accounts.history_size or 1)
+        limit = _limit(request, store.history_size or 1)
     except BadRequest as exc:
         return _error(400, str(exc))
-    entries = await api.accounts.history(account_id, limit)
-    if not entries and not await api.accounts.exists(account_id):
-        return _error(404, f"no account {account_id!r}")
-    return _json({"account_id": account_id, "history": entries})
+    entries = await store.history(subject_id, limit)
+    if not entries and not await store.exists(subject_id):
+        return _error(404, f"no {what} {subject_id!r}")
+    return entries
 
 
 async def account_path(api: Api, request: Request) -> Response:
     """Every path under /accounts/, split as ``lead_path`` splits those under /leads/."""
-    try:
-        found = _lead_path(request)
-    except BadRequest as exc:
-        return _error(400, str(exc))
-    handler = {"": show_account, "history": account_history}.get(found[1]) if found else None
-    if found is None or handler is None:
-        return _error(404, f"no such endpoint: {request.method} {request.rel_url.raw_path} "
-                           "(an account id is one path segment, percent-encoded)")
-    return await handler(api, request, found[0])
+    return await _under(api, request, _UNDER_ACCOUNT,
+                        "an account id is one path segment, percent-encoded")
 
 
 async def account_query(api: Api, request: Request) -> Response:
     """GET /account?id= and /account/history?id= (as ``lead_query``)."""
-    try:
-        account_id = _query_id(request)
-    except BadRequest as exc:
-        return _error(400, str(exc))
-    handler = account_history if request.rel_url.raw_path.endswith("/history") \
-        else show_account
-    return await handler(api, request, account_id)
+    return await _by_query(api, request, show_account, account_history)
 
 
 LeadHandler = Callable[[Api, Request, str], Awaitable[Response]]
@@ -407,6 +400,8 @@ _UNDER_LEAD: dict[str, dict[str, LeadHandler]] = {  # method -> what follows the
     "get": {"": show, "history": history_of},
     "delete": {"": erase},
 }
+_UNDER_ACCOUNT: dict[str, dict[str, LeadHandler]] = {"get": {"": show_account,
+                                                             "history": account_history}}
 
 
 async def lead_path(api: Api, request: Request) -> Response:
@@ -419,15 +414,24 @@ async def lead_path(api: Api, request: Request) -> Response:
     what follows the lead id ("" for the lead itself, "history"), and any other path is
     a JSON 404.
     """
+    return await _under(api, request, _UNDER_LEAD,
+                        "a lead id is one path segment, percent-encoded: / as %2F")
+
+
+async def _under(api: Api, request: Request, handlers: dict[str, dict[str, LeadHandler]],
+                 hint: str) -> Response:
+    """The handler of ``handlers`` (method -> what follows the id -> handler) for a path
+    under /leads/ or /accounts/, with the id it names; a 400 or a JSON 404 (``hint``
+    says what an id is) otherwise."""
     try:
         found = _lead_path(request)
     except BadRequest as exc:
         return _error(400, str(exc))
     verb = "get" if request.method == "HEAD" else request.method.lower()
-    handler = _UNDER_LEAD[verb].get(found[1]) if found else None
+    handler = handlers.get(verb, {}).get(found[1]) if found else None
     if found is None or handler is None:
         return _error(404, f"no such endpoint: {request.method} {request.rel_url.raw_path} "
-                           "(a lead id is one path segment, percent-encoded: / as %2F)")
+                           f"({hint})")
     return await handler(api, request, found[0])
 
 
@@ -436,12 +440,18 @@ async def lead_query(api: Api, request: Request) -> Response:
     as a query parameter, percent-encoded as UTF-8 (``+`` is a space there, as in any
     query: send ``%2B``), for a client that cannot send the path (a browser, for the
     ids ``.`` and ``..``). Exactly one ``id``, decoded once; anything else is a 400."""
+    return await _by_query(api, request, show, history_of)
+
+
+async def _by_query(api: Api, request: Request, show_one: LeadHandler, history: LeadHandler
+                    ) -> Response:
+    """``show_one`` or (a path ending in /history) ``history`` with the id of ``?id=``."""
     try:
-        lead_id = _query_id(request)
+        subject_id = _query_id(request)
     except BadRequest as exc:  # (before the token, as a path under /leads/ that is not one)
         return _error(400, str(exc))
-    handler = history_of if request.rel_url.raw_path.endswith("/history") else show
-    return await handler(api, request, lead_id)
+    handler = history if request.rel_url.raw_path.endswith("/history") else show_one
+    return await handler(api, request, subject_id)
 
 
 async def stream(api: Api, request: Request) -> Response:

@@ -429,35 +429,46 @@ class RedisStore:
         shard = self.keys.of(lead_id)
         key = shard.state(lead_id)
 
-        # Redis optimistic transaction: WATCH the state and the outbox, read them (on
-        # another connection: safe, since any change after the WATCH makes EXEC fail),
-        # queue the deletes, EXEC; all of it again while the lead keeps changing.
+        async def erase(pipe: Any) -> bool:
+            raw = await self.redis.get(key)
+            pending, kept = _without(
+                await self.redis.zrange(shard.outbox, 0, -1, withscores=True), lead_id)
+            pipe.multi()
+            pipe.delete(key, shard.ids(lead_id), shard.history(lead_id))
+            pipe.zrem(shard.cooling, lead_id)
+            if pending:
+                pipe.zrem(shard.outbox, *pending)
+            if kept:  # (others' awards that travelled with the lead's)
+                pipe.zadd(shard.outbox, kept)
+            if raw is not None:
+                state = record.decode(raw, {}).state
+                for group in groups(state.stage, state.hot):
+                    pipe.zrem(shard.rank(group, float(state.fit)), lead_id)
+                for scored in self.rules.groups:  # (SPEC 10)
+                    pipe.zrem(shard.group_rank(scored.id), lead_id)
+                    pipe.zrem(shard.group_rank(scored.id, hot=True), lead_id)
+            await pipe.execute()
+            return raw is not None
+
+        # The state and the outbox watched: the lead changed meanwhile, forget what it is now.
+        return await self._watching([key, shard.outbox], erase,
+                                    f"could not forget {lead_id!r}: it kept changing")
+
+    async def _watching(self, keys: list[str], body: Callable[[Any], Awaitable[_T]],
+                        failure: str) -> _T:
+        """``body(pipe)`` as a Redis optimistic transaction: WATCH ``keys``, then the body
+        reads them (on another connection: safe, since any change after the WATCH makes
+        EXEC fail), queues its writes after ``pipe.multi()`` and executes; all of it
+        again while another writer changes one of them (``StoreError(failure)`` after
+        MAX_RETRIES)."""
         for _ in range(MAX_RETRIES):
             async with self.redis.pipeline(transaction=True) as pipe:
                 try:
-                    await pipe.watch(key, shard.outbox)
-                    raw = await self.redis.get(key)
-                    pending, kept = _without(
-                        await self.redis.zrange(shard.outbox, 0, -1, withscores=True), lead_id)
-                    pipe.multi()
-                    pipe.delete(key, shard.ids(lead_id), shard.history(lead_id))
-                    pipe.zrem(shard.cooling, lead_id)
-                    if pending:
-                        pipe.zrem(shard.outbox, *pending)
-                    if kept:  # (others' awards that travelled with the lead's)
-                        pipe.zadd(shard.outbox, kept)
-                    if raw is not None:
-                        state = record.decode(raw, {}).state
-                        for group in groups(state.stage, state.hot):
-                            pipe.zrem(shard.rank(group, float(state.fit)), lead_id)
-                        for scored in self.rules.groups:  # (SPEC 10)
-                            pipe.zrem(shard.group_rank(scored.id), lead_id)
-                            pipe.zrem(shard.group_rank(scored.id, hot=True), lead_id)
-                    await pipe.execute()
-                    return raw is not None
+                    await pipe.watch(*keys)
+                    return await body(pipe)
                 except WatchError:
-                    continue  # the lead changed meanwhile: forget what it is now
-        raise StoreError(f"could not forget {lead_id!r}: it kept changing")
+                    continue
+        raise StoreError(failure)
 
     async def account_topic_progress(self, produced: dict[int, int] | None = None,
                                      consumed: dict[int, int] | None = None) -> None:
@@ -493,28 +504,25 @@ class RedisStore:
 
     async def _drop_member(self, account_id: str, lead_id: str) -> int:
         key = self.keys.of(account_id).state(account_id)
-        for _ in range(MAX_RETRIES):
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key)
-                    raw = await self.redis.get(key)
-                    if raw is None:
-                        return 0
-                    found = record.decode(raw, {})
-                    state = found.state
-                    # (its award numbers too: a lead that comes back numbers from 1 again)
-                    numbered = state.awards_seen.pop(lead_id, None) is not None
-                    if state.members.pop(lead_id, None) is None and not numbered:
-                        return 0
-                    pipe.multi()
-                    pipe.set(key, record.encode(found.state, found.offsets, found.updated_at,
-                                                found.version + 1))
-                    await pipe.execute()
-                    return 1
-                except WatchError:
-                    continue
-        raise StoreError(f"could not forget {lead_id!r} in account {account_id!r}: it kept "
-                         "changing")
+
+        async def drop(pipe: Any) -> int:
+            raw = await self.redis.get(key)
+            if raw is None:
+                return 0
+            found = record.decode(raw, {})
+            state = found.state
+            # (its award numbers too: a lead that comes back numbers from 1 again)
+            numbered = state.awards_seen.pop(lead_id, None) is not None
+            if state.members.pop(lead_id, None) is None and not numbered:
+                return 0
+            pipe.multi()
+            pipe.set(key, record.encode(state, found.offsets, found.updated_at,
+                                        found.version + 1))
+            await pipe.execute()
+            return 1
+
+        return await self._watching([key], drop, f"could not forget {lead_id!r} in account "
+                                                 f"{account_id!r}: it kept changing")
 
     async def dead_lettered(self, messages: Sequence[str]) -> list[bool]:
         """Which of these messages (``"<topic>:<partition>:<offset>"``) were dead-lettered
