@@ -71,8 +71,8 @@ class Delivery:
         assert self.producer is not None
         partitions = sorted(await self.producer.partitions_for(
             self.settings.topic_account_awards))
-        return lambda account_id: int(DefaultPartitioner()(account_id.encode(), partitions,
-                                                           partitions))
+        partitioner = DefaultPartitioner()  # (once: the route runs per award)
+        return lambda account_id: int(partitioner(account_id.encode(), partitions, partitions))
 
     async def drain(self) -> None:
         """Let sent notifications be acknowledged, for a while (else they are re-sent)."""

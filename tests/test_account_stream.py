@@ -145,7 +145,7 @@ async def test_sigkilled_workers_lose_no_award_and_count_none_twice(
         await worker.wait_ready()
         target = rng.randint(200, 700) * (kill + 1)
         await wait_for(lambda w=worker, n=target: w.metric(
-            "leadscore_account_messages_consumed_total") >= n / 4, 90,
+            "leadscore_account_messages_applied_total") >= n / 4, 90,
             f"kill {kill}: the account side made no progress")
         worker.kill()
         worker = deployment.worker().start()
