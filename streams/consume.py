@@ -210,6 +210,8 @@ class EventsConsumer:
                 if self.rewind:
                     await self._rewind()
                 batch = await self.consumer.getmany(timeout_ms=200, max_records=size)
+                if batch and self.accounts and settings.account_batch_wait:
+                    batch = await self._gathered(batch, size)
                 if self.rewind:  # assigned during that fetch: read from the start instead
                     batch = {tp: r for tp, r in batch.items() if tp not in self.rewind}
                     await self._rewind()
@@ -237,6 +239,24 @@ class EventsConsumer:
             if tp.partition in until and (committed is None or committed >= until[tp.partition]):
                 await self.consumer.seek_to_beginning(tp)
                 self.positions.pop(tp, None)
+
+    async def _gathered(self, batch: Batch, size: int) -> Batch:
+        """The account side's batch, gathered for up to ``account_batch_wait`` seconds from
+        its first message. The lead side sends member awards as many small messages (one
+        per commit, shard and account partition), and an account's step costs mostly per
+        account touched (its record decoded and encoded, its rankings, its part of the
+        commit), so a batch of many awards shares that among each account's awards
+        (docs/performance.md, "Accounts"). The lead side runs meanwhile: this only waits."""
+        assert self.consumer is not None
+        deadline = time.monotonic() + self.settings.account_batch_wait
+        count = sum(map(len, batch.values()))
+        while count < size and (left := deadline - time.monotonic()) > 0:
+            more = await self.consumer.getmany(timeout_ms=max(1, int(left * 1000)),
+                                               max_records=size - count)
+            for tp, records in more.items():  # (a partition's records stay in order)
+                batch[tp] = batch.get(tp, []) + records
+                count += len(records)
+        return batch
 
     async def _handle_or_rewind(self, batch: Batch) -> None:
         """A batch that fails (Redis down, broker down) is read again, never skipped."""

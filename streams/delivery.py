@@ -19,6 +19,7 @@ holds account.hot and account.cooled).
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -72,7 +73,13 @@ class Delivery:
         partitions = sorted(await self.producer.partitions_for(
             self.settings.topic_account_awards))
         partitioner = DefaultPartitioner()  # (once: the route runs per award)
-        return lambda account_id: int(partitioner(account_id.encode(), partitions, partitions))
+
+        # Cached: the route runs per award, aiokafka's murmur2 is pure Python, and a
+        # worker sees the same few thousand accounts again and again.
+        @functools.lru_cache(maxsize=65_536)
+        def route(account_id: str) -> int:
+            return int(partitioner(account_id.encode(), partitions, partitions))
+        return route
 
     async def drain(self) -> None:
         """Let sent notifications be acknowledged, for a while (else they are re-sent)."""

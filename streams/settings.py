@@ -95,6 +95,9 @@ class Settings(_Secrets):
     batch_size: int = Field(1000, ge=1, le=100_000, description="events per Redis round trip")
     rebuild_batch_size: int = Field(20_000, ge=1, le=100_000, description="events per Redis "
                                     "round trip while a generation rebuilds")
+    account_batch_wait: Seconds = Field(0.25, ge=0, le=10, description="seconds the "
+                                        "account side gathers member awards into one batch "
+                                        "(fewer, larger account steps; 0 = none)")
     rebuild_processes: int = Field(0, ge=0, le=64, description="processes a rebuild runs "
                                    "on, this worker's included (streams.rebuilders); 0 = one "
                                    "per CPU this process may use, at most 8")
