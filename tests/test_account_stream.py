@@ -156,15 +156,23 @@ async def test_sigkilled_workers_lose_no_award_and_count_none_twice(
         deployment: Deployment) -> None:
     await deployment.create_topics()
     events = traffic(2500, seed=9)
+    leads, _ = expected(deployment, events)
+    awards = sum(sum(s.awarded.values()) for s in leads.values()) + \
+        sum(1 for e in events if "account_id" in e)
     rng = random.Random(3)
     worker = deployment.worker().start()
     producing = asyncio.create_task(produce_slowly(deployment, events))
+    # Each kill once the account side as a whole (the killed workers' last count, then
+    # this one's) has applied a share of all the awards: 15%, 35% and 55%, give or take
+    # 5%, so that every kill falls mid-stream however large the account side's batches.
+    before = 0.0
     for kill in range(3):
         await worker.wait_ready()
-        target = rng.randint(200, 700) * (kill + 1)
-        await wait_for(lambda w=worker, n=target: w.metric(
-            "leadscore_account_messages_applied_total") >= n / 4, 90,
+        target = awards * (0.15 + 0.2 * kill + rng.uniform(-0.05, 0.05))
+        await wait_for(lambda w=worker, n=target - before: w.metric(
+            "leadscore_account_messages_applied_total") >= n, 90,
             f"kill {kill}: the account side made no progress")
+        before += worker.metric("leadscore_account_messages_applied_total")
         worker.kill()
         worker = deployment.worker().start()
     await producing
