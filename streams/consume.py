@@ -256,7 +256,10 @@ class EventsConsumer:
             for tp, records in more.items():  # (a partition's records stay in order)
                 batch[tp] = batch.get(tp, []) + records
                 count += len(records)
-        return batch
+        # A rebalance may have moved a partition meanwhile (only the apply holds the batch
+        # lock): its new owner reads it from the committed offset, so leave it to them.
+        mine = self.consumer.assignment()
+        return {tp: records for tp, records in batch.items() if tp in mine}
 
     async def _handle_or_rewind(self, batch: Batch) -> None:
         """A batch that fails (Redis down, broker down) is read again, never skipped."""
