@@ -1,9 +1,11 @@
-"""Small builders shared by the tests: events, rules from YAML text, replay of a list."""
+"""Small builders shared by the tests: events, rules from YAML text, replay of a list,
+equality but for summation order."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -53,6 +55,19 @@ def live(state: LeadState, ruleset: Ruleset) -> LeadState:
     horizon = (state.t_ref or 0) - ruleset.dedupe_window_ms
     return dataclasses.replace(state, seen={i: t for i, t in state.seen.items()
                                             if t >= horizon})
+
+
+def same(found: Any, want: Any) -> bool:
+    """Equal to the last bits but for the order in which floats were summed (awards
+    from different partitions, events in another order): floats within 1e-9, at any
+    depth of dicts (rounding both to 9 places instead would fail the rare value that
+    straddles a rounding boundary). Whole numbers (times, counts) stay exact."""
+    numbers = (found, want)
+    if any(type(n) is float for n in numbers) and all(type(n) in (float, int) for n in numbers):
+        return math.isclose(found, want, rel_tol=1e-9, abs_tol=1e-9)
+    if isinstance(want, dict) and isinstance(found, dict):
+        return found.keys() == want.keys() and all(same(found[k], want[k]) for k in want)
+    return bool(found == want)
 
 
 CHROMIUM = os.environ.get("LEADSCORE_CHROMIUM", "/usr/bin/chromium")

@@ -5,7 +5,6 @@ two workers and with workers SIGKILLed mid-stream (nothing lost, nothing counted
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers import same
 from test_worker import DEFAULT_RULES, START, produce_slowly
 from worker import LEADSCORE, Deployment, wait_for
 
@@ -68,17 +68,6 @@ def numbers(state: LeadState) -> dict[str, Any]:
             "members": dict(state.members)}
 
 
-def same(found: Any, want: Any) -> bool:
-    """Equal to the last bits but for the order in which awards from different
-    partitions were summed: floats within 1e-9 relative (rounding both to 9 places
-    instead would fail the rare value that straddles a rounding boundary)."""
-    if isinstance(want, float) and isinstance(found, float | int):
-        return math.isclose(found, want, rel_tol=1e-9, abs_tol=1e-9)
-    if isinstance(want, dict) and isinstance(found, dict):
-        return found.keys() == want.keys() and all(same(found[k], want[k]) for k in want)
-    return bool(found == want)
-
-
 async def assert_accounts_equal_offline(deployment: Deployment, events: list[dict[str, Any]],
                                         timeout: float = 180) -> None:
     """Wait until the stream is done (every lead at its offline awards, the outbox empty,
@@ -106,10 +95,10 @@ async def assert_accounts_equal_offline(deployment: Deployment, events: list[dic
         raise AssertionError(f"the stream never settled: {progress}") from None
     async with connected(deployment.settings(), rules) as runtime:
         assert runtime.accounts is not None
-        found = {a: await runtime.accounts.load(a) for a in accounts}
-    differing = {a: (None if found[a] is None else numbers(found[a][0]), numbers(s))
-                 for a, s in accounts.items()
-                 if found[a] is None or not same(numbers(found[a][0]), numbers(s))}
+        loaded = {a: await runtime.accounts.load(a) for a in accounts}
+    found = {a: None if f is None else numbers(f[0]) for a, f in loaded.items()}
+    want = {a: numbers(s) for a, s in accounts.items()}
+    differing = {a: (found[a], want[a]) for a in want if not same(found[a], want[a])}
     assert not differing, f"accounts differ from offline (found, offline): {differing}"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from helpers import DAY, T0, ev, rules, run
+from helpers import DAY, T0, ev, rules, run, same
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -56,10 +56,6 @@ FULL_EVENTS = event_lists(["page_view", "demo_request", "workshop_attended",
                            "email_unsubscribed", "profile_update"], span_ms=6 * DAY)
 
 
-def close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-
-
 @settings(max_examples=300)
 @given(st.data(), PLAIN_EVENTS)
 def test_any_order_gives_the_same_engagement(data: st.DataObject, events: list[Event]) -> None:
@@ -67,9 +63,9 @@ def test_any_order_gives_the_same_engagement(data: st.DataObject, events: list[E
     one, _ = run(events, PLAIN)
     other, _ = run(shuffled, PLAIN)
     assert one.t_ref == other.t_ref
-    assert close(one.engagement, other.engagement)
+    assert same(one.engagement, other.engagement)
     assert one.contributions.keys() == other.contributions.keys()
-    assert all(close(one.contributions[r], other.contributions[r]) for r in one.contributions)
+    assert all(same(one.contributions[r], other.contributions[r]) for r in one.contributions)
 
 
 @settings(max_examples=300)
@@ -82,8 +78,8 @@ def test_engagement_is_the_closed_form_sum(events: list[Event]) -> None:
         (POINTS[e.type] + (15 if e.properties.get("url") == "/pricing" else 0))
         * 2 ** (-(t_ref - e.ts) / half_life) for e in events)
     assert state.t_ref == t_ref
-    assert close(state.engagement, expected)
-    assert close(math.fsum(state.contributions.values()), expected)
+    assert same(state.engagement, expected)
+    assert same(math.fsum(state.contributions.values()), expected)
 
 
 @settings(max_examples=300)
