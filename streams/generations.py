@@ -69,6 +69,12 @@ class Rebuild:
                     f"sending nothing up to the offsets consumed before (partition: offset "
                     f"{until})"]
         if store.active:
+            # Active from the last shard's flip; ready once this worker's cutover is done
+            # (its rescore notifications sent, counted): a rolling update then retires the
+            # old pods only after the cutover's notifications have left.
+            if self._cutover is not None and not self._cutover.done():
+                return ["cutting over: sending the notifications of the leads whose hot "
+                        "flag changed"]
             return []
         return [self.status or "rebuilding: starting"]
 
