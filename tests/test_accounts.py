@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import DAY, T0
+from helpers import DAY, T0, fresh
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_rules import GOOD_HEADER
@@ -317,9 +317,10 @@ async def test_erasing_a_lead_removes_it_from_its_accounts_and_its_unsent_awards
     assert RULES.accounts is not None
     events = [event_from_dict(orjson.loads(line)) for line in WORKED[:3] + WORKED[4:8]
               if b'"lead_id"' in line]
+    prefix = fresh("erase-accounts")
     async with Redis.from_url(redis_url) as redis:
-        leads = RedisStore(redis, RULES, prefix="erase-accounts", shards=1)
-        accounts = RedisStore(redis, RULES.accounts.rules, prefix="erase-accounts", shards=1,
+        leads = RedisStore(redis, RULES, prefix=prefix, shards=1)
+        accounts = RedisStore(redis, RULES.accounts.rules, prefix=prefix, shards=1,
                               generation=RULES.version, part="accounts")
         outcome = await leads.apply(events, now_ms=T0)
         assert [len(orjson.loads(m)["awards"]) for m in outcome.award_entries] == [3]

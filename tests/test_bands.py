@@ -6,13 +6,12 @@ clock, and rules with no decay."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 from collections.abc import Coroutine
 from typing import Any
 
 import pytest
-from helpers import DAY, HOUR, T0, ev, rules
+from helpers import DAY, HOUR, T0, ev, fresh, rules
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis, RedisCluster
@@ -25,7 +24,6 @@ from scoring.store.ranking import least_engagement
 from scoring.views import BANDS, band
 
 pytestmark = pytest.mark.integration
-_prefixes = itertools.count()
 
 # Fit and awards that land on band edges (20, 30, 40), below them by a little after
 # decay, and negative engagement that decays towards an edge from below.
@@ -64,7 +62,7 @@ async def assert_counts(redis: Any, events: list[Event], instants: list[int],
                         ruleset: Ruleset = RULES, shards: int = 1) -> list[int]:
     """Redis's counts are brute force's (and the in-memory store's), at every instant and
     for every group; returns the counts of all leads at the first instant."""
-    store = RedisStore(redis, ruleset, prefix=f"test-bands-{next(_prefixes)}", shards=shards)
+    store = RedisStore(redis, ruleset, prefix=fresh("test-bands"), shards=shards)
     await store.apply(events, now_ms=T0)
     memory = MemoryStore(ruleset)
     memory.apply_now(events)
@@ -228,7 +226,7 @@ def _state(ruleset: Ruleset, events: list[Event], lead: str) -> LeadState:
 async def _counts(redis_url: str, ruleset: Ruleset, events: list[Event], at: int,
                   ahead: int = 0) -> list[int]:
     async with Redis.from_url(redis_url) as redis:
-        store = RedisStore(redis, ruleset, prefix=f"test-bands-{next(_prefixes)}", shards=3)
+        store = RedisStore(redis, ruleset, prefix=fresh("test-bands"), shards=3)
         await store.apply(events, now_ms=T0)
         counts: list[int] = await store.bands(at, "all", ahead)
         return counts

@@ -5,12 +5,12 @@ on the cluster unchanged, with exactly the offline engine's results."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
+from helpers import fresh
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import RedisCluster
@@ -22,7 +22,6 @@ from scoring.events import Event
 from scoring.store import RedisStore
 
 pytestmark = pytest.mark.integration
-_prefixes = itertools.count()
 
 
 def cluster(url: str) -> RedisCluster:
@@ -35,7 +34,7 @@ def test_the_store_on_a_cluster_agrees_with_the_offline_engine(
         redis_cluster_url: str, events: list[Event], cuts: list[int]) -> None:
     async def scenario() -> None:
         async with cluster(redis_cluster_url) as redis:
-            store = RedisStore(redis, RULES, prefix=f"cluster-{next(_prefixes)}", shards=8)
+            store = RedisStore(redis, RULES, prefix=fresh("cluster"), shards=8)
             for batch in batches(events, cuts):
                 await store.apply(batch, now_ms=T0)
             await assert_matches_offline(store, redis, events)

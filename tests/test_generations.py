@@ -7,7 +7,6 @@ next commit."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import random
 import subprocess
@@ -15,7 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import DAY, HOUR, T0, ev, rules
+from helpers import DAY, HOUR, T0, ev, fresh, rules
 from redis.asyncio import Redis, RedisCluster
 from worker import LEADSCORE
 
@@ -52,7 +51,6 @@ engagement:
   - {id: visit, event: page_view, points: 4}
   - {id: webinar, event: webinar_attended, points: 45}
 """, half_life="7d")
-_prefixes = itertools.count()
 
 
 def history_of(seed: int, leads: int = 60, events: int = 900) -> list[Event]:
@@ -82,7 +80,7 @@ def positions(events: list[Event], start: int = 0) -> list[tuple[int, int]]:
 
 
 async def stores(redis: Any, shards: int = 3) -> tuple[RedisStore, RedisStore]:
-    prefix = f"test-gen-{next(_prefixes)}"
+    prefix = fresh("test-gen")
     old = RedisStore(redis, OLD, prefix, shards=shards, history_size=5)
     new = RedisStore(redis, NEW, prefix, shards=shards, history_size=5)
     await old.open()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import itertools
 import math
 import random
 from typing import Any
 
 import orjson
 import pytest
-from helpers import DAY, HOUR, T0, ev, live, rules, run
+from helpers import DAY, HOUR, T0, ev, fresh, live, rules, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
@@ -348,7 +347,6 @@ def brute_force(states: dict[str, LeadState], rules_: Ruleset, group_id: str, at
     return [(lead, round(score, 2)) for score, _, lead in found[:limit]]
 
 
-_prefixes = itertools.count()
 
 
 @pytest.mark.integration
@@ -358,7 +356,7 @@ def test_a_group_index_top_n_is_brute_force_over_every_lead(
         redis_url: str, events: list[Event], shards: int) -> None:
     async def scenario() -> None:
         async with Redis.from_url(redis_url) as redis:
-            store = RedisStore(redis, RULES, prefix=f"test-groups-{next(_prefixes)}",
+            store = RedisStore(redis, RULES, prefix=fresh("test-groups"),
                                shards=shards)
             for start in range(0, len(events), 7):
                 await store.apply(events[start:start + 7], now_ms=T0)
@@ -404,7 +402,7 @@ async def test_the_redis_sweep_cools_a_group_on_time_and_the_lead_later(redis_ur
     """The cooling index holds a lead at its first due cooling, its own or a group's, and
     moves it to the next one once that is done."""
     async with Redis.from_url(redis_url) as redis:
-        store = RedisStore(redis, RULES, prefix=f"test-groups-{next(_prefixes)}")
+        store = RedisStore(redis, RULES, prefix=fresh("test-groups"))
         await store.apply([page("e1", "/a", T0), page("e2", "/a", T0),
                            ev("e3", "demo_request", T0)], now_ms=T0)
         shard = store.keys.of("lead-1")
@@ -466,7 +464,7 @@ async def test_leads_tied_up_to_rounding_are_ranked_by_their_scores(redis_url: s
               page("e3", "/a", T0, "a"), page("e4", "/a", T0, "b"),
               page("e5", "/a", T0, "b")]
     async with Redis.from_url(redis_url) as redis:
-        store = RedisStore(redis, RULES, prefix=f"test-groups-{next(_prefixes)}")
+        store = RedisStore(redis, RULES, prefix=fresh("test-groups"))
         await store.apply(events, now_ms=T0)
         offline = MemoryStore(RULES, history_size=0)
         offline.apply_now(events)

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import DAY, HOUR, T0, ev, live, rules
+from helpers import DAY, HOUR, T0, ev, fresh, live, rules
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
@@ -47,7 +47,6 @@ engagement:
 """, "1d")
 KINDS = ["page_view", "demo_request", "workshop_attended", "email_unsubscribed",
          "profile_update", "form_submit", "converted"]
-_prefixes = itertools.count()
 
 
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -153,7 +152,7 @@ def test_the_store_agrees_with_the_offline_engine(redis_url: str, events: list[E
                                                   cuts: list[int], shards: int) -> None:
     async def scenario() -> None:
         async with Redis.from_url(redis_url) as redis:
-            store = RedisStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}",
+            store = RedisStore(redis, RULES, prefix=fresh("test-store"),
                               history_size=4, shards=shards)
             for batch in batches(events, cuts):
                 await store.apply(batch, now_ms=T0)
@@ -185,7 +184,7 @@ def test_the_index_is_exact_for_leads_dated_ahead_of_now(redis_url: str, events:
     had grown back: the top N is still brute force's, for positive and negative scores."""
     async def scenario() -> None:
         async with Redis.from_url(redis_url) as redis:
-            store = RedisStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}",
+            store = RedisStore(redis, RULES, prefix=fresh("test-store"),
                               shards=shards)
             await store.apply(events, now_ms=T0)
             states, _ = offline(events)
@@ -204,7 +203,7 @@ def test_two_workers_applying_the_same_batches_at_once_apply_each_event_once(
         redis_url: str, events: list[Event], cuts: list[int]) -> None:
     async def scenario() -> None:
         async with Redis.from_url(redis_url) as one, Redis.from_url(redis_url) as two:
-            prefix = f"test-store-{next(_prefixes)}"
+            prefix = fresh("test-store")
             first, second = RedisStore(one, RULES, prefix), RedisStore(two, RULES, prefix)
             # Both read the same records of one partition, as during a rebalance.
             positions = [(0, offset) for offset in range(len(events))]
@@ -223,7 +222,7 @@ async def test_writers_racing_on_the_same_leads_lose_no_update(redis_url: str) -
     leads before any writes, so all but one commit on stale states. Those must be
     refused and re-applied, not written over each other."""
     stores = [RedisStore(Redis.from_url(redis_url), RULES, prefix) for prefix in
-              [f"test-store-{next(_prefixes)}"] * 4]
+              [fresh("test-store")] * 4]
     try:
         for round_ in range(3):
             await asyncio.gather(*(
@@ -246,7 +245,7 @@ async def test_a_batch_of_more_leads_than_lua_can_unpack_at_once_is_written(
     Lua unpack() takes (~8,000); the commit slices them (LEADSCORE_BATCH_SIZE allows
     100,000)."""
     async with Redis.from_url(redis_url) as redis:
-        store = RedisStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+        store = RedisStore(redis, RULES, prefix=fresh("test-store"))
         leads = [f"l{n:05}" for n in range(9000)]
         outcome = await store.apply([ev(f"d-{lead}", "demo_request", T0, lead=lead)
                                      for lead in leads], now_ms=T0)
@@ -262,7 +261,7 @@ async def test_a_leads_event_ids_are_dropped_from_redis_once_out_of_the_window(
     """dedupe_window 2d: ids are pruned when T crosses a mark every 6 h; then those more
     than 2 days behind T go (the rest, and the one exactly at the horizon, stay)."""
     async with Redis.from_url(redis_url) as redis:
-        store = RedisStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+        store = RedisStore(redis, RULES, prefix=fresh("test-store"))
         ids = store.keys.of("a").ids("a")
         for event in [ev("e1", "page_view", T0, lead="a"),
                       ev("e2", "page_view", T0 + DAY, lead="a"),
@@ -276,7 +275,7 @@ async def test_a_leads_event_ids_are_dropped_from_redis_once_out_of_the_window(
 
 async def test_the_sweep_cools_a_lead_at_its_exact_crossing_time(redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis:
-        store = RedisStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+        store = RedisStore(redis, RULES, prefix=fresh("test-store"))
         await store.apply([ev("p", "profile_update", T0, lead="a", title="CEO"),
                            ev("d", "demo_request", T0, lead="a")], now_ms=T0)
         loaded = await store.load("a")
@@ -300,7 +299,7 @@ async def test_the_sweep_cools_a_lead_at_its_exact_crossing_time(redis_url: str)
 
 async def test_outbox_entries_stay_until_delivered(redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis:
-        store = RedisStore(redis, RULES, prefix=f"test-store-{next(_prefixes)}")
+        store = RedisStore(redis, RULES, prefix=fresh("test-store"))
         recorded = (await store.apply([ev("d1", "demo_request", T0, lead="a"),
                                        ev("d2", "demo_request", T0 + HOUR, lead="a")],
                                       now_ms=T0)).entries
@@ -316,7 +315,7 @@ async def test_outbox_entries_stay_until_delivered(redis_url: str) -> None:
 
 async def test_a_shard_count_other_than_the_datas_is_refused(redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis:
-        prefix = f"test-store-{next(_prefixes)}"
+        prefix = fresh("test-store")
         await RedisStore(redis, RULES, prefix, shards=4).open()  # recorded on first use
         await RedisStore(redis, RULES, prefix, shards=4).check_layout()  # same count: fine
         with pytest.raises(LeadscoreError) as refused:
@@ -337,13 +336,13 @@ async def test_the_shard_count_is_the_datas_unless_set(redis_url: str) -> None:
     from streams.settings import Settings
 
     async with Redis.from_url(redis_url) as redis:
-        fresh, old = f"test-store-{next(_prefixes)}", f"test-store-{next(_prefixes)}"
+        new, old = fresh("test-store"), fresh("test-store")
         await RedisStore(redis, RULES, old, shards=1).open()
         unset = Settings(redis_url=redis_url)
-        settled = await settle_layout(unset.model_copy(update={"key_prefix": fresh}), RULES)
-        assert (settled.redis_shards, await RedisStore.recorded_shards(redis, fresh)) == (4, None)
-        await RedisStore(redis, RULES, fresh, shards=settled.redis_shards).open()
-        assert await RedisStore.recorded_shards(redis, fresh) == 4
+        settled = await settle_layout(unset.model_copy(update={"key_prefix": new}), RULES)
+        assert (settled.redis_shards, await RedisStore.recorded_shards(redis, new)) == (4, None)
+        await RedisStore(redis, RULES, new, shards=settled.redis_shards).open()
+        assert await RedisStore.recorded_shards(redis, new) == 4
         settled = await settle_layout(unset.model_copy(update={"key_prefix": old}), RULES)
         assert settled.redis_shards == 1
         with pytest.raises(LeadscoreError, match="in 1 shards under the prefix"):
@@ -355,7 +354,7 @@ async def test_forget_starts_over_when_the_lead_changes_while_it_erases(
         redis_url: str) -> None:
     """Another writer changes the lead after forget has read it: the erasure is refused
     by Redis (WATCH) and done again on what the lead is then; nothing of it is left."""
-    prefix = f"test-store-{next(_prefixes)}"
+    prefix = fresh("test-store")
 
     class Meddling(Redis):  # the real server; one write slipped in after the first read
         reads = 0
@@ -403,7 +402,7 @@ async def test_a_commit_that_fails_in_redis_writes_nothing(redis_url: str) -> No
     the states: the lead turned hot in Redis while its lead.hot never reached the outbox.
     Now the script checks before it writes, and the error leaves everything as it was."""
     async with Redis.from_url(redis_url) as redis:
-        prefix = f"test-store-{next(_prefixes)}"
+        prefix = fresh("test-store")
         store = RedisStore(redis, RULES, prefix)
         await store.apply([ev("d", "demo_request", T0, lead="a")], now_ms=T0)
         shard = store.keys.of("a")
@@ -430,7 +429,7 @@ async def test_the_commit_script_checks_its_arguments_before_writing(
     from scoring.store.commit import COMMIT
 
     async with Redis.from_url(redis_url) as redis:
-        prefix = f"test-store-{next(_prefixes)}"
+        prefix = fresh("test-store")
         store = RedisStore(redis, RULES, prefix)
         await store.open()
         shard = store.keys.of("a")
@@ -455,7 +454,7 @@ async def test_redis_emptied_under_a_running_store_is_noticed_and_nothing_writte
     from scoring.errors import DataLost
 
     async with Redis.from_url(redis_url) as redis:
-        prefix = f"test-store-{next(_prefixes)}"
+        prefix = fresh("test-store")
         store = RedisStore(redis, RULES, prefix, shards=2)
         await store.apply([ev("d", "demo_request", T0, lead="a")], now_ms=T0)
         await redis.delete(*[key async for key in redis.scan_iter(f"{prefix}:*")])
@@ -474,7 +473,7 @@ async def test_every_worker_notices_the_loss_even_after_another_wrote_new_marker
     from scoring.errors import DataLost
 
     async with Redis.from_url(redis_url) as redis:
-        prefix = f"test-store-{next(_prefixes)}"
+        prefix = fresh("test-store")
         first, second = (RedisStore(redis, RULES, prefix, shards=2) for _ in range(2))
         for store in (first, second):
             await store.apply([ev("d", "demo_request", T0, lead="a")], now_ms=T0)
@@ -498,7 +497,7 @@ async def test_a_start_on_empty_redis_after_events_were_consumed_rebuilds_quietl
         return {0: 5, 3: 9}
 
     async with Redis.from_url(redis_url) as redis:
-        prefix = f"test-store-{next(_prefixes)}"
+        prefix = fresh("test-store")
         lost = RedisStore(redis, RULES, prefix, shards=2, committed=offsets)
         await lost.open()
         assert lost.replay_until == {0: 5, 3: 9} and lost.active
@@ -510,7 +509,7 @@ async def test_a_start_on_empty_redis_after_events_were_consumed_rebuilds_quietl
         assert lost.replay_until == {}
         assert await redis.exists(f"{prefix}:{RULES.version}:replay_until") == 0
 
-        prefix = f"test-store-{next(_prefixes)}"
+        prefix = fresh("test-store")
         store = RedisStore(redis, RULES, prefix, shards=2)
         await store.open()  # a first start
         gen = f"{prefix}:{RULES.version}"
@@ -527,7 +526,7 @@ async def test_a_start_on_empty_redis_after_events_were_consumed_rebuilds_quietl
         # A deployment from before generations: its group (LEADSCORE_GROUP_ID itself)
         # sent the notifications up to its offsets, so the first generation is quiet
         # up to there. Once generations exist, a new one owes nothing to that group.
-        prefix = f"test-store-{next(_prefixes)}"
+        prefix = fresh("test-store")
         upgraded = RedisStore(redis, RULES, prefix, shards=2, legacy=offsets)
         await upgraded.open()
         assert upgraded.replay_until == {0: 5, 3: 9} and upgraded.active
@@ -538,7 +537,7 @@ async def test_a_start_on_empty_redis_after_events_were_consumed_rebuilds_quietl
 
 async def test_dead_letters_are_remembered(redis_url: str) -> None:
     async with Redis.from_url(redis_url) as redis:
-        store = RedisStore(redis, RULES, f"test-store-{next(_prefixes)}")
+        store = RedisStore(redis, RULES, fresh("test-store"))
         assert await store.dead_lettered(["t:0:1", "t:0:2"]) == [False, False]
         await store.record_dead_letters(["t:0:2"], T0)
         assert await store.dead_lettered(["t:0:1", "t:0:2"]) == [False, True]
@@ -558,7 +557,7 @@ async def test_an_event_the_engine_refuses_is_reported_and_writes_nothing(
               ev("big", "profile_update", T0 + 1, lead="a", **huge),
               ev("only", "profile_update", T0, lead="ghost", **huge)]
     async with Redis.from_url(redis_url) as redis:
-        store = RedisStore(redis, RULES, f"test-store-{next(_prefixes)}", shards=2)
+        store = RedisStore(redis, RULES, fresh("test-store"), shards=2)
         outcome = await store.apply(events, T0, [(0, 0), (0, 1), (0, 2)])
         assert sorted((i, e.kind) for i, e in outcome.rejected) == [
             (1, "profile_too_large"), (2, "profile_too_large")]

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from helpers import RUN
 
 from scoring.engine import LeadState
 from scoring.rules import Ruleset
@@ -35,7 +36,7 @@ class Deployment:
                  partitions: int = 4, **settings: str) -> None:
         # Settings by field name: a LEADSCORE_ prefix here would be doubled, unnoticed.
         assert not [k for k in settings if k.upper().startswith("LEADSCORE_")], settings
-        n = next(_runs)
+        n = f"{RUN}-{next(_runs)}"  # (helpers.RUN: unique per test process)
         self.bootstrap, self.redis_url, self.tmp = bootstrap, redis_url, tmp
         self.partitions = partitions
         self.events, self.hot, self.dlq = f"t{n}-events", f"t{n}-hot", f"t{n}-dlq"
